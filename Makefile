@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh clone:
+#   make demo   creates .venv, trains on the bundled corpus for about a minute, prints a sample
+#   make test   creates .venv and runs the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint bench bench-scale clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/charrnn train data/shakespeare.txt --config configs/demo.yaml --out runs/demo
+	$(BIN)/charrnn sample --checkpoint runs/demo/best.npz --seed "ROMEO:" --length 400 --temperature 0.8
+
+test: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check charrnn tests benchmarks
+	$(BIN)/ruff format --check charrnn tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_speed.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,185 @@
+"""Checkpoints: one self-contained .npz file, written atomically and loaded without pickle.
+
+Arrays in a checkpoint (format_version 1):
+    Wxh (H, V), Whh (H, H), bh (H,), Why (V, H), by (V,)     the model, float32 or float64
+    vocab (V,)            the characters in id order, a unicode array (NUL is stored as "")
+    config ()             the resolved training config, a JSON string
+    format_version ()     int64
+    step ()               int64, updates done
+    h_carry (B, H)        the hidden state carried into the next training chunk
+    opt.<slot>.<param>    optimiser state (e.g. opt.m.Whh)
+    train_state ()        JSON string: rng state, best validation loss, patience count, ...
+
+A save writes a temporary file in the same folder, fsyncs it and renames it over the target,
+so a reader sees either the old complete file or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import CheckpointError
+from charrnn.model import PARAM_NAMES
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    params: dict[str, np.ndarray]
+    vocab: list[str]
+    config: dict
+    step: int = 0
+    h_carry: np.ndarray | None = None
+    opt_state: dict[str, np.ndarray] = field(default_factory=dict)
+    train_state: dict = field(default_factory=dict)
+
+
+def save(ckpt: Checkpoint, path: str | Path) -> None:
+    """Write ckpt to path atomically; on failure the previous file at path is untouched."""
+    path = Path(path)
+    arrays = dict(ckpt.params)
+    arrays["vocab"] = np.array(ckpt.vocab if ckpt.vocab else [], dtype="<U1")
+    arrays["config"] = np.array(json.dumps(ckpt.config))
+    arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
+    arrays["step"] = np.array(ckpt.step, dtype=np.int64)
+    if ckpt.h_carry is not None:
+        arrays["h_carry"] = ckpt.h_carry
+    arrays.update({f"opt.{k}": v for k, v in ckpt.opt_state.items()})
+    arrays["train_state"] = np.array(json.dumps(ckpt.train_state))
+
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint '{path}': {e.strerror or e}; "
+            "the previous checkpoint is unchanged (free disk space or check permissions)"
+        ) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint. Never unpickles: object arrays are refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is a directory; give a .npz file")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' not found; check the path")
+    bad = f"'{path}' is not a charrnn checkpoint"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise CheckpointError(f"{bad}: it holds pickled object arrays, refused") from None
+        raise CheckpointError(f"{bad} (unreadable .npz: {e})") from None
+    except (zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise CheckpointError(f"{bad} (truncated or corrupt: {e})") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
+    except Exception as e:  # zlib and zipfile raise a zoo of types on corrupt members
+        raise CheckpointError(f"{bad} (corrupt: {type(e).__name__})") from None
+    return _from_arrays(arrays, path)
+
+
+def _scalar(arrays: dict, name: str, kind: str, where: str):
+    a = arrays[name]
+    if a.shape != () or a.dtype.kind not in kind:
+        raise CheckpointError(f"{where}: array '{name}' has the wrong type or shape")
+    return a.item()
+
+
+def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
+    where = f"checkpoint '{path}'"
+    missing = [n for n in (*PARAM_NAMES, "vocab", "config", "format_version") if n not in arrays]
+    if missing:
+        raise CheckpointError(f"'{path}' is not a charrnn checkpoint: missing {', '.join(missing)}")
+    version = _scalar(arrays, "format_version", "iu", where)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} has format_version {version}, newer than this charrnn reads "
+            f"({FORMAT_VERSION}); upgrade charrnn"
+        )
+    if version < 1:
+        raise CheckpointError(f"{where} has an invalid format_version {version}")
+
+    vocab_arr = arrays["vocab"]
+    if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4:
+        raise CheckpointError(f"{where}: 'vocab' must be a 1-D array of single characters")
+    vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
+    if len(set(vocab)) != len(vocab) or len(vocab) == 0:
+        raise CheckpointError(f"{where}: 'vocab' is empty or has repeated characters")
+
+    params = {k: arrays[k] for k in PARAM_NAMES}
+    V = len(vocab)
+    H = params["Whh"].shape[0] if params["Whh"].ndim == 2 else -1
+    want = {"Wxh": (H, V), "Whh": (H, H), "bh": (H,), "Why": (V, H), "by": (V,)}
+    for k, shape in want.items():
+        if params[k].shape != shape or H < 1:
+            raise CheckpointError(
+                f"{where}: '{k}' has shape {params[k].shape}, expected {shape} "
+                f"for hidden size {H} and {V} characters"
+            )
+    dtypes = {params[k].dtype for k in PARAM_NAMES}
+    if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
+        raise CheckpointError(f"{where}: weights must all be float32 or all float64")
+    for k in PARAM_NAMES:
+        if not np.isfinite(params[k]).all():
+            raise CheckpointError(f"{where}: '{k}' contains NaN or infinite values")
+
+    try:
+        config = json.loads(_scalar(arrays, "config", "U", where))
+        train_state = (json.loads(_scalar(arrays, "train_state", "U", where))
+                       if "train_state" in arrays else {})
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{where}: 'config' or 'train_state' is not valid JSON") from None
+    if not isinstance(config, dict) or not isinstance(train_state, dict):
+        raise CheckpointError(f"{where}: 'config' and 'train_state' must be JSON objects")
+
+    step = _scalar(arrays, "step", "iu", where) if "step" in arrays else 0
+    h_carry = arrays.get("h_carry")
+    if h_carry is not None and (h_carry.ndim != 2 or h_carry.shape[1] != H):
+        raise CheckpointError(f"{where}: 'h_carry' has shape {h_carry.shape}, expected (B, {H})")
+    opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+    return Checkpoint(params=params, vocab=vocab, config=config, step=int(step),
+                      h_carry=h_carry, opt_state=opt_state, train_state=train_state)

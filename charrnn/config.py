@@ -1,0 +1,295 @@
+"""The typed, validated training config: defaults, config files, overrides and --set items.
+
+Every key is one field of the frozen `Config` dataclass, declared with its rule (type and
+range) beside it, so validation is one loop over the fields instead of one if-block per key.
+A `Config` cannot hold an invalid value: `__post_init__` checks and coerces every field.
+Choosing a random seed when `rng_seed` is None is left to the trainer (`Config.with_seed`);
+turning `ConfigError` into a message for the user is left to the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charrnn.errors import ConfigError
+
+# ---- rules: one per field ----
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float or str: the type the value is coerced to
+    expected: str  # said in errors: "expected an integer >= 1"
+    ok: Callable[[Any], bool]  # range / membership check on the coerced value
+    none_ok: bool = False  # None is a valid value (rng_seed)
+
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def _within(bounds: tuple[str, ...]) -> Callable[[Any], bool]:
+    """(">= 0", "< 1") -> a predicate that checks every bound."""
+    checks = [(_OPS[op], float(limit)) for op, limit in (b.split() for b in bounds)]
+    return lambda v: all(op(v, limit) for op, limit in checks)
+
+
+def _rule(default: Any, rule: _Rule) -> Any:
+    return field(default=default, metadata={"rule": rule})
+
+
+def _integer(default: int | None, *bounds: str, none_ok: bool = False) -> Any:
+    expected = "an integer " + " and ".join(bounds) + (" or null" if none_ok else "")
+    return _rule(default, _Rule(int, expected, _within(bounds), none_ok))
+
+
+def _number(default: float, *bounds: str) -> Any:
+    return _rule(default, _Rule(float, "a number " + " and ".join(bounds), _within(bounds)))
+
+
+def _one_of(*choices: str) -> Any:
+    """The first choice is the default."""
+    rule = _Rule(str, "one of " + ", ".join(choices), lambda v: v in choices)
+    return _rule(choices[0], rule)
+
+
+def _is_text_codec(name: str) -> bool:
+    """A codec that decodes bytes to str (codecs.lookup alone also accepts base64, zlib...)."""
+    try:
+        b"x".decode(name)  # b"" would skip the codec lookup
+    except LookupError:
+        return False
+    except UnicodeError:  # e.g. utf-16 needs two bytes: a text codec all the same
+        pass
+    return True
+
+
+def _codec(default: str) -> Any:
+    return _rule(default, _Rule(str, "a text encoding Python knows, such as utf-8", _is_text_codec))
+
+
+# ---- the config ----
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of a training run. Build with `Config.from_dict` or `resolve_config`."""
+
+    # model
+    hidden_size: int = _integer(128, ">= 1")  # hidden units H
+    seq_length: int = _integer(100, ">= 1")  # truncated-BPTT chunk length T
+    batch_size: int = _integer(32, ">= 1")  # parallel streams B
+    init_scale: float = _number(0.01, "> 0")  # std of the normal init of Wxh, Why
+    dtype: str = _one_of("float32", "float64")
+    # optimizer
+    learning_rate: float = _number(2e-3, "> 0")
+    optimizer: str = _one_of("adam", "rmsprop", "adagrad", "sgd")
+    momentum: float = _number(0.9, ">= 0", "< 1")  # sgd
+    beta1: float = _number(0.9, ">= 0", "< 1")  # adam
+    beta2: float = _number(0.999, ">= 0", "< 1")  # adam
+    rmsprop_decay: float = _number(0.99, ">= 0", "< 1")
+    eps: float = _number(1e-8, "> 0")
+    lr_decay: str = _one_of("none", "step", "exponential")
+    lr_decay_rate: float = _number(0.5, "> 0", "<= 1")
+    lr_decay_steps: int = _integer(1000, ">= 1")  # step: every N steps; exponential: rate**(s/N)
+    grad_clip: float = _number(5.0, ">= 0")  # 0 = no clipping
+    clip_mode: str = _one_of("norm", "value")
+    # when to stop (0 = no limit)
+    max_steps: int = _integer(2000, ">= 0")
+    max_epochs: float = _number(0.0, ">= 0")  # a float so 0.5 epochs works
+    max_time: float = _number(0.0, ">= 0")  # seconds
+    patience: int = _integer(0, ">= 0")  # validations without improvement; 0 = off
+    # what to do along the way (0 = never)
+    eval_every: int = _integer(200, ">= 0")
+    sample_every: int = _integer(0, ">= 0")
+    sample_length: int = _integer(200, ">= 1")
+    checkpoint_every: int = _integer(200, ">= 1")
+    # randomness
+    rng_seed: int | None = _integer(None, ">= 0", none_ok=True)  # None = pick one at random
+    # data
+    val_fraction: float = _number(0.05, ">= 0", "< 1")
+    val_max_chars: int = _integer(1_000_000, ">= 1")
+    encoding: str = _codec("utf-8")
+    decode_errors: str = _one_of("strict", "replace")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            # frozen: object.__setattr__ is the documented way to set fields in __post_init__
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        if self.patience > 0 and (self.eval_every == 0 or self.val_fraction == 0):
+            raise ConfigError(
+                f"config key 'patience': got {self.patience}, but early stopping needs "
+                "validation; set eval_every and val_fraction above 0, or patience to 0"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
+        """Validate every key and value of `d`; keys it leaves out keep their defaults."""
+        _check_keys(d)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ints, floats, strings and None, in field order: JSON- and YAML-able."""
+        return dataclasses.asdict(self)
+
+    def with_seed(self, seed: int) -> Config:
+        return dataclasses.replace(self, rng_seed=seed)
+
+
+_RULES: dict[str, _Rule] = {f.name: f.metadata["rule"] for f in fields(Config)}
+
+
+def _check_keys(d: Mapping[str, Any]) -> None:
+    for key in d:
+        if key not in _RULES:
+            close = difflib.get_close_matches(str(key), _RULES, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see README 'Config keys'"
+            raise ConfigError(f"unknown config key {key!r} ({hint})")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """`value` as the field's type, or ConfigError naming key, value and what is allowed."""
+    rule = _RULES[name]
+    if value is None and rule.none_ok:
+        return None
+    coerced = _as_kind(value, rule.kind)
+    if coerced is None or not rule.ok(coerced):
+        raise ConfigError(f"config key '{name}': got {_show(value)}, expected {rule.expected}")
+    return coerced
+
+
+def _as_kind(value: Any, kind: type) -> Any:
+    """int/float/str value, or None if `value` is not one. A str that parses as the number
+    is accepted: YAML 1.1 reads `1e-3` as a string, and so would a --set item."""
+    if isinstance(value, bool):  # bool is an int subclass; `hidden_size: yes` is a mistake
+        return None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            return None
+    if kind is int:
+        return int(value) if isinstance(value, numbers.Integral) else None
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML, cut short if long."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+DEFAULTS: dict[str, Any] = Config().to_dict()
+
+
+# ---- reading config files and --set items ----
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file ({} for an empty file). Values are not validated."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found; check the --config path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(
+            f"config file '{path}' is not valid YAML{where}: {problem}; fix the file"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file '{path}': top level must be a mapping of keys to values, "
+            f"got {_kind_name(data)}"
+        )
+    return data
+
+
+def _kind_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, numbers.Number):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'hidden-size=256' -> ('hidden_size', 256). The value is read as YAML; an empty
+    value is None."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ConfigError(
+            f"--set {item!r}: expected the form key=value, e.g. --set hidden_size=256"
+        )
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+    return key, value
+
+
+def resolve_config(
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Built-in defaults < base < config file < overrides (CLI flags; None = not given) < --set.
+
+    `base` is a checkpoint's config when training resumes.
+
+    Each layer is checked on its own first, so an error says where the bad value came from.
+    """
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file is not None:
+        layers.append((f"config file '{config_file}'", load_config_file(config_file)))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("command-line options", flags))
+    layers.append(("--set", dict(parse_set(item) for item in set_items)))
+
+    merged: dict[str, Any] = dict(base or {})
+    for source, layer in layers:
+        try:
+            _check_keys(layer)
+            for key, value in layer.items():
+                _coerce(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in {source})") from None
+        merged.update(layer)
+    return Config.from_dict(merged)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The config as YAML, keys in field order; `load_config_file` reads it back."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,139 @@
+"""Text in, character ids out: reading a corpus, the vocabulary, the train/validation split and
+the batches of truncated BPTT.
+
+The vocabulary is the sorted set of distinct characters (Unicode code points), so ids are stable
+across runs of the same text. Ids are stored in the smallest unsigned type that holds them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import DataError
+
+
+def id_dtype(vocab_size: int) -> type:
+    """uint8 up to 256 characters, uint16 up to 65,536, uint32 beyond."""
+    if vocab_size <= 1 << 8:
+        return np.uint8
+    if vocab_size <= 1 << 16:
+        return np.uint16
+    return np.uint32
+
+
+def read_bytes(source: str | Path) -> bytes:
+    """The raw bytes of a file, or of standard input for "-"."""
+    if str(source) == "-":
+        return sys.stdin.buffer.read()
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"file '{path}' not found; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"'{path}' is a directory; give a text file") from None
+    except PermissionError:
+        raise DataError(f"cannot read '{path}': permission denied") from None
+    except OSError as e:
+        raise DataError(f"cannot read '{path}': {e.strerror or e}") from None
+
+
+def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Bytes to text; invalid input names the byte offset and the flags that get past it."""
+    try:
+        return raw.decode(encoding, errors)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"'{name}' is not valid {encoding} at byte offset {e.start}; "
+            "pass --encoding (e.g. latin-1) or --decode-errors replace"
+        ) from None
+    except LookupError:
+        raise DataError(f"unknown text encoding '{encoding}'") from None
+
+
+def read_text(source: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    name = "<stdin>" if str(source) == "-" else str(source)
+    return decode(read_bytes(source), name, encoding, errors)
+
+
+def code_points(text: str) -> np.ndarray:
+    """The text as an array of Unicode code points (uint32), without a Python-level loop."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@dataclass
+class Corpus:
+    ids: np.ndarray  # (n,) character ids
+    vocab: list[str]  # the characters, in id order
+
+
+def build_corpus(text: str, name: str = "corpus") -> Corpus:
+    if not text:
+        raise DataError(f"'{name}' is empty; give a text with at least a few hundred characters")
+    cps = code_points(text)
+    uniq = np.unique(cps)  # sorted distinct code points = the vocabulary
+    ids = np.searchsorted(uniq, cps).astype(id_dtype(len(uniq)))
+    vocab = [chr(c) for c in uniq.tolist()]
+    return Corpus(ids=ids, vocab=vocab)
+
+
+def encode(text: str, vocab: list[str]) -> tuple[np.ndarray, int]:
+    """Ids of the characters of text that are in vocab; returns (ids, number of unknown chars)."""
+    cps = code_points(text)
+    known = np.array([ord(c) for c in vocab], dtype=np.uint32)  # sorted: vocab is sorted
+    pos = np.searchsorted(known, cps).clip(0, len(known) - 1)
+    hit = known[pos] == cps
+    return pos[hit].astype(np.intp), int((~hit).sum())
+
+
+def unknown_chars(text: str, vocab: list[str]) -> list[str]:
+    """The distinct characters of text that are not in vocab, sorted."""
+    return sorted(set(text) - set(vocab))
+
+
+def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A contiguous tail of the text is the validation text, so it is never trained on."""
+    n_val = int(len(ids) * val_fraction)
+    if val_fraction > 0 and n_val < 2:
+        n_val = 0
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+class Batches:
+    """B parallel streams over the training ids, read T characters at a time.
+
+    Stream s covers ids[s*L : (s+1)*L + 1]. Step k of an epoch takes positions [k*T, (k+1)*T) of
+    every stream as inputs and the next characters as targets. The position is a pure function of
+    the global step (epoch = step // steps_per_epoch), so resuming needs only the step.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int):
+        self.ids = ids
+        self.B, self.T = batch_size, seq_length
+        self.L = (len(ids) - 1) // batch_size  # characters per stream
+        self.steps_per_epoch = self.L // seq_length
+        if self.steps_per_epoch < 1:
+            need = batch_size * seq_length + 1
+            raise DataError(
+                f"the training text has {len(ids)} characters, too short for one chunk of "
+                f"batch_size x seq_length = {batch_size} x {seq_length} (needs {need}); "
+                "use a longer corpus or lower --batch-size / --seq-length"
+            )
+        self._offsets = np.arange(seq_length)[:, None] + (np.arange(batch_size) * self.L)[None, :]
+
+    def epoch(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def starts_epoch(self, step: int) -> bool:
+        """True when `step` is the first of an epoch: carried hidden states are reset there."""
+        return step % self.steps_per_epoch == 0
+
+    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(X, Y), each (T, B) of intp ids, for global step `step`."""
+        idx = self._offsets + (step % self.steps_per_epoch) * self.T  # (T, B)
+        return (np.asarray(self.ids[idx], dtype=np.intp),
+                np.asarray(self.ids[idx + 1], dtype=np.intp))

@@ -1,0 +1,294 @@
+"""Tests of charrnn.config: defaults, files, precedence and every kind of error message."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charrnn.config import (
+    DEFAULTS,
+    Config,
+    config_to_yaml,
+    load_config_file,
+    parse_set,
+    resolve_config,
+)
+from charrnn.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(d: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict(d)
+    return str(e.value)
+
+
+# ---- defaults and round trips ----
+
+
+def test_defaults():
+    cfg = Config()
+    assert (cfg.hidden_size, cfg.seq_length, cfg.batch_size) == (128, 100, 32)
+    assert cfg.learning_rate == 2e-3 and cfg.optimizer == "adam"
+    assert cfg.rng_seed is None and cfg.encoding == "utf-8"
+    assert isinstance(cfg.max_epochs, float) and isinstance(cfg.max_time, float)
+    assert DEFAULTS == cfg.to_dict()
+    assert Config.from_dict({}) == cfg
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().hidden_size = 3  # type: ignore[misc]
+
+
+def test_to_dict_is_plain_json_and_yaml_round_trips():
+    cfg = Config(hidden_size=64, rng_seed=7, eps=1e-6)
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    text = config_to_yaml(cfg)
+    assert text.splitlines()[0] == "hidden_size: 64"  # field order, not sorted
+    assert Config.from_dict(yaml.safe_load(text)) == cfg
+
+
+def test_with_seed_replaces_only_the_seed_and_validates():
+    cfg = Config(hidden_size=16)
+    assert cfg.with_seed(5) == Config(hidden_size=16, rng_seed=5)
+    with pytest.raises(ConfigError, match="rng_seed"):
+        cfg.with_seed(-1)
+
+
+def test_default_yaml_equals_builtin_defaults_and_lists_every_key():
+    data = load_config_file(CONFIGS / "default.yaml")
+    assert list(data) == list(DEFAULTS)
+    assert Config.from_dict(data) == Config()
+
+
+def test_tiny_yaml_loads():
+    cfg = resolve_config(CONFIGS / "tiny.yaml", {}, [])
+    assert (cfg.hidden_size, cfg.seq_length, cfg.batch_size) == (32, 16, 4)
+    assert (cfg.max_steps, cfg.eval_every, cfg.checkpoint_every) == (60, 20, 20)
+    assert (cfg.sample_every, cfg.val_max_chars, cfg.rng_seed) == (0, 2000, 1)
+    assert cfg.learning_rate == 0.01
+
+
+# ---- precedence ----
+
+
+def test_precedence_defaults_file_overrides_set(tmp_path):
+    path = write(tmp_path, "hidden_size: 64\nseq_length: 50\nbatch_size: 8\n")
+    cfg = resolve_config(
+        path,
+        {"seq_length": 25, "batch_size": 4, "max_steps": None},  # None = flag not given
+        ["batch-size=2"],
+    )
+    assert cfg.hidden_size == 64  # file over default
+    assert cfg.seq_length == 25  # override over file
+    assert cfg.batch_size == 2  # --set over override
+    assert cfg.max_steps == DEFAULTS["max_steps"]  # None override ignored
+
+
+def test_later_set_item_wins_and_set_can_clear_the_seed(tmp_path):
+    path = write(tmp_path, "rng_seed: 3\n")
+    cfg = resolve_config(path, {}, ["hidden_size=8", "hidden_size=9", "rng_seed="])
+    assert cfg.hidden_size == 9 and cfg.rng_seed is None
+
+
+def test_error_says_which_layer_the_bad_value_came_from(tmp_path):
+    path = write(tmp_path, "hidden_size: 0\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_config(path, {}, [])
+    assert str(e.value) == (
+        f"config key 'hidden_size': got 0, expected an integer >= 1 (in config file '{path}')"
+    )
+    with pytest.raises(ConfigError, match=r"\(in --set\)$"):
+        resolve_config(None, {}, ["optimizer=adamw"])
+    with pytest.raises(ConfigError, match=r"\(in command-line options\)$"):
+        resolve_config(None, {"batch_size": -1}, [])
+
+
+# ---- validation messages ----
+
+
+def test_unknown_key_suggests_close_match():
+    assert error_of({"hiden_size": 3}) == (
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?)"
+    )
+
+
+def test_unknown_key_without_close_match_points_to_readme():
+    assert error_of({"zzz": 1}) == "unknown config key 'zzz' (see README 'Config keys')"
+
+
+def test_unknown_dashed_key_in_file_suggests_underscore(tmp_path):
+    path = write(tmp_path, "hidden-size: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'hidden_size'"):
+        resolve_config(path, {}, [])
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("hidden_size", -3, "got -3, expected an integer >= 1"),
+        ("max_steps", -1, "got -1, expected an integer >= 0"),
+        ("hidden_size", 1.5, "got 1.5, expected an integer >= 1"),
+        ("hidden_size", "many", "got 'many', expected an integer >= 1"),
+        ("hidden_size", True, "got true, expected an integer >= 1"),
+        ("patience", False, "got false, expected an integer >= 0"),
+        ("learning_rate", 0, "got 0, expected a number > 0"),
+        ("learning_rate", "fast", "got 'fast', expected a number > 0"),
+        ("learning_rate", "nan", "got 'nan', expected a number > 0"),
+        ("learning_rate", float("inf"), "got inf, expected a number > 0"),
+        ("beta2", 1.0, "got 1.0, expected a number >= 0 and < 1"),
+        ("val_fraction", -0.1, "got -0.1, expected a number >= 0 and < 1"),
+        ("lr_decay_rate", 0, "got 0, expected a number > 0 and <= 1"),
+        ("grad_clip", [1, 2], "got [1, 2], expected a number >= 0"),
+        ("optimizer", "adamw", "got 'adamw', expected one of adam, rmsprop, adagrad, sgd"),
+        ("lr_decay", None, "got null, expected one of none, step, exponential"),
+        ("clip_mode", "Norm", "got 'Norm', expected one of norm, value"),
+        ("dtype", 32, "got 32, expected one of float32, float64"),
+        ("decode_errors", "ignore", "got 'ignore', expected one of strict, replace"),
+        ("encoding", "utf-99", "got 'utf-99', expected a text encoding Python knows"),
+        ("encoding", "base64", "got 'base64', expected a text encoding Python knows"),
+        ("rng_seed", -5, "got -5, expected an integer >= 0 or null"),
+    ],
+)
+def test_bad_value_message_names_key_value_and_allowed(key, value, message):
+    assert error_of({key: value}).startswith(f"config key '{key}': {message}")
+
+
+def test_long_values_are_cut_short_in_messages():
+    message = error_of({"optimizer": "x" * 500})
+    assert len(message) < 150
+    assert message.endswith("xxx..., expected one of adam, rmsprop, adagrad, sgd")
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError, match="'batch_size': got 0"):
+        Config(batch_size=0)
+
+
+def test_patience_without_validation_is_rejected():
+    with pytest.raises(ConfigError, match="early stopping needs validation"):
+        Config(patience=3, eval_every=0)
+    with pytest.raises(ConfigError, match="early stopping needs validation"):
+        Config(patience=3, val_fraction=0)
+    assert Config(patience=3).patience == 3
+
+
+# ---- coercion ----
+
+
+def test_numeric_strings_and_ints_become_floats(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; it must still work in files and --set items.
+    path = write(tmp_path, "learning_rate: 1e-3\neps: 1e-6\nmax_epochs: 2\n")
+    cfg = resolve_config(path, {}, ["init_scale=5e-2"])
+    assert cfg.learning_rate == 1e-3 and cfg.eps == 1e-6 and cfg.init_scale == 0.05
+    assert isinstance(cfg.max_epochs, float) and cfg.max_epochs == 2.0
+
+
+def test_integer_string_is_accepted_for_int_field():
+    cfg = Config.from_dict({"hidden_size": "64", "rng_seed": "0"})
+    assert cfg.hidden_size == 64 and cfg.rng_seed == 0
+
+
+def test_other_codec_names_are_accepted():
+    assert Config(encoding="latin-1").encoding == "latin-1"
+
+
+# ---- config files ----
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config_file(path)
+    assert str(e.value).startswith(f"config file '{path}' not found")
+
+
+def test_directory_is_unreadable(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config_file(tmp_path)
+
+
+def test_invalid_yaml_reports_line_number(tmp_path):
+    path = write(tmp_path, "hidden_size: 64\nseq_length: 10\noptimizer: [adam\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_file(path)
+    assert f"config file '{path}' is not valid YAML at line 4" in str(e.value)
+    path = write(tmp_path, "hidden_size: 64\n  bad: indent\n")
+    with pytest.raises(ConfigError, match="at line 2"):
+        load_config_file(path)
+
+
+def test_python_tags_are_not_loaded(tmp_path):
+    path = write(tmp_path, "hidden_size: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line 1"):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [("- hidden_size: 3\n", "a list"), ("just words\n", "a string"), ("42\n", "a number")],
+)
+def test_top_level_must_be_a_mapping(tmp_path, text, kind):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config_file(path)
+    assert str(e.value) == (
+        f"config file '{path}': top level must be a mapping of keys to values, got {kind}"
+    )
+
+
+def test_empty_file_is_empty_mapping(tmp_path):
+    assert load_config_file(write(tmp_path, "")) == {}
+    assert load_config_file(write(tmp_path, "# only a comment\n")) == {}
+    assert resolve_config(write(tmp_path, ""), {}, []) == Config()
+
+
+# ---- --set items ----
+
+
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("hidden_size=256", ("hidden_size", 256)),
+        ("hidden-size=256", ("hidden_size", 256)),
+        ("learning_rate=0.5", ("learning_rate", 0.5)),
+        ("learning_rate=1e-3", ("learning_rate", "1e-3")),  # coerced later, in validation
+        ("optimizer=sgd", ("optimizer", "sgd")),
+        ("encoding=a=b", ("encoding", "a=b")),  # only the first '=' splits
+        ("rng_seed=", ("rng_seed", None)),
+        ("rng_seed=null", ("rng_seed", None)),
+    ],
+)
+def test_parse_set(item, expected):
+    assert parse_set(item) == expected
+
+
+@pytest.mark.parametrize("item", ["hidden_size", "=3", ""])
+def test_parse_set_needs_key_equals_value(item):
+    with pytest.raises(ConfigError) as e:
+        parse_set(item)
+    assert str(e.value) == (
+        f"--set {item!r}: expected the form key=value, e.g. --set hidden_size=256"
+    )
+
+
+def test_parse_set_rejects_invalid_yaml_value():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_set("optimizer=[adam")
+
+
+def test_set_with_unknown_key_suggests():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(None, {}, ["hiden-size=3"])
+    assert str(e.value) == (
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)"
+    )
