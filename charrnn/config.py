@@ -90,6 +90,7 @@ class Config:
     batch_size: int = _integer(32, ">= 1")  # parallel streams B
     init_scale: float = _number(0.01, "> 0")  # std of the normal init of Wxh, Why
     dtype: str = _one_of("float32", "float64")
+    workers: int = _integer(0, ">= 0")  # threads sharing a step's streams; 0 = one per core
     # optimizer
     learning_rate: float = _number(2e-3, "> 0")
     optimizer: str = _one_of("adam", "rmsprop", "adagrad", "sgd")

@@ -43,67 +43,100 @@ def init_params(vocab_size: int, hidden_size: int, rng: np.random.Generator,
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
 
 
-def run_recurrence(params: dict, X: np.ndarray, h0: np.ndarray, hs: np.ndarray | None = None):
+class Workspace:
+    """Buffers reused from one training step to the next, so the hot path allocates nothing.
+
+    Pass the same Workspace to `forward` and `backward` of one step; the next step's `forward`
+    overwrites the buffers, so a cache is valid only until then.
+    """
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._bufs[name] = np.empty(shape, dtype)
+        return buf
+
+
+class _Fresh:
+    """A workspace that hands out new arrays: the default, safe for any caller."""
+
+    @staticmethod
+    def get(name: str, shape: tuple, dtype) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+
+def run_recurrence(params: dict, X: np.ndarray, h0: np.ndarray, ws=_Fresh):
     """Hidden states for inputs X (T, B) of ids from h0 (B, H): returns hs (T + 1, B, H), hs[0] = h0.
 
     The input term `Wxh x_t + bh` does not depend on the recurrence, so it is gathered for all
-    T * B positions at once; the loop does only the (B, H) x (H, H) product and the tanh.
+    T * B positions at once; the loop does only the (B, H) x (H, H) product, an add and the tanh.
     """
     T, B = X.shape
-    Whh_T = params["Whh"].T  # a view: BLAS reads it transposed, nothing is copied
-    if hs is None:
-        hs = np.empty((T + 1, B, Whh_T.shape[0]), dtype=Whh_T.dtype)  # (T + 1, B, H)
+    Whh = params["Whh"]
+    H, dtype = Whh.shape[0], Whh.dtype
+    Whh_T = Whh.T  # a view: BLAS reads it transposed, nothing is copied
+    hs = ws.get("hs", (T + 1, B, H), dtype)  # (T + 1, B, H)
+    rec = ws.get("rec", (B, H), dtype)  # (B, H) scratch for Whh h_{t-1}
     hs[0] = h0
-    hs[1:] = params["Wxh"].T[X]  # (T, B, H): column x_t of Wxh for every position
+    Wxh_rows = np.ascontiguousarray(params["Wxh"].T)  # (V, H): row c is Wxh x for character c
+    np.take(Wxh_rows, X, axis=0, out=hs[1:], mode="clip")  # (T, B, H): Wxh x_t, a lookup
     hs[1:] += params["bh"]
     for t in range(T):
         h = hs[t + 1]
-        h += hs[t] @ Whh_T  # Whh h_{t-1}
+        np.matmul(hs[t], Whh_T, out=rec)  # Whh h_{t-1}
+        h += rec
         np.tanh(h, out=h)  # h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)
     return hs
 
 
-def log_softmax_loss(params: dict, H_flat: np.ndarray, y: np.ndarray):
+def log_softmax_loss(params: dict, H_flat: np.ndarray, y: np.ndarray, ws=_Fresh):
     """Output layer over N positions at once: returns (mean loss, probs (N, V), per-char losses).
 
     H_flat (N, H) are hidden states, y (N,) target ids. Uses log-sum-exp, so a confident wrong
     guess gives a large finite loss rather than log(0).
     """
-    logits = H_flat @ params["Why"].T  # (N, V): y_t = Why h_t + by
+    N, V = len(y), params["by"].shape[0]
+    logits = ws.get("logits", (N, V), H_flat.dtype)  # (N, V)
+    np.matmul(H_flat, params["Why"].T, out=logits)  # y_t = Why h_t + by
     logits += params["by"]
     logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)  # (N, V), unnormalised
-    sums = probs.sum(axis=1, keepdims=True)  # (N, 1)
-    losses = np.log(sums[:, 0]) - logits[np.arange(len(y)), y]  # (N,): -log p_t[target]
-    probs /= sums  # p_t = softmax(y_t)
+    target = logits[np.arange(N), y]  # (N,) shifted logit of each target
+    probs = np.exp(logits, out=logits)  # (N, V), unnormalised
+    sums = probs.sum(axis=1)  # (N,)
+    losses = np.log(sums) - target  # (N,): -log p_t[target]
+    probs /= sums[:, None]  # p_t = softmax(y_t)
     return float(losses.mean(dtype=np.float64)), probs, losses
 
 
-def forward(params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray):
+def forward(params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws=_Fresh):
     """Loss of one chunk: X, Y (T, B) input and target ids, h0 (B, H) the carried state.
 
     Returns (loss, cache, h_last); `cache` holds what `backward` needs.
     """
     T, B = X.shape
-    hs = run_recurrence(params, X, h0)  # (T + 1, B, H)
+    hs = run_recurrence(params, X, h0, ws)  # (T + 1, B, H)
     H_flat = hs[1:].reshape(T * B, -1)  # (N, H)
-    loss, probs, _ = log_softmax_loss(params, H_flat, Y.reshape(-1))
-    cache = {"X": X, "Y": Y, "hs": hs, "probs": probs}
+    loss, probs, _ = log_softmax_loss(params, H_flat, Y.reshape(-1), ws)
+    cache = {"X": X, "Y": Y, "hs": hs, "probs": probs, "ws": ws}
     return loss, cache, hs[T].copy()
 
 
 def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
     """Backpropagation through time over the chunk; returns grads with the keys of params.
 
-    Consumes the cache (its `probs` buffer is reused for dlogits). The two per-position products
-    (output layer and its gradients) and dWhh, dbh, dWxh are computed over all T * B positions
-    at once; only `dh_{t-1} = Whh^T dpre_t` stays inside the time loop.
+    Consumes the cache (its `probs` buffer is reused for dlogits). The output layer's gradients
+    and dWhh, dbh, dWxh are computed over all T * B positions at once; only
+    `dh_{t-1} = Whh^T dpre_t` stays inside the time loop.
     """
-    X, Y, hs, dlogits = cache["X"], cache["Y"], cache["hs"], cache["probs"]
+    X, Y, hs, dlogits, ws = cache["X"], cache["Y"], cache["hs"], cache["probs"], cache["ws"]
     T, B = X.shape
     N = T * B
     Whh, Why = params["Whh"], params["Why"]
-    H_flat = hs[1:].reshape(N, -1)  # (N, H)
+    H, dtype = Whh.shape[0], Whh.dtype
+    H_flat = hs[1:].reshape(N, H)  # (N, H)
 
     # loss = -(1/N) sum log p[target]  =>  dloss/dy_t = (p_t - onehot(target_t)) / N
     dlogits[np.arange(N), Y.reshape(-1)] -= 1.0  # (N, V)
@@ -112,36 +145,38 @@ def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
     dby = dlogits.sum(axis=0)  # (V,)
 
     # dh_t = Why^T dy_t + dh_next;  dpre_t = (1 - h_t^2) * dh_t;  dh_next = Whh^T dpre_t
-    dpre = (dlogits @ Why).reshape(T, B, -1)  # (T, B, H): starts as Why^T dy_t
-    dtanh = np.square(hs[1:])  # (T, B, H)
+    dpre = ws.get("dpre", (T, B, H), dtype)  # (T, B, H)
+    np.matmul(dlogits, Why, out=dpre.reshape(N, H))  # starts as Why^T dy_t
+    dtanh = ws.get("dtanh", (T, B, H), dtype)  # (T, B, H)
+    np.multiply(hs[1:], hs[1:], out=dtanh)
     np.subtract(1.0, dtanh, out=dtanh)  # tanh'(pre_t) = 1 - h_t^2
+    rec = ws.get("rec", (B, H), dtype)  # (B, H) scratch for Whh^T dpre_t
     for t in range(T - 1, -1, -1):
         d = dpre[t]  # (B, H): holds dh_t once the step after it has added dh_next
         d *= dtanh[t]  # dpre_t
         if t > 0:
-            dpre[t - 1] += d @ Whh  # dh_next for step t - 1: Whh^T dpre_t, as rows
+            np.matmul(d, Whh, out=rec)  # Whh^T dpre_t, as rows
+            dpre[t - 1] += rec  # dh_next for step t - 1
 
-    dpre_flat = dpre.reshape(N, -1)  # (N, H)
-    H_prev = hs[:-1].reshape(N, -1)  # (N, H): h_{t-1} for every position
+    dpre_flat = dpre.reshape(N, H)  # (N, H)
+    H_prev = hs[:-1].reshape(N, H)  # (N, H): h_{t-1} for every position
     dWhh = dpre_flat.T @ H_prev  # (H, H): sum_t dpre_t h_{t-1}^T
     dbh = dpre_flat.sum(axis=0)  # (H,)
-    dWxh = input_grad(dpre_flat, X.reshape(-1), params["Wxh"].shape[1])  # (H, V)
+    dWxh = input_grad(dpre_flat, X.reshape(-1), params["Wxh"].shape[1], ws)  # (H, V)
     return {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby}
 
 
-def input_grad(dpre_flat: np.ndarray, x: np.ndarray, vocab_size: int) -> np.ndarray:
+def input_grad(dpre_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) -> np.ndarray:
     """dWxh (H, V) = sum over positions of dpre_t x_t^T: add each row of dpre into column x_t.
 
-    A sorted reduce: group positions by character, sum each group with one reduceat.
-    (np.add.at does the same scatter-add many times slower.)
+    Written as one product with the (N, V) one-hot matrix of the inputs: a GEMM is many times
+    faster than a scatter-add (np.add.at) or a sort and reduceat.
     """
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
-    sums = np.add.reduceat(dpre_flat[order], starts, axis=0)  # (U, H), U distinct ids
-    dWxh = np.zeros((dpre_flat.shape[1], vocab_size), dtype=dpre_flat.dtype)  # (H, V)
-    dWxh[:, xs[starts]] = sums.T
-    return dWxh
+    N = len(x)
+    onehot = ws.get("onehot", (N, vocab_size), dpre_flat.dtype)  # (N, V)
+    onehot.fill(0)
+    onehot[np.arange(N), x] = 1.0
+    return dpre_flat.T @ onehot  # (H, V)
 
 
 def chunked_loss(params: dict, ids: np.ndarray, n_streams: int = 64, chunk: int = 256):

@@ -21,7 +21,8 @@ from charrnn import optim
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import TrainingError
-from charrnn.model import backward, chunked_loss, forward, init_params
+from charrnn.model import chunked_loss, init_params
+from charrnn.parallel import GradientWorkers, auto_workers
 from charrnn.runs import RunLock
 from charrnn.sample import generate
 
@@ -165,6 +166,7 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
                     "train_chars": len(train_ids), "val_chars": len(val_ids),
                     "max_time": cfg.max_time or None})
 
+    loss_and_grads = GradientWorkers(B, auto_workers(B, cfg.workers))
     metrics_out = _metrics_file(run_dir, step if resume is not None else None)
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
@@ -190,8 +192,7 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
                 if batches.starts_epoch(step):
                     h = np.zeros((B, H), dtype=dtype)  # a new epoch: streams restart
                 X, Y = batches.get(step)
-                loss, cache, h_next = forward(params, X, Y, h)
-                grads = backward(params, cache)
+                loss, grads, h_next = loss_and_grads(params, X, Y, h)
                 norm = optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -251,6 +252,7 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
             if not validate or not best_path.exists():
                 save(best_path)
     finally:
+        loss_and_grads.close()
         metrics_out.close()
         reporter.end()
 
