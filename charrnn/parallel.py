@@ -6,6 +6,11 @@ one thread, and the gradients are combined weighted by share. Every core then wo
 whole step: the GEMMs, the tanh and the elementwise work alike (NumPy releases the GIL in all
 of them), instead of only inside each multi-threaded (B, H) x (H, H) product.
 
+BLAS runs single-threaded even with one worker: the products of a step are small, and a
+multi-threaded OpenBLAS spin-waits for its second thread on every call, which costs more than it
+gains at these sizes and collapses when the machine is busy (measured: 27x slower at hidden 128,
+batch 1 with another process on the second core).
+
 The split is fixed by `workers`, so a run is bitwise reproducible for the same number of
 workers. BLAS thread control goes through the OpenBLAS library NumPy loaded; where it cannot
 be found (another BLAS), everything runs in one worker.
@@ -94,8 +99,9 @@ class GradientWorkers:
 
     def __call__(self, params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray):
         if self.pool is None:
-            loss, cache, h_last = forward(params, X, Y, h0, self.workspaces[0])
-            return loss, backward(params, cache), h_last
+            with blas_threads(1):
+                loss, cache, h_last = forward(params, X, Y, h0, self.workspaces[0])
+                return loss, backward(params, cache), h_last
 
         def part(i: int):
             s = self.shares[i]

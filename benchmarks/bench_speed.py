@@ -1,0 +1,171 @@
+"""Training, sampling and eval speed of charrnn, against a PyTorch reference, in one run.
+
+    make bench                        # the full table (about 10 minutes on 2 cores)
+    python benchmarks/bench_speed.py --quick
+
+For each (hidden, batch, seq_length) it trains charrnn through `charrnn.train.train` (the real
+loop: batches, forward, backward, clipping, Adam, logging) and reads the steady-state speed from
+the run's metrics.jsonl, excluding warm-up steps, startup and data loading. When torch is
+installed (`pip install torch==2.13.0`, the `bench` extra) it trains the same model written in
+PyTorch (benchmarks/torch_reference.py) for the same number of steps and prints the ratio.
+Figures are medians of --repeats repetitions; charrnn and torch alternate within a repetition so
+that both see the same machine load. A JSON copy goes to benchmarks/results/speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from gemm_peak import measure_gemm_peak  # noqa: E402
+from torch_reference import torch_train_chars_per_sec  # noqa: E402
+
+from charrnn.config import Config  # noqa: E402
+from charrnn.data import build_corpus, read_text  # noqa: E402
+from charrnn.model import init_params  # noqa: E402
+from charrnn.parallel import auto_workers  # noqa: E402
+from charrnn.train import train  # noqa: E402
+
+CORPUS = HERE.parent / "data" / "shakespeare.txt"
+FULL_GRID = [(h, b, 100) for h in (128, 256, 512, 1024) for b in (1, 32, 64, 128)]
+FULL_GRID.insert(FULL_GRID.index((256, 64, 100)), (256, 32, 64))
+QUICK_GRID = [(128, 32, 100), (256, 32, 64), (512, 64, 100), (1024, 64, 100), (128, 1, 100)]
+WARMUP = 3
+
+
+def flops_per_char(hidden: int, vocab: int) -> float:
+    """Forward 2(H^2 + HV), backward 4(H^2 + HV): the GEMM arithmetic of one training step."""
+    return 6.0 * (hidden * hidden + hidden * vocab)
+
+
+def charrnn_train_speed(corpus, hidden, batch, seq_length, steps) -> float:
+    """Steady-state chars/s of the real training loop, from metrics.jsonl's elapsed column."""
+    cfg = Config(hidden_size=hidden, batch_size=batch, seq_length=seq_length,
+                 max_steps=WARMUP + steps, eval_every=0, sample_every=0,
+                 checkpoint_every=10**9, rng_seed=0, val_fraction=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, corpus, Path(tmp) / "run")
+        rows = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").open()]
+    elapsed = {r["step"]: r["elapsed"] for r in rows if "elapsed" in r}
+    seconds = elapsed[WARMUP + steps] - elapsed[WARMUP]
+    return batch * seq_length * steps / seconds
+
+
+def calibrate_steps(corpus, hidden, batch, seq_length, seconds: float) -> int:
+    """Enough steps for about `seconds` of charrnn training (at least 3, at most 300)."""
+    t0 = time.perf_counter()
+    charrnn_train_speed(corpus, hidden, batch, seq_length, 2)
+    per_step = (time.perf_counter() - t0) / (WARMUP + 2)
+    return int(min(300, max(3, seconds / per_step)))
+
+
+def sampling_speed(params, vocab_size: int, length: int, num_samples: int) -> float:
+    from charrnn.sample import generate
+
+    rng = np.random.default_rng(0)
+    prime = np.arange(20) % vocab_size
+    t0 = time.perf_counter()
+    for _ in generate(params, prime, length, rng, temperature=1.0, num_samples=num_samples):
+        pass
+    return length * num_samples / (time.perf_counter() - t0)
+
+
+def eval_speed(params, vocab: list[str], text: str) -> float | None:
+    try:
+        from charrnn.evaluate import score_text
+    except ImportError:
+        return None
+    t0 = time.perf_counter()
+    result = score_text(params, vocab, text)
+    return result["chars"] / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="five sizes instead of the full grid")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.5, help="target time of one measurement")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
+    args = ap.parse_args()
+
+    corpus = build_corpus(read_text(CORPUS), str(CORPUS))
+    V = len(corpus.vocab)
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch
+
+            have_torch = True
+            torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        except ImportError:
+            torch_info = "torch not installed (pip install torch==2.13.0): no ratios"
+    else:
+        torch_info = "torch skipped"
+
+    peak = measure_gemm_peak()
+    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
+          f"float32 GEMM peak (2048^3): {peak:.1f} GFLOP/s; {torch_info}", flush=True)
+
+    rows = []
+    header = (f"{'hidden':>6} {'batch':>5} {'seq':>4} {'workers':>7} {'charrnn c/s':>12} "
+              f"{'GFLOP/s':>8} {'% peak':>6} {'torch c/s':>10} {'ratio':>6}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    for hidden, batch, seq in QUICK_GRID if args.quick else FULL_GRID:
+        steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds)
+        ours, theirs = [], []
+        for rep in range(args.repeats):
+            ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps))
+            if have_torch:
+                theirs.append(torch_train_chars_per_sec(corpus.ids, V, hidden, batch, seq,
+                                                        steps, warmup=WARMUP, seed=rep))
+        cps = statistics.median(ours)
+        gflops = cps * flops_per_char(hidden, V) / 1e9
+        row = {"hidden": hidden, "batch": batch, "seq_length": seq, "steps": steps,
+               "workers": auto_workers(batch), "charrnn_chars_per_sec": cps,
+               "charrnn_runs": ours, "gflops": gflops, "pct_peak": 100 * gflops / peak}
+        tcol = rcol = "-"
+        if theirs:
+            tcps = statistics.median(theirs)
+            row.update(torch_chars_per_sec=tcps, torch_runs=theirs, ratio=cps / tcps)
+            tcol, rcol = f"{tcps:,.0f}", f"{cps / tcps:.2f}x"
+        rows.append(row)
+        print(f"{hidden:>6} {batch:>5} {seq:>4} {row['workers']:>7} {cps:>12,.0f} "
+              f"{gflops:>8.1f} {row['pct_peak']:>5.0f}% {tcol:>10} {rcol:>6}", flush=True)
+
+    # sampling and eval at hidden 512 (random weights: speed does not depend on training)
+    params = init_params(V, 512, np.random.default_rng(0))
+    one = statistics.median(sampling_speed(params, V, 4000, 1) for _ in range(args.repeats))
+    many = statistics.median(sampling_speed(params, V, 1000, 64) for _ in range(args.repeats))
+    text = read_text(CORPUS)[:1_000_000]
+    ev = [eval_speed(params, corpus.vocab, text) for _ in range(args.repeats)]
+    ev_cps = None if ev[0] is None else statistics.median(ev)
+    print(f"\nsampling, hidden 512: {one:,.0f} chars/s (1 stream), "
+          f"{many:,.0f} chars/s (--num-samples 64, all streams)")
+    print("eval, hidden 512, 1 MB: " + ("n/a" if ev_cps is None else f"{ev_cps:,.0f} chars/s"))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "gemm_peak_gflops": peak, "torch": torch_info, "repeats": args.repeats,
+        "train": rows, "sample_chars_per_sec_1": one, "sample_chars_per_sec_64": many,
+        "eval_chars_per_sec": ev_cps, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }, indent=2))
+    print(f"results: {args.out}")
+    if not math.isfinite(peak):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
