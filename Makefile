@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/charrnn train data/shakespeare.txt --config configs/demo.yaml --out runs/demo
-	$(BIN)/charrnn sample --checkpoint runs/demo/best.npz --seed "ROMEO:" --length 400 --temperature 0.8
+	$(BIN)/charrnn train data/shakespeare.txt --config configs/demo.yaml
+	$(BIN)/charrnn sample --seed "ROMEO:" --length 500 --temperature 0.8
 
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

@@ -8,20 +8,25 @@ errors keep Typer's exit code 2; an interrupt exits 128 + the signal number (130
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from charrnn import cache
 from charrnn import checkpoint as ckpt_io
 from charrnn.config import Config, resolve_config
-from charrnn.data import build_corpus, read_text
+from charrnn.data import read_text
 from charrnn.errors import CharRNNError, ConfigError
-from charrnn.progress import make_reporter
-from charrnn.runs import new_run_dir
+from charrnn.parallel import auto_workers
+from charrnn.progress import make_encode_bar, make_reporter
+from charrnn.runs import latest_checkpoint, new_run_dir
 
 app = typer.Typer(
     add_completion=False,
@@ -57,9 +62,13 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
-def _read_corpus(source: str, cfg: Config):
-    name = "<stdin>" if source == "-" else source
-    return build_corpus(read_text(source, cfg.encoding, cfg.decode_errors), name)
+def _read_corpus(source: str, encoding: str, decode_errors: str, quiet: bool,
+                 force: bool = False) -> cache.PreparedCorpus:
+    """The corpus as memory-mapped ids from its cache (built when missing or stale); a bar on
+    stderr while a large one is encoded."""
+    bar = make_encode_bar(quiet, "<stdin>" if source == "-" else source)
+    with bar or nullcontext():
+        return cache.prepare(source, encoding, decode_errors, force=force, progress=bar)
 
 
 def _resume_checkpoint(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
@@ -67,6 +76,11 @@ def _resume_checkpoint(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
     ckpt = ckpt_io.load(ckpt_path)
     if ckpt.h_carry is None or "rng_state" not in ckpt.train_state:
         raise ConfigError(f"'{ckpt_path}' has no training state to resume from")
+    try:
+        Config.from_dict(ckpt.config)
+    except ConfigError as e:
+        raise ConfigError(f"'{ckpt_path}' holds an invalid config ({e}); it cannot be resumed, "
+                          "start a new run") from None
     return ckpt, ckpt_path.parent
 
 
@@ -137,8 +151,13 @@ def train(
             cfg = resolve_config(config, flags, set_items or [])
             if cfg.rng_seed is None:
                 cfg = cfg.with_seed(secrets.randbelow(2**31))
+            # record the actual worker count: the same count reproduces the same bits anywhere
+            cfg = replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers))
             run_dir = out
-        text_corpus = _read_corpus(corpus, cfg)
+        prepared = _read_corpus(corpus, cfg.encoding, cfg.decode_errors, quiet)
+        if not quiet and not prepared.reused and prepared.source_bytes >= 32 << 20:
+            typer.echo(prepared.summary(), err=True)
+        text_corpus = prepared.corpus
         if ckpt is not None and text_corpus.vocab != ckpt.vocab:
             raise ConfigError("the corpus's characters differ from the checkpoint's vocabulary; "
                               "resume with the corpus the run was trained on")
@@ -159,6 +178,136 @@ def train(
         score = "" if best is None else f"; best val loss {best:.4f} ({best / 0.6931471805599453:.3f} bpc)"
         typer.echo(f"done: {result.steps} steps in {result.seconds:.1f}s{score}; "
                    f"checkpoints in {result.run_dir}", err=True)
+
+
+@app.command()
+def prepare(
+    corpus: Annotated[str, typer.Argument(help="Text file to encode (UTF-8 unless --encoding).")],
+    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
+    decode_errors: Annotated[str, typer.Option(
+        help="strict (error on bad bytes) or replace.")] = "strict",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rebuild the cache even when it is up to date.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Encode a corpus into its cache of character ids (CORPUS.charrnn-cache), so that every
+    `train` on it starts at once; `train` does this itself when the cache is missing or stale."""
+    if corpus == "-":
+        raise typer.BadParameter("prepare caches a file; `charrnn train -` encodes stdin into a "
+                                 "temporary cache itself", param_hint="'CORPUS'")
+    with user_errors():
+        Config.from_dict({"encoding": encoding, "decode_errors": decode_errors})  # train's checks
+        prepared = _read_corpus(corpus, encoding, decode_errors, quiet, force)
+    if json_out:
+        typer.echo(json.dumps(prepared.to_dict()))
+    elif not quiet:
+        typer.echo(prepared.summary(), err=True)
+
+
+class Unknown(str, Enum):
+    """What to do with characters that are not in the model's vocabulary."""
+
+    error = "error"
+    skip = "skip"
+
+
+CHECKPOINT_HELP = ("Checkpoint .npz, or a run folder (its best.npz). "
+                   "Default: the most recent run's best.npz under ./runs.")
+
+
+def _checkpoint(path: Optional[Path], quiet: bool) -> ckpt_io.Checkpoint:
+    """Load --checkpoint, a run folder's best.npz, or the latest run's; say which on stderr."""
+    if path is None:
+        path = latest_checkpoint()
+        if not quiet:
+            typer.echo(f"Using checkpoint {path}", err=True)
+    elif path.is_dir():
+        path = path / "best.npz"
+    return ckpt_io.load(path)
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Optional[Path], typer.Option(help=CHECKPOINT_HELP)] = None,
+    seed: Annotated[Optional[str], typer.Option(
+        help="Prime text read before generating (default: none, the zero state).")] = None,
+    seed_file: Annotated[Optional[Path], typer.Option(
+        help="Read the prime text from a UTF-8 file (- for stdin).")] = None,
+    length: Annotated[int, typer.Option(min=1, help="Characters to generate.")] = 500,
+    temperature: Annotated[float, typer.Option(
+        help="Softmax temperature, > 0: lower is safer, higher more varied.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(
+        min=1, help="Draw only among the K most likely characters.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(
+        help="Nucleus: draw among the fewest most likely characters holding mass P (0 < P <= 1)."
+    )] = None,
+    argmax: Annotated[bool, typer.Option(
+        "--argmax", help="Greedy: always take the most likely character.")] = False,
+    num_samples: Annotated[int, typer.Option(
+        min=1, help="Independent samples, computed together as one batch.")] = 1,
+    rng_seed: Annotated[Optional[int], typer.Option(
+        min=0, help="Seed: the same inputs give the same text (default: random).")] = None,
+    no_seed_echo: Annotated[bool, typer.Option(
+        "--no-seed-echo", help="Print only the generated text, not the seed before it.")] = False,
+    unknown: Annotated[Unknown, typer.Option(
+        help="Seed characters not in the vocabulary: an error, or skip them.")] = Unknown.error,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the samples as one JSON list of strings.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Nothing on stderr but errors.")] = False,
+) -> None:
+    """Generate text from a trained model, streamed to stdout as it is drawn."""
+    from charrnn.sample import collect, encode_prime, generate, show_chars, write_samples
+
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
+    if seed is not None and seed_file is not None:
+        raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    with user_errors():
+        ckpt = _checkpoint(checkpoint, quiet)
+        prime = read_text(seed_file) if seed_file is not None else seed or ""
+        prime_ids, dropped = encode_prime(prime, ckpt.vocab, unknown.value)
+        if dropped and not quiet:
+            typer.echo("Warning: the seed's characters not in the model's vocabulary were "
+                       f"skipped: {show_chars(dropped)}", err=True)
+        steps = generate(ckpt.params, prime_ids, length, rng_seed, temperature=temperature,
+                         top_k=top_k, top_p=top_p, argmax=argmax, num_samples=num_samples)
+        prefix = "" if no_seed_echo else prime
+        if json_out:
+            typer.echo(json.dumps(collect(steps, ckpt.vocab, num_samples, prefix)))
+        else:
+            write_samples(steps, ckpt.vocab, sys.stdout, num_samples=num_samples, prefix=prefix)
+
+
+@app.command("eval")
+def eval_text(
+    text: Annotated[str, typer.Argument(help="Text file to score, or - for stdin.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help=CHECKPOINT_HELP)] = None,
+    unknown: Annotated[Unknown, typer.Option(
+        help="Characters not in the vocabulary: skip them (counted), or an error.")] = Unknown.skip,
+    encoding: Annotated[str, typer.Option(help="Text encoding of TEXT.")] = "utf-8",
+    decode_errors: Annotated[str, typer.Option(
+        help="strict (error on bad bytes) or replace.")] = "strict",
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print loss, bpc, perplexity, chars, unknown_chars as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Nothing on stderr but errors.")] = False,
+) -> None:
+    """Score a text exactly: mean loss in nats per character, bits per character, perplexity."""
+    from charrnn.evaluate import evaluate
+
+    if decode_errors not in ("strict", "replace"):
+        raise typer.BadParameter("must be strict or replace", param_hint="'--decode-errors'")
+    with user_errors():
+        ckpt = _checkpoint(checkpoint, quiet)
+        name = "<stdin>" if text == "-" else text
+        result = evaluate(ckpt.params, ckpt.vocab, read_text(text, encoding, decode_errors),
+                          unknown=unknown.value, name=name)
+    typer.echo(json.dumps(result.to_dict()) if json_out else result.summary())
 
 
 def main() -> None:

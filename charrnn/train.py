@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +22,9 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import optim
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import TrainingError
+from charrnn.errors import CheckpointError, TrainingError
 from charrnn.model import chunked_loss, init_params
-from charrnn.parallel import GradientWorkers, auto_workers
+from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import RunLock
 from charrnn.sample import generate
 
@@ -96,23 +98,95 @@ class _Signals:
 
 
 def _metrics_file(run_dir: Path, resume_step: int | None):
-    """Open metrics.jsonl for appending; on resume, drop lines past the checkpoint's step."""
+    """Open metrics.jsonl for appending; on resume, drop lines past the checkpoint's step (and
+    a last line cut short when the run was killed)."""
     path = run_dir / "metrics.jsonl"
     if resume_step is not None and path.exists():
-        kept = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-        path.write_text("".join(ln + "\n" for ln in kept))
+        kept = [ln for ln in path.read_text(errors="replace").splitlines()
+                if (rec := _json_object(ln)) is not None
+                and isinstance(rec.get("step", 0), int) and rec.get("step", 0) <= resume_step]
+        _write_atomic(path, "".join(ln + "\n" for ln in kept))
     elif path.exists():
         path.unlink()
-    return path.open("a")
+    return path.open("a", buffering=1)  # line-buffered: a kill loses no finished line
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path by a rename, so a kill leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _resume_state(resume: ckpt_io.Checkpoint, cfg: Config, V: int) -> dict:
+    """The training state saved in `resume`, checked against the config it is resumed with."""
+    H, B, dtype = cfg.hidden_size, cfg.batch_size, np.dtype(cfg.dtype)
+    ts = resume.train_state
+    problem = None
+    if resume.params["Whh"].shape != (H, H) or resume.params["by"].shape != (V,) \
+            or resume.params["Whh"].dtype != dtype:
+        problem = f"its weights do not match hidden_size {H}, {V} characters and dtype {dtype}"
+    elif resume.h_carry is None or resume.h_carry.shape != (B, H):
+        problem = f"'h_carry' is missing or not ({B}, {H}) for batch_size {B}"
+    elif set(resume.opt_state) != set(optim.init_state(cfg.optimizer, resume.params)):
+        problem = f"its optimizer state is not {cfg.optimizer}'s"
+    elif not all(isinstance(ts.get(k, 0), int) and not isinstance(ts.get(k, 0), bool)
+                 and ts.get(k, 0) >= 0 for k in ("bad_evals", "chars_seen")) \
+            or not isinstance(ts.get("best_val_loss"), (int, float, type(None))):
+        problem = "its train_state has values of the wrong type"
+    rng = np.random.default_rng()
+    if problem is None:
+        try:
+            rng.bit_generator.state = ts["rng_state"]
+        except (KeyError, TypeError, ValueError):
+            problem = "its saved random-generator state is invalid"
+    if problem is not None:
+        raise CheckpointError(f"cannot resume from the checkpoint: {problem}; start a new run")
+    best_val = ts.get("best_val_loss")
+    return {"rng": rng, "best_val": math.inf if best_val is None else float(best_val),
+            "bad_evals": ts.get("bad_evals", 0),
+            "chars_seen": ts.get("chars_seen", resume.step * B * cfg.seq_length)}
 
 
 def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
           reporter=None) -> TrainResult:
-    """Train a model on corpus into run_dir; continue from `resume` when given."""
-    reporter = reporter or NullReporter()
+    """Train a model on corpus into run_dir; continue from `resume` when given.
+
+    The run folder is locked before anything in it is written, so a second training pointed at
+    the same folder refuses without touching the first one's files.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create run folder '{run_dir}': {e.strerror or e}; "
+                            "pass another --out") from None
+    try:
+        # single-threaded BLAS: the step's products are small; parallel.py shares the cores
+        with RunLock(run_dir), blas_threads(1):
+            ckpt_io.remove_temp_files(run_dir)  # left by a save that a kill cut short
+            return _train(cfg, corpus, run_dir, resume, reporter or NullReporter())
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # checkpoint saves say this themselves; this is config/metrics/lock
+        raise TrainingError(f"cannot write to run folder '{run_dir}': {e.strerror or e}; "
+                            "free disk space or check permissions (saved checkpoints are kept)"
+                            ) from None
+    except MemoryError:
+        raise TrainingError(f"not enough memory for hidden_size {cfg.hidden_size}, batch_size "
+                            f"{cfg.batch_size}, seq_length {cfg.seq_length}; lower them") from None
+
+
+def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoint | None,
+           reporter) -> TrainResult:
     dtype = np.dtype(cfg.dtype)
     V, H, B, T = len(corpus.vocab), cfg.hidden_size, cfg.batch_size, cfg.seq_length
 
@@ -129,26 +203,39 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
         h = np.zeros((B, H), dtype=dtype)  # (B, H) carried hidden state
         step, best_val, bad_evals, chars_seen = 0, math.inf, 0, 0
     else:
-        rng = np.random.default_rng()
-        rng.bit_generator.state = resume.train_state["rng_state"]
+        saved = _resume_state(resume, cfg, V)
+        rng = saved["rng"]
         params = {k: np.ascontiguousarray(v) for k, v in resume.params.items()}
         opt_state = {k: np.array(v) for k, v in resume.opt_state.items()}
         h = np.array(resume.h_carry)
         step = resume.step
-        best_val = resume.train_state.get("best_val_loss", math.inf)
-        best_val = math.inf if best_val is None else best_val
-        bad_evals = resume.train_state.get("bad_evals", 0)
-        chars_seen = resume.train_state.get("chars_seen", step * B * T)
+        best_val, bad_evals, chars_seen = saved["best_val"], saved["bad_evals"], saved["chars_seen"]
 
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
+    last_saved = resume.step if resume is not None and last_path.exists() else None
+
+    def diverged(what: str, at_step: int) -> TrainingError:
+        clip = f"a lower --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip else \
+            "--grad-clip 5"
+        kept = "no checkpoint was written" if last_saved is None else \
+            f"last.npz from step {last_saved} is kept"
+        return TrainingError(f"the {what} at step {at_step}: training diverged; lower "
+                             f"--learning-rate (now {cfg.learning_rate:g}) or set {clip}; {kept}")
 
     def save(path: Path) -> None:
+        nonlocal last_saved
+        # an update can overflow the weights while its loss was still finite: never write them
+        # over the last good checkpoint (load would refuse the file)
+        if not all(np.isfinite(a).all() for a in (*params.values(), *opt_state.values(), h)):
+            raise diverged("weights became NaN or infinite", step)
         state = {"rng_state": rng.bit_generator.state, "best_val_loss": _finite_or_none(best_val),
                  "bad_evals": bad_evals, "chars_seen": chars_seen}
         ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=corpus.vocab, config=cfg.to_dict(),
                                         step=step, h_carry=h, opt_state=opt_state,
                                         train_state=state), path)
+        if path == last_path:
+            last_saved = step
 
     def preview() -> str:
         # its own generator, so previews never change the training's random stream
@@ -172,7 +259,10 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss = "max_steps", None
     try:
-        with RunLock(run_dir), _Signals() as signals:
+        with _Signals() as signals, warnings.catch_warnings():
+            # overflow is caught by the finiteness checks below; numpy's warnings about it (from
+            # the worker threads too, which np.errstate does not reach) would bury the message
+            warnings.filterwarnings("ignore", "overflow|invalid value", RuntimeWarning)
             while True:
                 # --- stop? -----------------------------------------------------------------
                 if signals.received is not None:
@@ -194,13 +284,10 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
                 X, Y = batches.get(step)
                 loss, grads, h_next = loss_and_grads(params, X, Y, h)
                 norm = optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
-                if not (math.isfinite(loss) and math.isfinite(norm)):
-                    what = "loss" if not math.isfinite(loss) else "gradient norm"
-                    raise TrainingError(
-                        f"the {what} became {loss if what == 'loss' else norm} at step {step + 1}; "
-                        "lower --learning-rate or set --grad-clip (the last good checkpoint "
-                        "is kept)"
-                    )
+                if not math.isfinite(loss):
+                    raise diverged(f"loss became {loss}", step + 1)
+                if not math.isfinite(norm):
+                    raise diverged(f"gradient norm became {norm}", step + 1)
                 optim.update(cfg, params, grads, opt_state, step, lr)
                 h = h_next
                 step += 1
@@ -208,21 +295,19 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
                 dt = time.perf_counter() - t0
                 step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
 
-                # --- evaluate and checkpoint -----------------------------------------------
-                val_loss = None
+                # --- evaluate --------------------------------------------------------------
+                val_loss, improved = None, False
                 if validate and step % cfg.eval_every == 0:
                     val_loss, _ = chunked_loss(params, val_ids)
-                    if val_loss < best_val:
+                    improved = val_loss < best_val
+                    if improved:
                         best_val, bad_evals = val_loss, 0
-                        save(best_path)
                     else:
                         bad_evals += 1
-                if step % cfg.checkpoint_every == 0:
-                    save(last_path)
-                    if not validate:
-                        save(best_path)
 
-                # --- log -------------------------------------------------------------------
+                # --- log, then checkpoint ---------------------------------------------------
+                # in this order, after a kill metrics.jsonl has every step up to last.npz's
+                # (a resume drops the lines past it)
                 record = {
                     "step": step, "epoch": round(step / batches.steps_per_epoch, 4),
                     "train_loss": loss, "val_loss": val_loss,
@@ -231,6 +316,12 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
                     "elapsed": round(time.perf_counter() - start, 3),
                 }
                 metrics_out.write(json.dumps(record) + "\n")
+                if improved:
+                    save(best_path)
+                if step % cfg.checkpoint_every == 0:
+                    save(last_path)
+                    if not validate:
+                        save(best_path)
                 reporter.step(record)
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     reporter.sample(step, preview())

@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test runs in its own empty tmp_path as the current directory, so a
+default run folder (runs/...) or any relative path a test writes never lands in the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+
+PERIODIC_TEXT = "hello world! " * 100  # 1,300 characters, 9 distinct
+
+# small enough that a run of 60 steps takes a fraction of a second
+TINY_CONFIG = """\
+hidden_size: 16
+seq_length: 8
+batch_size: 4
+learning_rate: 0.01
+max_steps: 60
+eval_every: 10
+checkpoint_every: 10
+sample_every: 0
+val_fraction: 0.1
+rng_seed: 1
+"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def periodic_text() -> str:
+    return PERIODIC_TEXT
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    """A short periodic text: an RNN of 16 units learns it in a few hundred steps."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(PERIODIC_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()

@@ -1,0 +1,158 @@
+"""Tests of charrnn.optim: clipping, learning-rate schedules and the four optimisers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from charrnn import optim
+from charrnn.config import Config
+from charrnn.model import backward, forward, init_params
+
+
+def grads_with_norm_10():
+    # sqrt(6^2 + 8^2) = 10
+    return {"a": np.array([6.0, 0.0]), "b": np.array([[0.0], [-8.0]])}
+
+
+# ---- clipping ----
+
+
+def test_global_norm():
+    assert optim.global_norm(grads_with_norm_10()) == pytest.approx(10.0)
+    assert optim.global_norm({"a": np.zeros(3)}) == 0.0
+
+
+def test_clip_norm_scales_to_threshold_and_returns_pre_clip_norm():
+    grads = grads_with_norm_10()
+    norm = optim.clip_gradients(grads, "norm", 5.0)
+    assert norm == pytest.approx(10.0)
+    assert optim.global_norm(grads) == pytest.approx(5.0)
+    np.testing.assert_allclose(grads["a"], [3.0, 0.0])  # same direction, half the length
+    np.testing.assert_allclose(grads["b"], [[0.0], [-4.0]])
+
+
+def test_clip_norm_below_threshold_leaves_gradients():
+    grads = grads_with_norm_10()
+    assert optim.clip_gradients(grads, "norm", 20.0) == pytest.approx(10.0)
+    np.testing.assert_array_equal(grads["a"], [6.0, 0.0])
+    np.testing.assert_array_equal(grads["b"], [[0.0], [-8.0]])
+
+
+def test_clip_value_clamps_each_entry():
+    grads = {"a": np.array([0.5, -3.0, 7.0]), "b": np.array([[-0.1, 2.0]])}
+    before = optim.global_norm(grads)
+    assert optim.clip_gradients(grads, "value", 1.0) == pytest.approx(before)
+    np.testing.assert_array_equal(grads["a"], [0.5, -1.0, 1.0])
+    np.testing.assert_array_equal(grads["b"], [[-0.1, 1.0]])
+
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_clip_threshold_zero_is_off(mode):
+    grads = grads_with_norm_10()
+    assert optim.clip_gradients(grads, mode, 0.0) == pytest.approx(10.0)
+    np.testing.assert_array_equal(grads["b"], [[0.0], [-8.0]])
+
+
+def test_clip_reports_non_finite_norm():
+    grads = {"a": np.array([np.inf, 1.0])}
+    assert not math.isfinite(optim.clip_gradients(grads, "norm", 5.0))
+
+
+# ---- learning-rate schedules ----
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.1), (9, 0.1), (10, 0.05), (19, 0.05),
+                                            (25, 0.025)])
+def test_step_decay(step, expected):
+    cfg = Config(learning_rate=0.1, lr_decay="step", lr_decay_rate=0.5, lr_decay_steps=10)
+    assert optim.learning_rate(cfg, step) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.1), (5, 0.1 * 0.5**0.5), (10, 0.05),
+                                            (30, 0.0125)])
+def test_exponential_decay(step, expected):
+    cfg = Config(learning_rate=0.1, lr_decay="exponential", lr_decay_rate=0.5, lr_decay_steps=10)
+    assert optim.learning_rate(cfg, step) == pytest.approx(expected)
+
+
+def test_no_decay():
+    cfg = Config(learning_rate=0.1, lr_decay="none", lr_decay_rate=0.5, lr_decay_steps=10)
+    assert {optim.learning_rate(cfg, s) for s in (0, 10, 10_000)} == {0.1}
+
+
+# ---- one update by hand ----
+
+
+def one_update(name, g, steps=1, **cfg):
+    cfg = Config(optimizer=name, **cfg)
+    params = {"w": np.array([1.0, -2.0, 0.5])}
+    state = optim.init_state(name, params)
+    for step in range(steps):
+        optim.update(cfg, params, {"w": np.array(g, dtype=float)}, state, step, cfg.learning_rate)
+    return params["w"], state
+
+
+def test_init_state_keys_follow_the_parameters():
+    params = init_params(5, 3, np.random.default_rng(0))
+    assert set(optim.init_state("adam", params)) == {f"{s}.{k}" for s in "mv" for k in params}
+    assert set(optim.init_state("sgd", params)) == {f"m.{k}" for k in params}
+    assert set(optim.init_state("rmsprop", params)) == {f"v.{k}" for k in params}
+    state = optim.init_state("adagrad", params)
+    assert all(state[f"v.{k}"].shape == p.shape and not state[f"v.{k}"].any()
+               for k, p in params.items())
+
+
+def test_adam_first_step_is_lr_times_sign():
+    g = [0.3, -4.0, 0.0]
+    w, state = one_update("adam", g, learning_rate=0.1)
+    # bias-corrected m / sqrt(v) = g / |g| on the first step
+    np.testing.assert_allclose(w, [1.0 - 0.1, -2.0 + 0.1, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(state["m.w"], 0.1 * np.array(g))
+    np.testing.assert_allclose(state["v.w"], 0.001 * np.square(g))
+
+
+def test_sgd_momentum_two_steps():
+    w, state = one_update("sgd", [1.0, 2.0, -1.0], steps=2, learning_rate=0.1, momentum=0.9)
+    # m1 = g, m2 = 0.9 g + g = 1.9 g; w = w0 - 0.1 (g + 1.9 g)
+    np.testing.assert_allclose(w, np.array([1.0, -2.0, 0.5]) - 0.29 * np.array([1.0, 2.0, -1.0]))
+    np.testing.assert_allclose(state["m.w"], [1.9, 3.8, -1.9])
+
+
+def test_rmsprop_first_step():
+    g = np.array([0.5, -2.0, 1.0])
+    w, _ = one_update("rmsprop", g, learning_rate=0.01, rmsprop_decay=0.99)
+    step = 0.01 * g / (np.sqrt(0.01 * g**2) + 1e-8)  # = 0.1 * sign(g)
+    np.testing.assert_allclose(w, np.array([1.0, -2.0, 0.5]) - step)
+
+
+def test_adagrad_accumulates_squares():
+    g = np.array([0.5, -2.0, 1.0])
+    w, state = one_update("adagrad", g, steps=2, learning_rate=0.1)
+    np.testing.assert_allclose(state["v.w"], 2 * g**2)
+    expected = np.array([1.0, -2.0, 0.5]) - 0.1 * np.sign(g) * (1 + 1 / np.sqrt(2))
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+
+# ---- each optimiser learns ----
+
+
+@pytest.mark.parametrize("name, lr", [("adam", 0.02), ("rmsprop", 0.01), ("adagrad", 0.1),
+                                      ("sgd", 0.5)])
+def test_each_optimizer_reduces_the_loss(name, lr):
+    rng = np.random.default_rng(0)
+    V, H, T, B = 6, 12, 8, 3
+    cfg = Config(optimizer=name, learning_rate=lr, dtype="float64")
+    params = init_params(V, H, rng, np.float64, init_scale=0.1)
+    X = rng.integers(0, V, (T, B))
+    Y = (X + 1) % V  # the next character is a function of this one
+    h0 = np.zeros((B, H))
+    state = optim.init_state(name, params)
+    first = forward(params, X, Y, h0)[0]
+    for step in range(40):
+        loss, cache, _ = forward(params, X, Y, h0)
+        grads = backward(params, cache)
+        optim.clip_gradients(grads, "norm", 5.0)
+        optim.update(cfg, params, grads, state, step, cfg.learning_rate)
+    last = forward(params, X, Y, h0)[0]
+    assert last < 0.5 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
