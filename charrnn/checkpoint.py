@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +66,10 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
         tmp = None
         _fsync_dir(path.parent)
     except OSError as e:
+        kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was written"
         raise CheckpointError(
-            f"could not write checkpoint '{path}': {e.strerror or e}; "
-            "the previous checkpoint is unchanged (free disk space or check permissions)"
+            f"could not write checkpoint '{path}': {e.strerror or e}; {kept} "
+            "(free disk space or check the folder's permissions, then --resume)"
         ) from None
     finally:
         if tmp is not None:
@@ -77,6 +77,16 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def remove_temp_files(folder: str | Path) -> None:
+    """Delete the temporary files that a save killed mid-write (SIGKILL, power loss) left in
+    folder. Call it only while no other process can be saving there (under the RunLock)."""
+    for tmp in Path(folder).glob(".*.npz.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _umask() -> int:
@@ -106,20 +116,42 @@ def load(path: str | Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint '{path}' not found; check the path")
     bad = f"'{path}' is not a charrnn checkpoint"
+    ours = "give the last.npz or best.npz that 'charrnn train' wrote"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}; "
+                              "check the file's permissions") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise CheckpointError(f"{bad}: it is a single .npy array; {ours}")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise CheckpointError(f"{bad}: it is {'empty' if not magic else 'not an .npz file'}; "
+                              f"{ours}")
+    corrupt = f"checkpoint '{path}' is truncated or corrupt ({{}}); use the run's other " \
+        "checkpoint (last.npz or best.npz) or train again"
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
     except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise CheckpointError(f"{bad}: it holds pickled object arrays, refused") from None
-        raise CheckpointError(f"{bad} (unreadable .npz: {e})") from None
-    except (zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise CheckpointError(f"{bad} (truncated or corrupt: {e})") from None
+        if "allow_pickle" in str(e):  # numpy refused before unpickling anything
+            raise CheckpointError(f"{bad}: it holds pickled Python objects, which are refused "
+                                  f"because loading them can run code; {ours}") from None
+        raise CheckpointError(corrupt.format(_brief(e))) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
-    except Exception as e:  # zlib and zipfile raise a zoo of types on corrupt members
-        raise CheckpointError(f"{bad} (corrupt: {type(e).__name__})") from None
+    except Exception as e:  # zipfile, zlib and numpy raise a zoo of types on corrupt members
+        raise CheckpointError(corrupt.format(_brief(e))) from None
+    not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if not_arrays:  # np.load hands back a member that is not an .npy as raw bytes
+        raise CheckpointError(corrupt.format(f"'{not_arrays[0]}' is not a NumPy array"))
     return _from_arrays(arrays, path)
+
+
+def _brief(e: Exception) -> str:
+    """An exception as a short single line: numpy may quote a corrupt header verbatim."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _scalar(arrays: dict, name: str, kind: str, where: str):
@@ -133,7 +165,8 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     where = f"checkpoint '{path}'"
     missing = [n for n in (*PARAM_NAMES, "vocab", "config", "format_version") if n not in arrays]
     if missing:
-        raise CheckpointError(f"'{path}' is not a charrnn checkpoint: missing {', '.join(missing)}")
+        raise CheckpointError(f"'{path}' is not a charrnn checkpoint: it has no "
+                              f"{', '.join(missing)}; give a .npz that 'charrnn train' wrote")
     version = _scalar(arrays, "format_version", "iu", where)
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -147,21 +180,26 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4:
         raise CheckpointError(f"{where}: 'vocab' must be a 1-D array of single characters")
     vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
-    if len(set(vocab)) != len(vocab) or len(vocab) == 0:
-        raise CheckpointError(f"{where}: 'vocab' is empty or has repeated characters")
+    # sorted and distinct: the ids of a text are found by binary search (data.encode)
+    if not vocab or vocab != sorted(set(vocab)):
+        raise CheckpointError(f"{where}: 'vocab' is empty or not sorted distinct characters")
 
     params = {k: arrays[k] for k in PARAM_NAMES}
     V = len(vocab)
-    H = params["Whh"].shape[0] if params["Whh"].ndim == 2 else -1
+    Whh_shape = params["Whh"].shape
+    if len(Whh_shape) != 2 or Whh_shape[0] != Whh_shape[1] or Whh_shape[0] < 1:
+        raise CheckpointError(f"{where}: 'Whh' has shape {Whh_shape}, expected a square (H, H)")
+    H = Whh_shape[0]
     want = {"Wxh": (H, V), "Whh": (H, H), "bh": (H,), "Why": (V, H), "by": (V,)}
     for k, shape in want.items():
-        if params[k].shape != shape or H < 1:
+        if params[k].shape != shape:
             raise CheckpointError(
                 f"{where}: '{k}' has shape {params[k].shape}, expected {shape} "
                 f"for hidden size {H} and {V} characters"
             )
     dtypes = {params[k].dtype for k in PARAM_NAMES}
-    if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
+    dtype = dtypes.pop()
+    if dtypes or dtype not in (np.float32, np.float64):
         raise CheckpointError(f"{where}: weights must all be float32 or all float64")
     for k in PARAM_NAMES:
         if not np.isfinite(params[k]).all():
@@ -171,15 +209,28 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
         config = json.loads(_scalar(arrays, "config", "U", where))
         train_state = (json.loads(_scalar(arrays, "train_state", "U", where))
                        if "train_state" in arrays else {})
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, too many digits, deep nesting
         raise CheckpointError(f"{where}: 'config' or 'train_state' is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(train_state, dict):
         raise CheckpointError(f"{where}: 'config' and 'train_state' must be JSON objects")
 
     step = _scalar(arrays, "step", "iu", where) if "step" in arrays else 0
+    if not 0 <= step < 2**62:
+        raise CheckpointError(f"{where} has an invalid step {step}")
     h_carry = arrays.get("h_carry")
-    if h_carry is not None and (h_carry.ndim != 2 or h_carry.shape[1] != H):
-        raise CheckpointError(f"{where}: 'h_carry' has shape {h_carry.shape}, expected (B, {H})")
+    if h_carry is not None and (h_carry.ndim != 2 or h_carry.shape[1] != H or h_carry.shape[0] < 1
+                                or h_carry.dtype != dtype):
+        raise CheckpointError(f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, "
+                              f"expected {dtype} (B, {H})")
+    if h_carry is not None and not np.isfinite(h_carry).all():
+        raise CheckpointError(f"{where}: 'h_carry' contains NaN or infinite values")
     opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+    for k, v in opt_state.items():  # "slot.param", shaped like the parameter
+        param = k.partition(".")[2]
+        if param not in params or v.shape != params[param].shape or v.dtype != dtype:
+            raise CheckpointError(f"{where}: optimizer state 'opt.{k}' does not match the weights")
+        if not np.isfinite(v).all():
+            raise CheckpointError(f"{where}: optimizer state 'opt.{k}' contains NaN or "
+                                  "infinite values")
     return Checkpoint(params=params, vocab=vocab, config=config, step=int(step),
                       h_carry=h_carry, opt_state=opt_state, train_state=train_state)

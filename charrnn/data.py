@@ -3,6 +3,10 @@ the batches of truncated BPTT.
 
 The vocabulary is the sorted set of distinct characters (Unicode code points), so ids are stable
 across runs of the same text. Ids are stored in the smallest unsigned type that holds them.
+
+This module works in memory, for texts that fit in it (and for `sample` and `eval`); training
+reads a corpus of any size through charrnn.cache, which streams it into a memory-mapped file of
+the same ids.
 """
 
 from __future__ import annotations
@@ -25,6 +29,29 @@ def id_dtype(vocab_size: int) -> type:
     return np.uint32
 
 
+def open_error(path: Path, e: OSError) -> DataError:
+    """The message for a corpus file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"file '{path}' not found; check the path")
+    if isinstance(e, IsADirectoryError):
+        return DataError(f"'{path}' is a directory; give a text file")
+    if isinstance(e, PermissionError):
+        return DataError(f"cannot read '{path}': permission denied")
+    return DataError(f"cannot read '{path}': {e.strerror or e}")
+
+
+def decode_error(name: str, encoding: str, offset: int) -> DataError:
+    """The message for invalid input at byte `offset`, with the flags that get past it."""
+    return DataError(
+        f"'{name}' is not valid {encoding} at byte offset {offset}; "
+        "pass --encoding (e.g. latin-1) or --decode-errors replace"
+    )
+
+
+def empty_error(name: str) -> DataError:
+    return DataError(f"'{name}' is empty; give a text with at least a few hundred characters")
+
+
 def read_bytes(source: str | Path) -> bytes:
     """The raw bytes of a file, or of standard input for "-"."""
     if str(source) == "-":
@@ -32,14 +59,8 @@ def read_bytes(source: str | Path) -> bytes:
     path = Path(source)
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"file '{path}' not found; check the path") from None
-    except IsADirectoryError:
-        raise DataError(f"'{path}' is a directory; give a text file") from None
-    except PermissionError:
-        raise DataError(f"cannot read '{path}': permission denied") from None
     except OSError as e:
-        raise DataError(f"cannot read '{path}': {e.strerror or e}") from None
+        raise open_error(path, e) from None
 
 
 def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -47,10 +68,7 @@ def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict
     try:
         return raw.decode(encoding, errors)
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"'{name}' is not valid {encoding} at byte offset {e.start}; "
-            "pass --encoding (e.g. latin-1) or --decode-errors replace"
-        ) from None
+        raise decode_error(name, encoding, e.start) from None
     except LookupError:
         raise DataError(f"unknown text encoding '{encoding}'") from None
 
@@ -73,7 +91,7 @@ class Corpus:
 
 def build_corpus(text: str, name: str = "corpus") -> Corpus:
     if not text:
-        raise DataError(f"'{name}' is empty; give a text with at least a few hundred characters")
+        raise empty_error(name)
     cps = code_points(text)
     uniq = np.unique(cps)  # sorted distinct code points = the vocabulary
     ids = np.searchsorted(uniq, cps).astype(id_dtype(len(uniq)))

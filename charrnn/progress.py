@@ -1,7 +1,9 @@
-"""Training progress on stderr: a rich progress bar on a terminal, plain log lines otherwise.
+"""Training progress on stderr: a rich progress bar on a terminal, plain log lines otherwise;
+and the bar (MB, MB/s) of encoding a large corpus into its cache.
 
 Part of the command-line layer (only cli.py uses it); the training loop just calls the reporter
-methods (start, step, sample, message, end).
+methods (start, step, sample, message, end), the encoder a `progress(phase, done, total)`
+callback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 
 def _fmt_rate(chars_per_sec: float) -> str:
@@ -110,3 +120,41 @@ def make_reporter(quiet: bool):
     if sys.stderr.isatty():
         return RichReporter()
     return PlainReporter()
+
+
+class EncodeBar:
+    """The encoder's progress as a transient bar: corpus MB read and MB/s, then the ids sorted.
+    Drawn only once the corpus turns out to be at least `min_bytes`, so small ones stay quiet."""
+
+    def __init__(self, name: str, min_bytes: int = 32 << 20):
+        self.name, self.min_bytes = name, min_bytes
+        self.progress: Progress | None = None
+        self.tasks: dict = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if self.progress is None:
+            if phase != "read" or max(done, total or 0) < self.min_bytes:
+                return
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True)
+            self.progress.start()
+        if phase not in self.tasks:
+            what = f"encoding {self.name}" if phase == "read" else "writing ids"
+            self.tasks[phase] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def make_encode_bar(quiet: bool, name: str) -> EncodeBar | None:
+    """A bar on a terminal; nothing with --quiet or when stderr is a file or pipe."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return EncodeBar(name)

@@ -1,79 +1,191 @@
 """Generating text: warm the hidden state on a prime text, then draw one character per step.
 
 Several samples are drawn together as one batch: their hidden states are the rows of one
-(M, H) matrix, so M samples cost one (M, H) x (H, H) product per character, not M loops.
-All uniforms are drawn from the Generator up front, so there is no per-step RNG call.
+(M, H) matrix, so M samples cost one (M, H) x (H, H + V) product per character, not M loops.
+
+Drawing uses the Gumbel-max trick: argmax(logits + g) with g = -log(-log(u)) for uniform u is
+an exact draw from softmax(logits). The noise is drawn from the Generator in large blocks,
+before the steps that use it, so a step makes no RNG call and needs no exp, no normalisation
+and no cumulative sum: one add and one argmax. Temperature is folded into a scaled copy of
+Why and by, made once; top-k and top-p set the logits they exclude to -inf before the argmax.
+
+Reading checkpoints and printing are left to the CLI; encoding text to ids to `data`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TextIO
 
 import numpy as np
 
-from charrnn.model import run_recurrence
+from charrnn.data import encode, unknown_chars
+from charrnn.errors import DataError
+from charrnn.model import Workspace, run_recurrence
+from charrnn.parallel import blas_threads
+
+WARM_BLOCK = 4096  # prime characters per run_recurrence call: bounds memory for long primes
+NOISE_BLOCK = 1 << 18  # Gumbel values drawn per RNG call (steps * M * V): 1 MB in float32
+FLUSH_EVERY = 64  # streamed output is flushed at each newline and at least every 64 chars
+
+
+def encode_prime(text: str, vocab: list[str],
+                 unknown: str = "error") -> tuple[np.ndarray, list[str]]:
+    """Ids of the prime text and the distinct characters of it that are not in vocab.
+
+    unknown="error" raises DataError listing those characters; "skip" drops them.
+    """
+    ids, n_unknown = encode(text, vocab)
+    missing = unknown_chars(text, vocab) if n_unknown else []
+    if missing and unknown == "error":
+        raise DataError(
+            f"the seed has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
+            f"vocabulary: {show_chars(missing)}; remove them or pass --unknown skip to drop them"
+        )
+    return ids, missing
+
+
+def show_chars(chars: list[str], limit: int = 20) -> str:
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
 
 
 def warm_state(params: dict, prime_ids: np.ndarray, num_samples: int = 1) -> np.ndarray:
     """Hidden state (M, H) after reading prime_ids from a zero state (zeros if prime is empty)."""
     H = params["Whh"].shape[0]
-    h = np.zeros((1, H), dtype=params["Whh"].dtype)
-    if len(prime_ids):
-        h = run_recurrence(params, np.asarray(prime_ids, dtype=np.intp)[:, None], h)[-1]
+    h = np.zeros((1, H), dtype=params["Whh"].dtype)  # (1, H)
+    prime = np.asarray(prime_ids, dtype=np.intp)
+    ws = Workspace()  # one (block + 1, 1, H) buffer for every block of a long prime
+    for start in range(0, len(prime), WARM_BLOCK):
+        h = run_recurrence(params, prime[start:start + WARM_BLOCK, None], h, ws)[-1].copy()
     return np.repeat(h, num_samples, axis=0)
 
 
-def generate(params: dict, prime_ids: np.ndarray, length: int, rng: np.random.Generator, *,
+def generate(params: dict, prime_ids: np.ndarray, length: int,
+             rng: np.random.Generator | int | None = None, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              argmax: bool = False, num_samples: int = 1) -> Iterator[np.ndarray]:
     """Yield `length` arrays of M = num_samples ids, one per generated character.
 
     The first character is drawn from p = softmax(Why h + by) where h is the state after the
-    prime; with an empty prime h = 0, so it comes from softmax(by), the model's learned
-    character frequencies.
+    prime; with an empty prime h = 0, so it comes from softmax(by), the model's output bias.
+    `argmax` (or top_k=1) takes the most likely character at every step and uses no randomness.
+    The noise for steps [0, n) does not depend on `length`, so with the same rng seed a shorter
+    run's text is a prefix of a longer one's. rng: a Generator, or a seed for one (None: random).
     """
-    Wxh_T = np.ascontiguousarray(params["Wxh"].T)  # (V, H): row c = Wxh x for character c
-    Whh_T, Why_T = params["Whh"].T, params["Why"].T
-    bh, by = params["bh"], params["by"]
-    M, V = num_samples, by.shape[0]
+    if temperature <= 0 or length < 0 or num_samples < 1:
+        raise ValueError("need temperature > 0, length >= 0 and num_samples >= 1")
+    if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError("need top_k >= 1 and 0 < top_p <= 1")
+    rng = np.random.default_rng(rng)
+    Whh, Why = params["Whh"], params["Why"]
+    (V, H), M, dtype = Why.shape, num_samples, Whh.dtype
+    greedy = argmax or top_k == 1
+    scale = 1.0 if greedy else 1.0 / temperature
+    top_k = None if top_k is None or top_k >= V else top_k
+    top_p = None if top_p is None or top_p >= 1.0 else top_p
+
+    # One product per step gives both Whh h (for the next state) and Why h / T (the logits).
+    W = np.concatenate([Whh, Why * scale]).astype(dtype, copy=False)  # (H + V, H)
+    W_T = W.T  # a view: BLAS reads it transposed
+    by = (params["by"] * scale).astype(dtype, copy=False)  # (V,)
+    emb = (params["Wxh"].T + params["bh"]).astype(dtype)  # (V, H): Wxh x + bh for each char
     h = warm_state(params, prime_ids, M)  # (M, H)
-    logits = np.empty((M, V), dtype=h.dtype)  # (M, V)
-    rec = np.empty_like(h)  # (M, H) scratch for Whh h
-    rows = np.arange(M)
-    uniforms = None if argmax else rng.random((length, M))  # (length, M)
-    for i in range(length):
-        np.matmul(h, Why_T, out=logits)  # y = Why h + by
-        logits += by
-        if argmax:
-            ids = logits.argmax(axis=1)
-        else:
-            ids = _draw(logits, uniforms[i], temperature, top_k, top_p, rows)
-        yield ids
-        np.matmul(h, Whh_T, out=rec)
-        rec += Wxh_T[ids]
-        rec += bh
-        np.tanh(rec, out=h)
+    out = np.empty((M, H + V), dtype=dtype)  # (M, H + V)
+    pre, logits = out[:, :H], out[:, H:]  # Whh h_t (M, H) and Why h_t / T (M, V), views
+    scores = np.empty((M, V), dtype=dtype)  # (M, V)
+    block = max(1, NOISE_BLOCK // (M * V))  # steps of noise per RNG call
+    noise = scores[None]  # replaced at step 0 of every block
+
+    with blas_threads(1):  # small products: a second BLAS thread costs more than it gives
+        for i in range(length):
+            np.matmul(h, W_T, out=out)
+            if greedy:
+                np.add(logits, by, out=scores)
+            else:
+                if i % block == 0:  # by is folded into the noise: one add per step, not two
+                    noise = gumbel(rng, (min(block, length - i), M, V), dtype)  # (steps, M, V)
+                    noise += by
+                np.add(logits, noise[i % block], out=scores)  # Why h / T + by / T + g
+                if top_k is not None or top_p is not None:
+                    scores[_excluded(logits + by, top_k, top_p)] = -np.inf
+            ids = scores.argmax(axis=1)  # (M,)
+            yield ids
+            if i + 1 < length:
+                pre += emb[ids[0]] if M == 1 else emb[ids]  # + Wxh x_t + bh (one: a view)
+                np.tanh(pre, out=h)  # h_{t+1} = tanh(Whh h_t + Wxh x_t + bh)
 
 
-def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int | None,
-          top_p: float | None, rows: np.ndarray) -> np.ndarray:
-    """One id per row of logits by inverse-CDF sampling with the given uniforms u (M,)."""
-    logits *= 1.0 / temperature
-    if top_k is not None and top_k < logits.shape[1]:
-        kth = np.partition(logits, -top_k, axis=1)[:, -top_k][:, None]  # (M, 1)
-        logits[logits < kth] = -np.inf
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits, out=logits)  # (M, V), unnormalised
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-p, axis=1)  # (M, V), most likely first
-        sorted_p = np.take_along_axis(p, order, axis=1)
-        cum = np.cumsum(sorted_p, axis=1)
-        total = cum[:, -1:]
-        # keep the smallest prefix whose mass reaches top_p (always at least the top character)
-        drop_sorted = (cum - sorted_p) >= top_p * total
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=1)
-        p[drop] = 0.0
-    cdf = np.cumsum(p, axis=1)  # (M, V)
-    ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
-    return np.minimum(ids, p.shape[1] - 1)
+def gumbel(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Standard Gumbel noise -log(-log(u)), u uniform in (0, 1), in dtype (float32 or float64).
+
+    u is kept at least the smallest normal number, so every value is finite: at most about
+    16.6 (float32) or 36.7 (float64), at least -4.5 or -6.6.
+    """
+    g = rng.random(shape, dtype=dtype)
+    np.maximum(g, np.finfo(dtype).tiny, out=g)
+    np.log(g, out=g)
+    np.negative(g, out=g)
+    np.log(g, out=g)
+    return np.negative(g, out=g)
+
+
+def _excluded(z: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
+    """Mask (M, V) of the characters that top-k, then top-p (nucleus), leave out of logits z."""
+    if top_p is None:  # top-k alone: a partition, no sort
+        kth = np.partition(z, -top_k, axis=1)[:, -top_k, None]  # (M, 1): the k-th largest
+        return z < kth  # ties with the k-th largest are kept
+    order = np.argsort(-z, axis=1)  # (M, V), most likely first
+    p = np.take_along_axis(z, order, axis=1)  # (M, V): sorted logits
+    p -= p[:, :1]
+    np.exp(p, out=p)  # sorted probabilities, unnormalised
+    if top_k is not None:
+        p[:, top_k:] = 0.0
+    cum = np.cumsum(p, axis=1)  # (M, V)
+    # keep the smallest prefix whose mass reaches top_p (always at least the top character)
+    drop = cum - p >= top_p * cum[:, -1:]  # (M, V), in sorted order
+    out = np.empty_like(drop)
+    np.put_along_axis(out, order, drop, axis=1)
+    return out
+
+
+def write_samples(steps: Iterator[np.ndarray], vocab: list[str], out: TextIO, *,
+                  num_samples: int = 1, prefix: str = "") -> None:
+    """Print the samples that `steps` (from generate) yields, the first streamed as it is drawn.
+
+    One sample: prefix + text + newline. Several: each under a header line
+    `==> sample i of M <==`, separated by a blank line; sample 1 is streamed, the others are
+    printed when the batch is done (all M are computed together).
+    """
+    M = num_samples
+    header = (lambda i: f"==> sample {i} of {M} <==\n") if M > 1 else (lambda i: "")
+    out.write(header(1) + prefix)
+    out.flush()
+    rest: list[np.ndarray] = []  # ids of samples 2..M, one (M - 1,) array per step
+    buf: list[str] = []
+    for ids in steps:
+        c = vocab[ids[0]]
+        buf.append(c)
+        if c == "\n" or len(buf) >= FLUSH_EVERY:
+            out.write("".join(buf))
+            out.flush()
+            buf.clear()
+        if M > 1:
+            rest.append(ids[1:])
+    out.write("".join(buf) + "\n")
+    if M > 1:
+        columns = np.array(rest, dtype=np.intp).reshape(-1, M - 1).T  # (M - 1, length)
+        for i, row in enumerate(columns, start=2):
+            out.write(f"\n{header(i)}{prefix}{decode(row, vocab)}\n")
+    out.flush()
+
+
+def collect(steps: Iterator[np.ndarray], vocab: list[str], num_samples: int = 1,
+            prefix: str = "") -> list[str]:
+    """All samples as strings, each prefix + its generated text."""
+    ids = np.array(list(steps), dtype=np.intp).reshape(-1, num_samples).T  # (M, length)
+    return [prefix + decode(row, vocab) for row in ids]
+
+
+def decode(ids: np.ndarray, vocab: list[str]) -> str:
+    return "".join(vocab[i] for i in ids.tolist())

@@ -1,0 +1,88 @@
+"""Scoring a text with a trained model: the exact mean loss of one left-to-right pass.
+
+The model reads the text from a zero hidden state, carrying its state through every character
+with no resets, and is scored on every character before it reads it:
+
+    h_0 = 0;   loss = -(1/N) sum_{t=1..N} log softmax(Why h_{t-1} + by)[x_t]
+
+so the first character is scored by softmax(by), as `charrnn sample` draws it from an empty
+seed, and N * loss is -log of the probability the model gives the whole text. Characters not in
+the vocabulary are skipped (not fed, not scored) and counted, or are an error.
+
+Only the (1, H) x (H, H) product and the tanh run per character (in `model.run_recurrence`);
+the input lookup and the output layer run over blocks of BLOCK characters as large matrix
+products. Reading the text and the checkpoint is left to the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from charrnn.data import encode, unknown_chars
+from charrnn.errors import DataError
+from charrnn.model import Workspace, log_softmax_loss, run_recurrence
+from charrnn.parallel import blas_threads
+from charrnn.sample import show_chars
+
+BLOCK = 4096  # characters per recurrence call and per output-layer product
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean nats per scored character
+    bpc: float  # bits per character: loss / ln 2
+    perplexity: float  # exp(loss)
+    chars: int  # characters scored
+    unknown_chars: int  # characters skipped because they are not in the vocabulary
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        n = self.unknown_chars
+        skipped = f"; {n:,} unknown character{'s' * (n != 1)} skipped" if n else ""
+        return (f"loss {self.loss:.4f} nats/char, {self.bpc:.4f} bpc, perplexity "
+                f"{self.perplexity:.3f} over {self.chars:,} characters{skipped}")
+
+
+def evaluate(params: dict, vocab: list[str], text: str, *, unknown: str = "skip",
+             name: str = "text") -> EvalResult:
+    """Score text (see the module docstring); unknown="error" refuses unknown characters."""
+    if not text:
+        raise DataError(f"'{name}' is empty; give a text to score")
+    ids, n_unknown = encode(text, vocab)
+    if n_unknown and unknown == "error":
+        raise DataError(
+            f"'{name}' has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
+            f"vocabulary ({show_chars(unknown_chars(text, vocab))}); "
+            "pass --unknown skip to leave them out of the score"
+        )
+    if len(ids) == 0:
+        raise DataError(f"none of the characters of '{name}' are in the model's vocabulary; "
+                        "nothing to score (was the model trained on another alphabet?)")
+    loss = total_loss(params, ids) / len(ids)
+    perplexity = math.exp(loss) if loss < 700 else math.inf  # exp(710) overflows a float
+    return EvalResult(loss=loss, bpc=loss / math.log(2), perplexity=perplexity,
+                      chars=len(ids), unknown_chars=n_unknown)
+
+
+def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
+    """Sum over t of -log p(x_t | x_1..x_{t-1}) in nats, from a zero state, in one pass."""
+    H = params["Whh"].shape[0]
+    ids = np.asarray(ids, dtype=np.intp)
+    ws = Workspace()  # hs (block + 1, 1, H) and the logits (block, V) are reused block to block
+    h = np.zeros((1, H), dtype=params["Whh"].dtype)  # (1, H): the state before the block
+    total = 0.0
+    with blas_threads(1):  # a (1, H) x (H, H) product is too small to share between threads
+        for start in range(0, len(ids), block):
+            x = ids[start:start + block]  # (T,)
+            T = len(x)
+            # hs[j] is the state before x[j] (hs[0] = h), so it predicts x[j]; hs[T] carries on
+            hs = run_recurrence(params, x[:, None], h, ws)  # (T + 1, 1, H)
+            _, _, losses = log_softmax_loss(params, hs[:T].reshape(T, H), x, ws)  # (T,)
+            total += float(losses.sum(dtype=np.float64))
+            h[...] = hs[T]
+    return total
