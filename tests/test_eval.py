@@ -1,0 +1,197 @@
+"""`charrnn eval` and the exact scorer behind it: agreement with a plain per-character loop,
+near-zero loss of an overfit model on its own text, unknown characters, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.cli import app
+from charrnn.evaluate import evaluate, total_loss
+from charrnn.model import init_params
+
+PERIOD = "abcdefgh"
+VOCAB = list(" abcde")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory) -> Path:
+    """best.npz of a model trained on PERIOD * 200 until it predicts it almost surely."""
+    folder = tmp_path_factory.mktemp("overfit")
+    corpus = folder / "periodic.txt"
+    corpus.write_text(PERIOD * 200, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        result = CliRunner().invoke(app, [
+            "train", str(corpus), "--hidden-size", "16", "--seq-length", "16", "--batch-size", "4",
+            "--learning-rate", "0.05", "--max-steps", "300", "--eval-every", "100",
+            "--rng-seed", "1", "--set", "val_fraction=0.1", "--out", str(folder / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "best.npz"
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    """A float64 model with random weights and biases, far from uniform in its predictions."""
+    rng = np.random.default_rng(0)
+    params = init_params(len(VOCAB), 5, rng, dtype=np.float64, init_scale=0.8)
+    params["bh"] = rng.standard_normal(5) * 0.5
+    params["by"] = rng.standard_normal(len(VOCAB))
+    path = tmp_path / "tiny.npz"
+    ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=VOCAB, config={}), path)
+    return path
+
+
+def reference_loss(params: dict, vocab: list[str], text: str) -> tuple[float, int]:
+    """Mean -log p per known character, the plain way: one-hot vectors and a loop, float64.
+
+    h starts at 0; each known character is scored by softmax(Why h + by), then read into h.
+    Unknown characters are neither scored nor read.
+    """
+    Wxh, Whh, bh, Why, by = (params[k].astype(np.float64)
+                             for k in ("Wxh", "Whh", "bh", "Why", "by"))
+    h = np.zeros(Whh.shape[0])
+    total, n = 0.0, 0
+    for ch in text:
+        if ch not in vocab:
+            continue
+        c = vocab.index(ch)
+        y = Why @ h + by
+        total -= y[c] - math.log(np.exp(y).sum())
+        x = np.zeros(len(vocab))
+        x[c] = 1.0
+        h = np.tanh(Wxh @ x + Whh @ h + bh)
+        n += 1
+    return total / n, n
+
+
+def run(*args: str, input: str | bytes | None = None):
+    return CliRunner().invoke(app, ["eval", *args], input=input)
+
+
+def test_eval_equals_a_plain_reference_computation(tiny, tmp_path):
+    rng = np.random.default_rng(1)
+    text = "".join(rng.choice(list(" abcdeXY\n"), size=9000))  # crosses two block boundaries
+    (tmp_path / "held_out.txt").write_text(text, encoding="utf-8")
+    result = run("held_out.txt", "--checkpoint", str(tiny), "--json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    ref, n = reference_loss(ckpt_io.load(tiny).params, VOCAB, text)
+    assert abs(got["loss"] - ref) < 1e-9
+    assert got["chars"] == n
+    assert got["unknown_chars"] == len(text) - n > 0
+    assert set(got) == {"loss", "bpc", "perplexity", "chars", "unknown_chars"}
+    assert got["bpc"] == pytest.approx(ref / math.log(2), abs=1e-9)
+    assert got["perplexity"] == pytest.approx(math.exp(ref), rel=1e-9)
+
+
+def test_block_size_does_not_change_the_score(tiny):
+    params = ckpt_io.load(tiny).params
+    ids = np.random.default_rng(2).integers(0, len(VOCAB), 1000)
+    whole = total_loss(params, ids, block=4096)
+    for block in (1, 7, 999, 1000):
+        assert total_loss(params, ids, block=block) == pytest.approx(whole, abs=1e-9)
+
+
+def test_overfit_model_scores_its_own_text_near_zero(overfit, tmp_path):
+    (tmp_path / "periodic.txt").write_text(PERIOD * 200, encoding="utf-8")
+    result = run("periodic.txt", "--checkpoint", str(overfit), "--json")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["loss"] < 0.05 and got["chars"] == 1600 and got["unknown_chars"] == 0
+
+
+def test_human_summary_and_stdin(overfit):
+    result = run("-", "--checkpoint", str(overfit), input=PERIOD * 10)
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"loss 0\.\d{4} nats/char, 0\.\d{4} bpc, perplexity 1\.\d{3} "
+                        r"over 80 characters\n", result.stdout), result.stdout
+    assert result.stderr == ""
+
+
+def test_default_checkpoint_is_the_latest_run(overfit, tmp_path):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "best.npz").write_bytes(overfit.read_bytes())
+    result = run("-", "--json", input="abcd")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["chars"] == 4
+    assert result.stderr == f"Using checkpoint {Path('runs', 'x', 'best.npz')}\n"
+    assert run("-", "-q", input="abcd").stderr == ""
+
+
+def test_unknown_error_refuses_unknown_characters(tiny):
+    result = run("-", "--checkpoint", str(tiny), "--unknown", "error", input="abc?zz")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: '<stdin>' has 3 characters not in the model's vocabulary ('?', 'z'); "
+        "pass --unknown skip to leave them out of the score\n")
+
+
+def test_skipped_characters_are_not_fed(tiny):
+    params = ckpt_io.load(tiny).params
+    with_unknown = evaluate(params, VOCAB, "ab?c\nd e", unknown="skip")
+    without = evaluate(params, VOCAB, "abcd e", unknown="skip")
+    assert with_unknown.loss == without.loss
+    assert (with_unknown.chars, with_unknown.unknown_chars) == (6, 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "Error: '<stdin>' is empty; give a text to score\n"),
+    ("xyz\n", "Error: none of the characters of '<stdin>' are in the model's vocabulary; "
+              "nothing to score (was the model trained on another alphabet?)\n"),
+])
+def test_nothing_to_score_is_an_error(tiny, text, message):
+    result = run("-", "--checkpoint", str(tiny), input=text)
+    assert result.exit_code == 1
+    assert result.stderr == message
+
+
+def test_missing_text_file_is_an_error(tiny):
+    result = run("nope.txt", "--checkpoint", str(tiny))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and "nope.txt" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_invalid_utf8_names_the_offset_and_replace_gets_past_it(tiny, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"abc\xffde")
+    strict = run("bad.txt", "--checkpoint", str(tiny))
+    assert strict.exit_code == 1
+    assert "byte offset 3" in strict.stderr and strict.stderr.count("\n") == 1
+    replaced = run("bad.txt", "--checkpoint", str(tiny), "--decode-errors", "replace", "--json")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads(replaced.stdout)["unknown_chars"] == 1  # U+FFFD is not in the vocabulary
+    latin = run("bad.txt", "--checkpoint", str(tiny), "--encoding", "latin-1", "--json")
+    assert json.loads(latin.stdout)["unknown_chars"] == 1  # 'ÿ'
+
+
+@pytest.mark.parametrize("args", [["--decode-errors", "ignore"], ["--unknown", "drop"]])
+def test_bad_option_values_are_usage_errors(tiny, args):
+    assert run("-", "--checkpoint", str(tiny), *args, input="abc").exit_code == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "not npz", "truncated", "missing arrays"])
+def test_bad_checkpoints_are_one_line_errors(case, tiny, tmp_path):
+    (tmp_path / "notes.npz").write_text("just text\n")
+    data = tiny.read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    np.savez(tmp_path / "partial.npz", Whh=np.zeros((2, 2)), vocab=np.array(["a", "b"]))
+    path = {"missing": tmp_path / "nope.npz", "not npz": tmp_path / "notes.npz",
+            "truncated": tmp_path / "truncated.npz", "missing arrays": tmp_path / "partial.npz"}
+    result = run("-", "--checkpoint", str(path[case]), input="abc")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ") and str(path[case]) in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -1,0 +1,288 @@
+"""`charrnn sample` and the sampler behind it: greedy decoding of an overfit model, seeds,
+top-k/top-p, the first character of an empty seed, unknown seed characters, bad checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charrnn import checkpoint as ckpt_io
+from charrnn import sample as sampling
+from charrnn.cli import app
+from charrnn.model import init_params, run_recurrence
+
+PERIOD = "abcdefgh"
+VOCAB = list("abcdefgh")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory) -> Path:
+    """best.npz of a model trained on PERIOD * 200 until greedy decoding reproduces it."""
+    folder = tmp_path_factory.mktemp("overfit")
+    corpus = folder / "periodic.txt"
+    corpus.write_text(PERIOD * 200, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        result = CliRunner().invoke(app, [
+            "train", str(corpus), "--hidden-size", "16", "--seq-length", "16", "--batch-size", "4",
+            "--learning-rate", "0.05", "--max-steps", "300", "--eval-every", "100",
+            "--rng-seed", "1", "--set", "val_fraction=0.1", "--out", str(folder / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "best.npz"
+
+
+def random_checkpoint(path: Path, hidden: int = 12, scale: float = 1.0, seed: int = 0) -> Path:
+    """A checkpoint of an untrained model whose outputs are far from deterministic."""
+    rng = np.random.default_rng(seed)
+    params = init_params(len(VOCAB), hidden, rng, dtype=np.float64, init_scale=scale)
+    params["by"] = rng.standard_normal(len(VOCAB))
+    ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=VOCAB, config={}), path)
+    return path
+
+
+@pytest.fixture
+def rand_ckpt(tmp_path) -> Path:
+    return random_checkpoint(tmp_path / "random.npz")
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, ["sample", *args], input=input)
+
+
+# ---- the command ----
+
+
+def test_greedy_sampling_reproduces_the_periodic_text(overfit):
+    result = run("--checkpoint", str(overfit), "--argmax", "--seed", "abc", "--length", "61", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (PERIOD * 8)[:64] + "\n"
+    assert result.stderr == ""
+
+
+def test_no_seed_echo_prints_only_the_continuation(overfit):
+    result = run("--checkpoint", str(overfit), "--argmax", "--seed", "abc", "--length", "5",
+                 "--no-seed-echo", "-q")
+    assert result.stdout == "defgh\n"
+
+
+def test_seed_file_primes_like_seed(overfit, tmp_path):
+    long_prime = (PERIOD * 700)[:-3]  # 5,597 characters: more than one warm-up block
+    (tmp_path / "prompt.txt").write_text(long_prime, encoding="utf-8")
+    result = run("--checkpoint", str(overfit), "--argmax", "--seed-file", "prompt.txt",
+                 "--length", "6", "--no-seed-echo", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "fghabc\n"
+
+
+def test_same_rng_seed_same_text_another_seed_another_text(rand_ckpt):
+    args = ["--checkpoint", str(rand_ckpt), "--length", "200", "-q"]
+    first, again = run(*args, "--rng-seed", "7"), run(*args, "--rng-seed", "7")
+    other = run(*args, "--rng-seed", "8")
+    assert first.exit_code == again.exit_code == other.exit_code == 0
+    assert first.stdout == again.stdout
+    assert first.stdout != other.stdout
+    assert len(first.stdout) == 201
+
+
+def test_top_k_1_equals_argmax(rand_ckpt):
+    args = ["--checkpoint", str(rand_ckpt), "--seed", "bad", "--length", "100", "-q"]
+    greedy = run(*args, "--argmax")
+    top1 = run(*args, "--top-k", "1", "--rng-seed", "3", "--temperature", "2")
+    sampled = run(*args, "--rng-seed", "3", "--temperature", "2")
+    assert greedy.exit_code == top1.exit_code == 0
+    assert top1.stdout == greedy.stdout
+    assert sampled.stdout != greedy.stdout  # the seed and temperature matter without top-k 1
+
+
+def test_empty_seed_starts_from_zero_state_first_char_from_by(tmp_path):
+    path = random_checkpoint(tmp_path / "r.npz")
+    ckpt = ckpt_io.load(path)
+    ckpt.params["by"][:] = 0.0
+    ckpt.params["by"][5] = 3.0  # h = 0, so the logits are by: 'f' is the most likely
+    ckpt_io.save(ckpt, path)
+    result = run("--checkpoint", str(path), "--argmax", "--length", "1", "-q")
+    assert result.stdout == "f\n"
+
+
+def test_num_samples_are_separated_and_json_is_a_list(rand_ckpt):
+    args = ["--checkpoint", str(rand_ckpt), "--seed", "ab", "--length", "40", "--rng-seed", "1",
+            "--num-samples", "3", "-q"]
+    text = run(*args)
+    listed = run(*args, "--json")
+    assert text.exit_code == listed.exit_code == 0
+    samples = json.loads(listed.stdout)
+    assert len(samples) == 3 and all(s.startswith("ab") and len(s) == 42 for s in samples)
+    assert len(set(samples)) == 3  # independent draws
+    expected = "\n".join(f"==> sample {i} of 3 <==\n{s}\n" for i, s in enumerate(samples, 1))
+    assert text.stdout == expected
+
+
+def test_unknown_seed_characters_are_an_error_listing_them(rand_ckpt):
+    result = run("--checkpoint", str(rand_ckpt), "--seed", "abXcY!")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "Error: the seed has 3 characters not in the model's vocabulary: '!', 'X', 'Y'; "
+        "remove them or pass --unknown skip to drop them\n")
+
+
+def test_unknown_skip_drops_them_with_a_warning(overfit):
+    result = run("--checkpoint", str(overfit), "--seed", "abXc", "--unknown", "skip", "--argmax",
+                 "--length", "3", "--no-seed-echo")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "def\n"  # the model read "abc"
+    assert "Warning: the seed's characters not in the model's vocabulary were skipped: 'X'" \
+        in result.stderr
+
+
+def test_default_checkpoint_is_the_latest_runs_best(overfit, tmp_path):
+    old, new = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    old.mkdir(parents=True)
+    new.mkdir()
+    random_checkpoint(old / "best.npz")
+    (new / "best.npz").write_bytes(overfit.read_bytes())
+    os.utime(old / "best.npz", ns=(10**18, 10**18))
+    os.utime(new / "best.npz", ns=(2 * 10**18, 2 * 10**18))  # written last: the latest
+    result = run("--argmax", "--seed", "a", "--length", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "abcd\n"
+    assert result.stderr == f"Using checkpoint {Path('runs', 'b', 'best.npz')}\n"
+    assert run("--argmax", "--length", "3", "--quiet").stderr == ""
+
+
+def test_checkpoint_may_be_a_run_folder(overfit):
+    result = run("--checkpoint", str(overfit.parent), "--argmax", "--seed", "e", "--length", "4")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "efgha\n", "")
+
+
+def test_no_trained_model_is_a_clean_error():
+    result = run("--length", "3")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no trained model found under 'runs/'")
+    assert result.stderr.count("\n") == 1
+
+
+def bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
+    """Missing, not an npz, truncated, and an npz without the model's arrays."""
+    (folder / "notes.npz").write_text("just text\n")
+    data = good.read_bytes()
+    (folder / "truncated.npz").write_bytes(data[: len(data) // 2])
+    np.savez(folder / "partial.npz", Wxh=np.zeros((3, 2)), vocab=np.array(["a", "b"]))
+    return {"missing": folder / "nope.npz", "not npz": folder / "notes.npz",
+            "truncated": folder / "truncated.npz", "missing arrays": folder / "partial.npz"}
+
+
+@pytest.mark.parametrize("case", ["missing", "not npz", "truncated", "missing arrays"])
+def test_bad_checkpoints_are_one_line_errors(case, rand_ckpt, tmp_path):
+    path = bad_checkpoints(tmp_path, rand_ckpt)[case]
+    result = run("--checkpoint", str(path), "--length", "5")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: ") and str(path) in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["--temperature", "0"], ["--temperature", "-1"], ["--temperature", "nan"],
+    ["--top-k", "0"], ["--top-p", "0"], ["--top-p", "1.5"], ["--num-samples", "0"],
+    ["--length", "0"], ["--rng-seed", "-1"], ["--unknown", "maybe"],
+    ["--seed", "a", "--seed-file", "f.txt"],
+])
+def test_out_of_range_options_are_usage_errors(args, rand_ckpt):
+    result = run("--checkpoint", str(rand_ckpt), *args)
+    assert result.exit_code == 2, result.output
+
+
+# ---- the library ----
+
+
+def test_draws_follow_softmax_with_temperature_top_k_and_top_p():
+    """With Why = 0 every step draws from softmax(by / T), so frequencies can be checked."""
+    rng = np.random.default_rng(0)
+    params = init_params(7, 5, rng, dtype=np.float64)
+    params["Why"][:] = 0.0
+    params["by"] = np.log([0.30, 0.05, 0.25, 0.02, 0.08, 0.20, 0.10])
+    for kw in [{}, {"temperature": 0.5}, {"top_k": 3}, {"top_p": 0.6}, {"top_k": 4, "top_p": 0.8}]:
+        steps = sampling.generate(params, [], 500, 1, num_samples=40, **kw)
+        ids = np.concatenate(list(steps))
+        freq = np.bincount(ids, minlength=7) / len(ids)
+        p = np.exp(params["by"] / kw.get("temperature", 1.0))
+        p /= p.sum()
+        order = np.argsort(-p)
+        keep = np.zeros(7, dtype=bool)
+        keep[order[: kw.get("top_k", 7)]] = True
+        if "top_p" in kw:
+            q = np.where(keep, p, 0) / p[keep].sum()
+            keep[order[(np.cumsum(q[order]) - q[order]) >= kw["top_p"]]] = False
+        expected = np.where(keep, p, 0) / p[keep].sum()
+        assert np.abs(freq - expected).max() < 0.015, (kw, freq, expected)
+        assert (freq[~keep] == 0).all()
+
+
+def test_shorter_run_is_a_prefix_of_a_longer_one():
+    params = init_params(8, 6, np.random.default_rng(1), dtype=np.float64, init_scale=1.0)
+    short = np.array(list(sampling.generate(params, [1, 2], 30, 5, num_samples=2)))
+    long = np.array(list(sampling.generate(params, [1, 2], 3000, 5, num_samples=2)))
+    assert (short == long[:30]).all()
+
+
+def test_warm_state_in_blocks_equals_one_pass(monkeypatch):
+    params = init_params(8, 6, np.random.default_rng(2), dtype=np.float64, init_scale=1.0)
+    prime = np.random.default_rng(3).integers(0, 8, 50)
+    whole = run_recurrence(params, prime[:, None], np.zeros((1, 6)))[-1]
+    monkeypatch.setattr(sampling, "WARM_BLOCK", 7)
+    h = sampling.warm_state(params, prime, num_samples=3)
+    assert h.shape == (3, 6)
+    np.testing.assert_allclose(h, np.repeat(whole, 3, axis=0), rtol=0, atol=1e-12)
+
+
+def test_generate_batches_the_samples_one_product_per_step(monkeypatch):
+    """M samples cost one (M, H) x (H, H + V) product per character, not M."""
+    params = init_params(8, 6, np.random.default_rng(4), dtype=np.float64)
+    shapes = []
+    real = np.matmul
+
+    def counting(a, b, *args, **kw):
+        shapes.append(a.shape)
+        return real(a, b, *args, **kw)
+
+    monkeypatch.setattr(sampling.np, "matmul", counting)
+    list(sampling.generate(params, [], 10, 0, num_samples=5))
+    assert shapes == [(5, 6)] * 10
+
+
+class Recorder(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushed_at: list[int] = []
+
+    def flush(self):
+        self.flushed_at.append(len(self.getvalue()))
+
+
+def test_write_samples_streams_and_flushes_often():
+    ids = [np.array([i % 3]) for i in range(1000)]  # 'a', 'b', 'c' with no newline
+    out = Recorder()
+    sampling.write_samples(iter(ids), ["a", "b", "c"], out, prefix="ab")
+    assert out.getvalue() == "ab" + "abc" * 333 + "a\n"
+    gaps = np.diff([0, *out.flushed_at])
+    assert gaps.max() <= sampling.FLUSH_EVERY + 2 and len(out.flushed_at) >= 1000 // 64
+
+
+def test_a_tiny_temperature_is_greedy_without_overflow():
+    params = init_params(8, 6, np.random.default_rng(5), dtype=np.float32, init_scale=3.0)
+    cold = np.array(list(sampling.generate(params, [0], 50, 0, temperature=1e-4)))
+    greedy = np.array(list(sampling.generate(params, [0], 50, argmax=True)))
+    assert (cold == greedy).all()
