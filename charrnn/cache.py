@@ -37,7 +37,8 @@ and other non-regular files (pipes) are encoded into an anonymous temporary file
 disappears when the process ends.
 
 Progress goes to an optional callback `progress(phase, done, total)`: phase "read" counts corpus
-bytes (total None for a pipe), phase "sort" counts ids. Drawing it is left to the CLI.
+bytes (total None for a pipe), phase "sort" the bytes of final ids written. Drawing it is left
+to the CLI.
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ MAGIC = b"\x93CHARRNN-IDS"
 FORMAT_VERSION = 1
 SUFFIX = ".charrnn-cache"
 DATA_OFFSET = 64  # the ids start here
-BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time: the encoder holds ~10x this at most
+BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time; the encoder's working memory is at most
+# ~25x this (text beyond Latin-1: the str, its UTF-32 copy, numpy's int64 index), ~4x for ASCII
 CHUNK = 1 << 21  # ids rewritten at a time when widening or sorting
 N_CODE_POINTS = 0x110000
 TRUST_AFTER_NS = 1_000_000_000  # a corpus written less than this before its scan: not trusted
 STALE_TEMP_S = 60  # an unlocked temporary cache file older than this is a killed prepare's
 
-Progress = Callable[[str, int, "int | None"], None]  # (phase "read" | "write", done, total)
+Progress = Callable[[str, int, "int | None"], None]  # (phase "read" | "sort", done, total)
 
 
 @dataclass
@@ -154,17 +156,15 @@ def prepare(source: str | Path, encoding: str = "utf-8", errors: str = "strict",
 
         trusted = time.time_ns() - st.st_mtime_ns >= TRUST_AFTER_NS
         source_info = {**signature, "path": str(path.resolve()), "trusted": trusted}
-        for i, cache_path in enumerate(candidates):
+        for cache_path in candidates:
             try:
                 _remove_stale_temps(cache_path)
                 return _build(f, name, encoding, errors, source_info, cache_path, block_size,
                               progress, start, st)
             except _FolderNotWritable:
-                if i == len(candidates) - 1:
-                    raise DataError(f"no writable folder for the cache of '{path}'; set "
-                                    "CHARRNN_CACHE_DIR to a writable folder") from None
                 f.seek(0)
-    raise AssertionError("unreachable")
+        raise DataError(f"no writable folder for the cache of '{path}'; set CHARRNN_CACHE_DIR "
+                        "to a writable folder")
 
 
 # --- where caches live ----------------------------------------------------------------------
@@ -419,7 +419,7 @@ def _rewrite(out: BinaryIO, n: int, old: np.dtype, new: np.dtype, rank: np.ndarr
         ids = raw.translate(table) if table is not None else \
             np.take(rank, np.frombuffer(raw, dtype=old)).tobytes()
         _pwrite(fd, ids, DATA_OFFSET + start * new.itemsize)
-        progress("sort", start + m, n)
+        progress("sort", (start + m) * new.itemsize, n * new.itemsize)  # bytes of ids written
     end = DATA_OFFSET + n * new.itemsize
     os.ftruncate(fd, end)
     out.seek(end)

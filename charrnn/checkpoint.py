@@ -144,7 +144,7 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(corrupt.format(_brief(e))) from None
     not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if not_arrays:  # np.load hands back a member that is not an .npy as raw bytes
-        raise CheckpointError(corrupt.format(f"'{not_arrays[0]}' is not a NumPy array"))
+        raise CheckpointError(f"{bad}: its '{not_arrays[0]}' is not a NumPy array; {ours}")
     return _from_arrays(arrays, path)
 
 
@@ -156,9 +156,19 @@ def _brief(e: Exception) -> str:
 
 def _scalar(arrays: dict, name: str, kind: str, where: str):
     a = arrays[name]
-    if a.shape != () or a.dtype.kind not in kind:
+    if a.shape != () or a.dtype.kind not in kind or not _valid_text(a):
         raise CheckpointError(f"{where}: array '{name}' has the wrong type or shape")
     return a.item()
+
+
+def _valid_text(a: np.ndarray) -> bool:
+    """False for a unicode array holding a code unit past U+10FFFF, which Python cannot turn
+    into a str (numpy would raise SystemError); True for any other array."""
+    if a.dtype.kind != "U" or a.dtype.itemsize == 0:
+        return True
+    units = np.ascontiguousarray(a).reshape(-1).view(np.dtype(np.uint32).newbyteorder(
+        a.dtype.byteorder))
+    return bool((units <= 0x10FFFF).all())
 
 
 def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
@@ -177,7 +187,8 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
         raise CheckpointError(f"{where} has an invalid format_version {version}")
 
     vocab_arr = arrays["vocab"]
-    if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4:
+    if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4 \
+            or not _valid_text(vocab_arr):
         raise CheckpointError(f"{where}: 'vocab' must be a 1-D array of single characters")
     vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
     # sorted and distinct: the ids of a text are found by binary search (data.encode)

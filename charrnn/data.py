@@ -11,6 +11,7 @@ the same ids.
 
 from __future__ import annotations
 
+import mmap
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.errors import DataError
+
+STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 
 
 def id_dtype(vocab_size: int) -> type:
@@ -142,6 +145,7 @@ class Batches:
                 "use a longer corpus or lower --batch-size / --seq-length"
             )
         self._offsets = np.arange(seq_length)[:, None] + (np.arange(batch_size) * self.L)[None, :]
+        self._mapping = _mapping(ids)
 
     def epoch(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -153,5 +157,26 @@ class Batches:
     def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(X, Y), each (T, B) of intp ids, for global step `step`."""
         idx = self._offsets + (step % self.steps_per_epoch) * self.T  # (T, B)
-        return (np.asarray(self.ids[idx], dtype=np.intp),
-                np.asarray(self.ids[idx + 1], dtype=np.intp))
+        if self._mapping is None:
+            return (np.asarray(self.ids[idx], dtype=np.intp),
+                    np.asarray(self.ids[idx + 1], dtype=np.intp))
+        # Memory-mapped ids (charrnn.cache): a read can map a whole page-cache folio (up to 2 MB
+        # on recent kernels) that then stays mapped, so resident memory would grow with B and,
+        # over an epoch, with the corpus. Read a few streams at a time and unmap the pages after
+        # each group; they stay in the page cache, so the next read is not a disk read.
+        X = np.empty(idx.shape, dtype=np.intp)  # (T, B)
+        Y = np.empty(idx.shape, dtype=np.intp)  # (T, B)
+        for b in range(0, self.B, STREAMS_PER_READ):
+            cols = slice(b, b + STREAMS_PER_READ)
+            X[:, cols] = self.ids[idx[:, cols]]
+            Y[:, cols] = self.ids[idx[:, cols] + 1]
+            self._mapping.madvise(mmap.MADV_DONTNEED)
+        return X, Y
+
+
+def _mapping(ids: np.ndarray) -> mmap.mmap | None:
+    """The mmap under a memory-mapped array (np.memmap or a view of one), if it can be released."""
+    base = ids
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base if base is not None and hasattr(mmap, "MADV_DONTNEED") else None

@@ -1,0 +1,198 @@
+"""Memory and time of `charrnn train` as the corpus grows, and the encoder's throughput.
+
+    python benchmarks/bench_scale.py [--sizes 10,100,1000] [--tmpdir DIR]   (make bench-scale)
+
+For each size (MB) it generates a corpus of shuffled lines of data/shakespeare.txt in a temporary
+folder and runs, each as a fresh subprocess:
+  1. `charrnn train` with no cache yet (it encodes the corpus, then trains),
+  2. `charrnn prepare --force` (encoding alone: MB/s of ASCII text),
+  3. `charrnn train` again, reusing the cache;
+then `charrnn prepare` on a mixed-Unicode corpus (accents, Greek, Cyrillic, ~500 CJK characters,
+emoji; more than 256 distinct characters, so uint16 ids).
+
+Training: 10 steps at hidden 512, batch 64, seq_length 100, with one validation at step 10 on
+val_max_chars=20000 characters of the validation tail (so it reads the cache's tail too, but
+does not dominate the time). Peak RSS is each child's own ru_maxrss (os.wait4), which counts the
+pages of the memory-mapped cache the process has mapped as well as its own memory.
+
+Targets (issue 6): peak RSS on 1 GB below 400 MB and within 50 MB of the 10 MB run; encoding
+at least 50 MB/s for ASCII and for mixed Unicode. Prints a table, saves a JSON copy under
+benchmarks/results/, and deletes the generated corpora. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "data" / "shakespeare.txt"
+RESULTS = REPO / "benchmarks" / "results"
+MB = 1_000_000
+TRAIN_ARGS = ["--hidden-size", "512", "--batch-size", "64", "--seq-length", "100",
+              "--max-steps", "10", "--eval-every", "10", "--set", "val_max_chars=20000",
+              "--checkpoint-every", "1000", "--rng-seed", "1", "--quiet", "--json"]
+RSS_LIMIT_MB, RSS_SPREAD_MB, ENCODE_MIN_MBS = 400, 50, 50
+
+
+def run(args: list[str]) -> dict:
+    """Run `python -m charrnn ARGS`; its wall time, its own peak RSS and its --json output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max of all
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"charrnn {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{err.read().decode()}")
+        result = json.loads(out.read().decode().strip().splitlines()[-1])
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss * scale / 2**20, 1),
+            "json": result}
+
+
+def make_corpus(path: Path, size: int, lines: list[str], rng: random.Random) -> None:
+    """About `size` bytes of the lines, shuffled: 8 shuffled copies of the text, concatenated
+    in random order until the size is reached (cutting the last one at a line)."""
+    variants = []
+    for _ in range(8):
+        rng.shuffle(lines)
+        variants.append("".join(lines).encode("utf-8"))
+    written = 0
+    with open(path, "wb") as f:
+        while written < size:
+            block = rng.choice(variants)[: size - written]
+            if written + len(block) >= size:
+                block = block[: block.rfind(b"\n") + 1] or block
+            f.write(block)
+            written += len(block)
+    past = time.time() - 60  # a file written within the last second is not trusted by the cache
+    os.utime(path, (past, past))
+
+
+def mixed_lines(lines: list[str], rng: random.Random) -> list[str]:
+    phrases = ["Ünïcödé façade naïve ", "Ελληνικά κείμενο ", "Русский текст ", "한국어 문장 ",
+               "العربية ", "emoji 😀🎉🚀 ", "Œuvre — «citation» ", "ﬁ ligature ½ ™ "]
+    cjk = [chr(0x4E00 + i) for i in range(500)]
+    out = []
+    for line in lines:
+        r = rng.random()
+        if r < 0.25:
+            line = rng.choice(phrases) + line
+        elif r < 0.35:
+            line = "".join(rng.choices(cjk, k=12)) + " " + line
+        out.append(line)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000", help="corpus sizes in MB")
+    parser.add_argument("--mixed-mb", type=int, default=200, help="size of the mixed corpus")
+    parser.add_argument("--tmpdir", default=None, help="where to generate the corpora")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-bench-scale-", dir=args.tmpdir))
+    need = 2.2 * (sum(sizes) + 2 * args.mixed_mb) * MB + 500 * MB  # corpora, caches, runs
+    free = shutil.disk_usage(folder).free
+    print(f"generating in {folder}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed",
+          file=sys.stderr)
+    if free < need:
+        folder.rmdir()
+        raise SystemExit("not enough disk space; pass --tmpdir or smaller --sizes")
+
+    rng = random.Random(0)
+    lines = SOURCE.read_text(encoding="utf-8").splitlines(keepends=True)
+    rows, encode = [], {}
+    try:
+        for size in sizes:
+            corpus = folder / f"ascii-{size}mb.txt"
+            make_corpus(corpus, size * MB, lines, rng)
+            print(f"{size} MB corpus ...", file=sys.stderr)
+            cold = run(["train", str(corpus), "--out", str(folder / f"run-{size}-cold"),
+                        *TRAIN_ARGS])
+            prep = run(["prepare", str(corpus), "--force", "--quiet", "--json"])
+            warm = run(["train", str(corpus), "--out", str(folder / f"run-{size}-warm"),
+                        *TRAIN_ARGS])
+            rows.append({"size_mb": size, "bytes": corpus.stat().st_size,
+                         "train_cold": cold, "prepare": prep, "train_warm": warm})
+            corpus.unlink()
+            Path(prep["json"]["cache"]).unlink()
+
+        corpus = folder / f"mixed-{args.mixed_mb}mb.txt"
+        make_corpus(corpus, args.mixed_mb * MB, mixed_lines(lines, rng), rng)
+        print("mixed-Unicode corpus ...", file=sys.stderr)
+        mixed = run(["prepare", str(corpus), "--quiet", "--json"])
+        encode = {"ascii_mb_per_sec": rows[-1]["prepare"]["json"]["mb_per_sec"] if rows else None,
+                  "ascii_corpus_mb": sizes[-1] if rows else None,
+                  "mixed_mb_per_sec": mixed["json"]["mb_per_sec"],
+                  "mixed_corpus_mb": args.mixed_mb, "mixed": mixed}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    report(rows, encode)
+
+
+def report(rows: list[dict], encode: dict) -> None:
+    print("\ncharrnn train: 10 steps, hidden 512, batch 64, seq_length 100 "
+          "(validation at step 10 on 20,000 chars)\n")
+    head = (f"{'corpus':>8} {'chars':>14} {'train cold':>18} {'train warm':>18} "
+            f"{'prepare':>22}")
+    print(head)
+    print(f"{'':>8} {'':>14} {'peak RSS / wall':>18} {'peak RSS / wall':>18} "
+          f"{'RSS / s / MB/s':>22}")
+    print("-" * len(head))
+    for r in rows:
+        c, w, p = r["train_cold"], r["train_warm"], r["prepare"]
+        print(f"{r['size_mb']:>5} MB {p['json']['chars']:>14,} "
+              f"{c['peak_rss_mb']:>8.0f} MB {c['wall_s']:>6.1f}s "
+              f"{w['peak_rss_mb']:>8.0f} MB {w['wall_s']:>6.1f}s "
+              f"{p['peak_rss_mb']:>6.0f} MB {p['json']['seconds']:>5.1f}s "
+              f"{p['json']['mb_per_sec']:>6.1f}")
+    m = encode["mixed"]["json"]
+    print(f"\nencoding (charrnn prepare, in-process time): ASCII {encode['ascii_mb_per_sec']} "
+          f"MB/s ({encode['ascii_corpus_mb']} MB); mixed Unicode {encode['mixed_mb_per_sec']} "
+          f"MB/s ({encode['mixed_corpus_mb']} MB, {m['vocab_size']} distinct characters, "
+          f"{m['id_dtype']} ids, peak RSS {encode['mixed']['peak_rss_mb']:.0f} MB)")
+
+    checks = []
+    if rows:
+        peaks = [max(r["train_cold"]["peak_rss_mb"], r["train_warm"]["peak_rss_mb"])
+                 for r in rows]
+        big, small = peaks[-1], peaks[0]
+        checks.append((f"peak RSS on {rows[-1]['size_mb']} MB < {RSS_LIMIT_MB} MB",
+                       big < RSS_LIMIT_MB, f"{big:.0f} MB"))
+        checks.append((f"within {RSS_SPREAD_MB} MB of the {rows[0]['size_mb']} MB run",
+                       big - small <= RSS_SPREAD_MB, f"{big - small:+.0f} MB"))
+    for name in ("ascii", "mixed"):
+        rate = encode.get(f"{name}_mb_per_sec")
+        if rate is not None:
+            checks.append((f"{name} encoding >= {ENCODE_MIN_MBS} MB/s", rate >= ENCODE_MIN_MBS,
+                           f"{rate} MB/s"))
+    print()
+    for what, ok, value in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {what}: {value}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"train_args": TRAIN_ARGS, "rows": rows, "encode": encode,
+                               "checks": [{"check": c, "ok": ok, "value": v}
+                                          for c, ok, v in checks],
+                               "cpus": os.cpu_count()}, indent=2))
+    print(f"\nsaved {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Tests of charrnn.cache: the streaming encoder gives what the in-memory path gives (ids,
+vocabulary, errors, training results), the cache is reused and rebuilt when it should be, and
+the `prepare` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charrnn import cache
+from charrnn.cli import app
+from charrnn.config import Config
+from charrnn.data import Batches, build_corpus, read_text, split
+from charrnn.errors import DataError
+from charrnn.train import train
+
+# multi-byte characters of every UTF-8 length (2, 3 and 4 bytes), so that tiny blocks cut
+# them at every possible byte
+MIXED = "Ünïcödé façade — テキスト 😀 x\n" * 7 + "plain ASCII tail\n"
+
+
+def write(path, data: bytes | str, age: float = 10.0):
+    """Write a corpus and date it `age` seconds back (a just-written file is not trusted)."""
+    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    past = time.time() - age
+    os.utime(path, (past, past))
+    return path
+
+
+def in_memory(path, encoding="utf-8", errors="strict"):
+    return build_corpus(read_text(path, encoding, errors), str(path))
+
+
+def assert_same(a, b):
+    assert a.vocab == b.vocab
+    assert a.ids.dtype == b.ids.dtype
+    np.testing.assert_array_equal(np.asarray(a.ids), np.asarray(b.ids))
+
+
+# ---- the streaming path gives the in-memory path's ids and vocabulary ----
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 5, 7, 64, 1 << 20])
+@pytest.mark.parametrize("text", [
+    "hello world! " * 40,
+    MIXED,
+    "é" * 50,  # Latin-1 only: the 1-byte code point path
+    "😀a" * 30,  # astral characters
+], ids=["ascii", "mixed", "latin1", "astral"])
+def test_same_ids_and_vocab_as_in_memory(tmp_path, text, block_size):
+    path = write(tmp_path / "c.txt", text)
+    got = cache.prepare(path, block_size=block_size).corpus
+    assert isinstance(got.ids, np.memmap)
+    assert_same(got, in_memory(path))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(min_size=1, max_size=60) | st.text(min_size=1, max_size=40).map(
+    lambda t: t.encode("utf-8", "surrogatepass")), block_size=st.integers(1, 9),
+    errors=st.sampled_from(["strict", "replace"]))
+def test_any_bytes_any_blocks_same_as_in_memory(tmp_path, raw, block_size, errors):
+    path = write(tmp_path / "c.txt", raw)
+    try:
+        expected = in_memory(path, errors=errors)
+    except DataError as e:
+        with pytest.raises(DataError) as got:
+            cache.prepare(path, errors=errors, block_size=block_size, force=True)
+        assert str(got.value) == str(e)
+        return
+    got = cache.prepare(path, errors=errors, block_size=block_size, force=True).corpus
+    assert_same(got, expected)
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 21])
+def test_more_than_256_characters_get_uint16_ids(tmp_path, monkeypatch, chunk):
+    # the 256th character turns up late, so ids already written are widened in place
+    monkeypatch.setattr(cache, "CHUNK", chunk)  # small chunks: the widening loop runs many times
+    text = "abc" * 50 + "".join(chr(0x100 + i) for i in range(300)) + "xyz" * 20
+    path = write(tmp_path / "c.txt", text)
+    got = cache.prepare(path, block_size=16).corpus
+    assert got.ids.dtype == np.uint16 and len(got.vocab) == 306
+    assert_same(got, in_memory(path))
+
+
+def test_more_than_65536_characters_get_uint32_ids(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "CHUNK", 4096)
+    chars = [chr(c) for c in range(0x20, 0x20 + 70_000) if not 0xD800 <= c < 0xE000]
+    path = write(tmp_path / "c.txt", "ab" * 100 + "".join(chars))
+    got = cache.prepare(path, block_size=1 << 16).corpus
+    assert got.ids.dtype == np.uint32
+    assert_same(got, in_memory(path))
+
+
+def test_exactly_256_characters_fit_uint8(tmp_path):
+    path = write(tmp_path / "c.txt", "".join(chr(0x100 + i) for i in range(256)) * 2)
+    got = cache.prepare(path, block_size=100).corpus
+    assert got.ids.dtype == np.uint8
+    assert_same(got, in_memory(path))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1", "shift_jis"])
+def test_other_encodings(tmp_path, encoding):
+    text = "テキスト abc\n" * 20 if encoding != "latin-1" else "façade\n" * 20
+    path = write(tmp_path / "c.txt", text.encode(encoding))
+    got = cache.prepare(path, encoding, block_size=3).corpus
+    assert_same(got, in_memory(path, encoding))
+
+
+# ---- errors ----
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 4, 5, 6, 7, 1000])
+@pytest.mark.parametrize("raw", [
+    "aé€".encode() + b"\xff" + b"tail",  # a bad byte after multi-byte characters
+    "ab€".encode()[:-1] + b"zz",  # a 3-byte character cut short mid-file
+    "ab€".encode()[:-1],  # ... and at the very end
+    b"\xc3" + "é".encode() * 3,  # a lone lead byte at offset 0
+], ids=["bad-byte", "cut-mid", "cut-end", "lead-at-0"])
+def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, raw, block_size):
+    path = write(tmp_path / "bad.txt", raw)
+    with pytest.raises(DataError) as expected:
+        in_memory(path)
+    with pytest.raises(DataError) as got:
+        cache.prepare(path, block_size=block_size)
+    assert str(got.value) == str(expected.value)
+    assert "byte offset" in str(got.value) and "--decode-errors replace" in str(got.value)
+    assert not list(tmp_path.glob("*charrnn-cache*"))  # nothing left behind
+
+
+def test_decode_errors_replace_matches_in_memory(tmp_path):
+    path = write(tmp_path / "bad.txt", b"ab\xffcd\xe2\x82" + "é".encode() + b"\xc3")
+    assert_same(cache.prepare(path, errors="replace", block_size=2).corpus,
+                in_memory(path, errors="replace"))
+
+
+def test_empty_missing_and_directory(tmp_path):
+    with pytest.raises(DataError, match="'.*e.txt' is empty; give a text"):
+        cache.prepare(write(tmp_path / "e.txt", b""))
+    with pytest.raises(DataError, match="not found; check the path"):
+        cache.prepare(tmp_path / "nope.txt")
+    with pytest.raises(DataError, match="is a directory"):
+        cache.prepare(tmp_path)
+    with pytest.raises(DataError, match="unknown text encoding 'base64'"):
+        cache.prepare(write(tmp_path / "c.txt", "abc"), "base64")
+
+
+# ---- reuse and rebuild ----
+
+
+def test_cache_is_reused_while_the_corpus_is_unchanged(tmp_path):
+    path = write(tmp_path / "c.txt", MIXED)
+    first = cache.prepare(path)
+    assert not first.reused and first.cache_path == tmp_path / "c.txt.charrnn-cache"
+    again = cache.prepare(path)
+    assert again.reused and again.cache_path == first.cache_path
+    assert_same(again.corpus, first.corpus)
+    assert not cache.prepare(path, force=True).reused
+
+
+def test_cache_is_rebuilt_when_the_corpus_changes(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache.prepare(path)
+    write(path, "abd" * 100)  # same size, different text and mtime
+    rebuilt = cache.prepare(path)
+    assert not rebuilt.reused and rebuilt.corpus.vocab == ["a", "b", "d"]
+
+    st = path.stat()
+    path.write_bytes(b"abe" * 100)  # same size, and the old mtime put back: ctime still moves
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rebuilt = cache.prepare(path)
+    assert not rebuilt.reused and rebuilt.corpus.vocab == ["a", "b", "e"]
+
+
+def test_cache_is_rebuilt_for_another_encoding_or_error_mode(tmp_path):
+    path = write(tmp_path / "c.txt", "façade" * 20)
+    cache.prepare(path)
+    assert not cache.prepare(path, "latin-1").reused
+    assert cache.prepare(path, "LATIN1").reused  # the same codec spelled differently
+    assert not cache.prepare(path, "latin-1", "replace").reused
+
+
+def test_a_just_written_corpus_is_not_trusted_next_time(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("abc" * 100)  # written now: the same clock tick could hold another write
+    assert not cache.prepare(path).reused
+    assert not cache.prepare(path).reused
+
+
+def test_broken_cache_is_rebuilt_not_an_error(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache_path = cache.prepare(path).cache_path
+    data = cache_path.read_bytes()
+    for broken in (data[:-5], data[:100], b"", b"junk" * 50, data[:-1] + b"\xff"):
+        cache_path.write_bytes(broken)
+        got = cache.prepare(path)
+        assert not got.reused
+        assert_same(got.corpus, in_memory(path))
+
+
+def test_killed_prepare_leftovers_are_removed(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    leftover = tmp_path / ".c.txt.tmp-dead.charrnn-cache"
+    leftover.write_bytes(b"half written")
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".c.txt.tmp-live.charrnn-cache"  # may belong to a running prepare
+    fresh.write_bytes(b"being written")
+    cache.prepare(path)
+    assert not leftover.exists() and fresh.exists()
+
+
+def test_unwritable_folder_falls_back_to_the_user_cache_dir(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "user-cache"))
+    create = cache._create_temp
+
+    def no_corpus_folder(folder, stem):
+        if folder == tmp_path:
+            raise cache._FolderNotWritable
+        return create(folder, stem)
+
+    monkeypatch.setattr(cache, "_create_temp", no_corpus_folder)
+    built = cache.prepare(path)
+    assert built.cache_path.parent == tmp_path / "user-cache"
+    assert built.cache_path.name.startswith("c.txt-")
+    assert cache.prepare(path).reused
+
+
+def test_stdin_goes_through_a_temporary_cache(tmp_path, monkeypatch):
+    raw = MIXED.encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    got = cache.prepare("-", block_size=3)
+    assert got.cache_path is None and got.name == "<stdin>"
+    assert_same(got.corpus, build_corpus(MIXED))
+
+
+def test_split_of_a_memmap_stays_a_memmap(tmp_path):
+    train_ids, val_ids = split(cache.prepare(write(tmp_path / "c.txt", MIXED)).corpus.ids, 0.1)
+    assert isinstance(train_ids, np.memmap) and isinstance(val_ids, np.memmap)
+
+
+# ---- training reads the same batches ----
+
+
+def test_batches_from_the_cache_equal_batches_in_memory(tmp_path):
+    path = write(tmp_path / "c.txt", MIXED * 10)
+    mapped, held = cache.prepare(path).corpus.ids, in_memory(path).ids
+    for B in (1, 5, 9):  # fewer, a partial group and more than data.STREAMS_PER_READ streams
+        a, b = Batches(mapped, B, 7), Batches(held, B, 7)
+        assert a._mapping is not None and b._mapping is None
+        for step in range(0, 3 * a.steps_per_epoch, 5):
+            for x, y in zip(a.get(step), b.get(step), strict=True):
+                assert x.dtype == np.intp
+                np.testing.assert_array_equal(x, y)
+
+
+def test_training_on_the_cache_equals_training_in_memory(tmp_path):
+    path = write(tmp_path / "c.txt", (MIXED + "hello world! ") * 20)
+    cfg = Config.from_dict({"hidden_size": 8, "seq_length": 8, "batch_size": 6,
+                            "max_steps": 12, "eval_every": 4, "checkpoint_every": 4,
+                            "val_fraction": 0.1, "rng_seed": 3})
+    train(cfg, in_memory(path), tmp_path / "mem")
+    train(cfg, cache.prepare(path, block_size=5).corpus, tmp_path / "cached")
+    for name in ("last.npz", "best.npz"):
+        with np.load(tmp_path / "mem" / name) as a, np.load(tmp_path / "cached" / name) as b:
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
+# ---- the prepare command ----
+
+
+def test_prepare_command(tmp_path, runner):
+    path = write(tmp_path / "c.txt", MIXED)
+    result = runner.invoke(app, ["prepare", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"encoded {path}: {len(MIXED)} characters, 28 distinct "
+                                    "(uint8 ids) in ")
+    assert (tmp_path / "c.txt.charrnn-cache").exists()
+
+    result = runner.invoke(app, ["prepare", str(path), "--json"])
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["reused"] is True and summary["chars"] == len(MIXED)
+    assert summary["vocab_size"] == 28 and summary["id_dtype"] == "uint8"
+    assert summary["cache"] == str(tmp_path / "c.txt.charrnn-cache")
+
+    result = runner.invoke(app, ["prepare", str(path), "--quiet"])
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_prepare_command_errors(tmp_path, runner):
+    bad = write(tmp_path / "bad.txt", "aé".encode() + b"\xff")
+    result = runner.invoke(app, ["prepare", str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: '{bad}' is not valid utf-8 at byte offset 3; pass "
+                             "--encoding (e.g. latin-1) or --decode-errors replace\n")
+    result = runner.invoke(app, ["prepare", str(bad), "--encoding", "latin-1"])
+    assert result.exit_code == 0
+
+    result = runner.invoke(app, ["prepare", "missing.txt"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: file 'missing.txt' not found; check the path\n"
+    result = runner.invoke(app, ["prepare", str(bad), "--decode-errors", "ignore"])
+    assert result.exit_code == 1 and "decode_errors" in result.stderr
+    result = runner.invoke(app, ["prepare", "-"])
+    assert result.exit_code == 2 and "stdin" in result.stderr
+
+
+def test_train_command_builds_and_then_reuses_the_cache(tmp_path, runner, tiny_config):
+    path = write(tmp_path / "c.txt", "hello world! " * 100)
+    args = ["train", str(path), "--config", str(tiny_config), "--max-steps", "4", "--quiet"]
+    assert runner.invoke(app, [*args, "--out", "r1"]).exit_code == 0
+    cache_file = tmp_path / "c.txt.charrnn-cache"
+    built = cache_file.stat().st_mtime_ns
+    assert runner.invoke(app, [*args, "--out", "r2"]).exit_code == 0
+    assert cache_file.stat().st_mtime_ns == built  # reused, not rewritten
+    result = runner.invoke(app, ["train", "-", "--config", str(tiny_config), "--max-steps", "4",
+                                 "--quiet", "--out", "r3"], input="hello world! " * 100)
+    assert result.exit_code == 0, result.stderr
