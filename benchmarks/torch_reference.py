@@ -44,9 +44,7 @@ def stream_chunks(
     length = len(ids) // batch
     period = (length - 1) // seq_length
     if period < 1:
-        raise ValueError(
-            f"{len(ids)} ids are too few for batch {batch} x seq_length {seq_length}"
-        )
+        raise ValueError(f"{len(ids)} ids are too few for batch {batch} x seq_length {seq_length}")
     used = min(n_chunks, period)
     streams = np.asarray(ids[: batch * length], dtype=np.int64).reshape(batch, length)
     span = used * seq_length
