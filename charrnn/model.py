@@ -81,12 +81,12 @@ def run_recurrence(params: dict, X: np.ndarray, h0: np.ndarray, ws=_Fresh):
     hs = ws.get("hs", (T + 1, B, H), dtype)  # (T + 1, B, H)
     rec = ws.get("rec", (B, H), dtype)  # (B, H) scratch for Whh h_{t-1}
     hs[0] = h0
-    Wxh_rows = np.ascontiguousarray(params["Wxh"].T)  # (V, H): row c is Wxh x for character c
-    np.take(Wxh_rows, X, axis=0, out=hs[1:], mode="clip")  # (T, B, H): Wxh x_t, a lookup
-    hs[1:] += params["bh"]
+    # row c of the table is Wxh x + bh for character c: the input term is a lookup
+    table = params["Wxh"].T + params["bh"]  # (V, H)
+    np.take(table, X, axis=0, out=hs[1:], mode="clip")  # (T, B, H): Wxh x_t + bh
     for t in range(T):
         h = hs[t + 1]
-        np.matmul(hs[t], Whh_T, out=rec)  # Whh h_{t-1}
+        np.matmul(hs[t], Whh_T, out=rec)  # Whh h_{t-1}, for the B rows at once
         h += rec
         np.tanh(h, out=h)  # h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)
     return hs
