@@ -111,9 +111,14 @@ def _fsync_dir(folder: Path) -> None:
 def load(path: str | Path) -> Checkpoint:
     """Read and validate a checkpoint. Never unpickles: object arrays are refused."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:  # e.g. a name too long
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}; "
+                              "check the path") from None
+    if is_dir:
         raise CheckpointError(f"checkpoint '{path}' is a directory; give a .npz file")
-    if not path.exists():
+    if not exists:
         raise CheckpointError(f"checkpoint '{path}' not found; check the path")
     bad = f"'{path}' is not a charrnn checkpoint"
     ours = "give the last.npz or best.npz that 'charrnn train' wrote"
@@ -148,6 +153,12 @@ def load(path: str | Path) -> Checkpoint:
     return _from_arrays(arrays, path)
 
 
+def _damaged(message: str) -> CheckpointError:
+    """A checkpoint that fails a check: corrupted, edited, or written by something else."""
+    return CheckpointError(f"{message}; the file is damaged or not from charrnn: use the run's "
+                           "other checkpoint (last.npz or best.npz) or train again")
+
+
 def _brief(e: Exception) -> str:
     """An exception as a short single line: numpy may quote a corrupt header verbatim."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -157,7 +168,7 @@ def _brief(e: Exception) -> str:
 def _scalar(arrays: dict, name: str, kind: str, where: str):
     a = arrays[name]
     if a.shape != () or a.dtype.kind not in kind or not _valid_text(a):
-        raise CheckpointError(f"{where}: array '{name}' has the wrong type or shape")
+        raise _damaged(f"{where}: array '{name}' has the wrong type or shape")
     return a.item()
 
 
@@ -184,64 +195,64 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
             f"({FORMAT_VERSION}); upgrade charrnn"
         )
     if version < 1:
-        raise CheckpointError(f"{where} has an invalid format_version {version}")
+        raise _damaged(f"{where} has an invalid format_version {version}")
 
     vocab_arr = arrays["vocab"]
     if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4 \
             or not _valid_text(vocab_arr):
-        raise CheckpointError(f"{where}: 'vocab' must be a 1-D array of single characters")
+        raise _damaged(f"{where}: 'vocab' must be a 1-D array of single characters")
     vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
     # sorted and distinct: the ids of a text are found by binary search (data.encode)
     if not vocab or vocab != sorted(set(vocab)):
-        raise CheckpointError(f"{where}: 'vocab' is empty or not sorted distinct characters")
+        raise _damaged(f"{where}: 'vocab' is empty or not sorted distinct characters")
 
     params = {k: arrays[k] for k in PARAM_NAMES}
     V = len(vocab)
     Whh_shape = params["Whh"].shape
     if len(Whh_shape) != 2 or Whh_shape[0] != Whh_shape[1] or Whh_shape[0] < 1:
-        raise CheckpointError(f"{where}: 'Whh' has shape {Whh_shape}, expected a square (H, H)")
+        raise _damaged(f"{where}: 'Whh' has shape {Whh_shape}, expected a square (H, H)")
     H = Whh_shape[0]
     want = {"Wxh": (H, V), "Whh": (H, H), "bh": (H,), "Why": (V, H), "by": (V,)}
     for k, shape in want.items():
         if params[k].shape != shape:
-            raise CheckpointError(
+            raise _damaged(
                 f"{where}: '{k}' has shape {params[k].shape}, expected {shape} "
                 f"for hidden size {H} and {V} characters"
             )
     dtypes = {params[k].dtype for k in PARAM_NAMES}
     dtype = dtypes.pop()
     if dtypes or dtype not in (np.float32, np.float64):
-        raise CheckpointError(f"{where}: weights must all be float32 or all float64")
+        raise _damaged(f"{where}: weights must all be float32 or all float64")
     for k in PARAM_NAMES:
         if not np.isfinite(params[k]).all():
-            raise CheckpointError(f"{where}: '{k}' contains NaN or infinite values")
+            raise _damaged(f"{where}: '{k}' contains NaN or infinite values")
 
     try:
         config = json.loads(_scalar(arrays, "config", "U", where))
         train_state = (json.loads(_scalar(arrays, "train_state", "U", where))
                        if "train_state" in arrays else {})
     except (ValueError, RecursionError):  # JSONDecodeError, too many digits, deep nesting
-        raise CheckpointError(f"{where}: 'config' or 'train_state' is not valid JSON") from None
+        raise _damaged(f"{where}: 'config' or 'train_state' is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(train_state, dict):
-        raise CheckpointError(f"{where}: 'config' and 'train_state' must be JSON objects")
+        raise _damaged(f"{where}: 'config' and 'train_state' must be JSON objects")
 
     step = _scalar(arrays, "step", "iu", where) if "step" in arrays else 0
     if not 0 <= step < 2**62:
-        raise CheckpointError(f"{where} has an invalid step {step}")
+        raise _damaged(f"{where} has an invalid step {step}")
     h_carry = arrays.get("h_carry")
     if h_carry is not None and (h_carry.ndim != 2 or h_carry.shape[1] != H or h_carry.shape[0] < 1
                                 or h_carry.dtype != dtype):
-        raise CheckpointError(f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, "
-                              f"expected {dtype} (B, {H})")
+        raise _damaged(f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, "
+                       f"expected {dtype} (B, {H})")
     if h_carry is not None and not np.isfinite(h_carry).all():
-        raise CheckpointError(f"{where}: 'h_carry' contains NaN or infinite values")
+        raise _damaged(f"{where}: 'h_carry' contains NaN or infinite values")
     opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
     for k, v in opt_state.items():  # "slot.param", shaped like the parameter
         param = k.partition(".")[2]
         if param not in params or v.shape != params[param].shape or v.dtype != dtype:
-            raise CheckpointError(f"{where}: optimizer state 'opt.{k}' does not match the weights")
+            raise _damaged(f"{where}: optimizer state 'opt.{k}' does not match the weights")
         if not np.isfinite(v).all():
-            raise CheckpointError(f"{where}: optimizer state 'opt.{k}' contains NaN or "
-                                  "infinite values")
+            raise _damaged(f"{where}: optimizer state 'opt.{k}' contains NaN or "
+                           "infinite values")
     return Checkpoint(params=params, vocab=vocab, config=config, step=int(step),
                       h_carry=h_carry, opt_state=opt_state, train_state=train_state)

@@ -57,6 +57,13 @@ def user_errors():
         yield
     except CharRNNError as e:
         raise error(str(e)) from None
+    except BrokenPipeError:  # `charrnn sample | head`: main() exits quietly
+        raise
+    except OSError as e:  # a backstop: the library words the failures it expects itself
+        name = str(e.filename or "")
+        name = f" '{name[:80]}...'" if len(name) > 80 else f" '{name}'" if name else ""
+        raise error(f"cannot access{name}: {e.strerror or e}; check the path and its "
+                    "permissions") from None
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(130) from None
