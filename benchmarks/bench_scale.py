@@ -37,9 +37,26 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "data" / "shakespeare.txt"
 RESULTS = REPO / "benchmarks" / "results"
 MB = 1_000_000
-TRAIN_ARGS = ["--hidden-size", "512", "--batch-size", "64", "--seq-length", "100",
-              "--max-steps", "10", "--eval-every", "10", "--set", "val_max_chars=20000",
-              "--checkpoint-every", "1000", "--rng-seed", "1", "--quiet", "--json"]
+TRAIN_ARGS = [
+    "--hidden-size",
+    "512",
+    "--batch-size",
+    "64",
+    "--seq-length",
+    "100",
+    "--max-steps",
+    "10",
+    "--eval-every",
+    "10",
+    "--set",
+    "val_max_chars=20000",
+    "--checkpoint-every",
+    "1000",
+    "--rng-seed",
+    "1",
+    "--quiet",
+    "--json",
+]
 RSS_LIMIT_MB, RSS_SPREAD_MB, ENCODE_MIN_MBS = 400, 50, 50
 
 
@@ -54,12 +71,16 @@ def run(args: list[str]) -> dict:
         out.seek(0)
         err.seek(0)
         if proc.returncode != 0:
-            raise SystemExit(f"charrnn {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{err.read().decode()}")
+            raise SystemExit(
+                f"charrnn {' '.join(args)} failed ({proc.returncode}):\n{err.read().decode()}"
+            )
         result = json.loads(out.read().decode().strip().splitlines()[-1])
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss * scale / 2**20, 1),
-            "json": result}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.ru_maxrss * scale / 2**20, 1),
+        "json": result,
+    }
 
 
 def make_corpus(path: Path, size: int, lines: list[str], rng: random.Random) -> None:
@@ -82,8 +103,16 @@ def make_corpus(path: Path, size: int, lines: list[str], rng: random.Random) -> 
 
 
 def mixed_lines(lines: list[str], rng: random.Random) -> list[str]:
-    phrases = ["Ünïcödé façade naïve ", "Ελληνικά κείμενο ", "Русский текст ", "한국어 문장 ",
-               "العربية ", "emoji 😀🎉🚀 ", "Œuvre — «citation» ", "ﬁ ligature ½ ™ "]
+    phrases = [
+        "Ünïcödé façade naïve ",
+        "Ελληνικά κείμενο ",
+        "Русский текст ",
+        "한국어 문장 ",
+        "العربية ",
+        "emoji 😀🎉🚀 ",
+        "Œuvre — «citation» ",
+        "ﬁ ligature ½ ™ ",
+    ]
     cjk = [chr(0x4E00 + i) for i in range(500)]
     out = []
     for line in lines:
@@ -107,8 +136,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="charrnn-bench-scale-", dir=args.tmpdir))
     need = 2.2 * (sum(sizes) + 2 * args.mixed_mb) * MB + 500 * MB  # corpora, caches, runs
     free = shutil.disk_usage(folder).free
-    print(f"generating in {folder}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed",
-          file=sys.stderr)
+    print(
+        f"generating in {folder}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed",
+        file=sys.stderr,
+    )
     if free < need:
         folder.rmdir()
         raise SystemExit("not enough disk space; pass --tmpdir or smaller --sizes")
@@ -121,13 +152,22 @@ def main() -> None:
             corpus = folder / f"ascii-{size}mb.txt"
             make_corpus(corpus, size * MB, lines, rng)
             print(f"{size} MB corpus ...", file=sys.stderr)
-            cold = run(["train", str(corpus), "--out", str(folder / f"run-{size}-cold"),
-                        *TRAIN_ARGS])
+            cold = run(
+                ["train", str(corpus), "--out", str(folder / f"run-{size}-cold"), *TRAIN_ARGS]
+            )
             prep = run(["prepare", str(corpus), "--force", "--quiet", "--json"])
-            warm = run(["train", str(corpus), "--out", str(folder / f"run-{size}-warm"),
-                        *TRAIN_ARGS])
-            rows.append({"size_mb": size, "bytes": corpus.stat().st_size,
-                         "train_cold": cold, "prepare": prep, "train_warm": warm})
+            warm = run(
+                ["train", str(corpus), "--out", str(folder / f"run-{size}-warm"), *TRAIN_ARGS]
+            )
+            rows.append(
+                {
+                    "size_mb": size,
+                    "bytes": corpus.stat().st_size,
+                    "train_cold": cold,
+                    "prepare": prep,
+                    "train_warm": warm,
+                }
+            )
             corpus.unlink()
             Path(prep["json"]["cache"]).unlink()
 
@@ -135,10 +175,13 @@ def main() -> None:
         make_corpus(corpus, args.mixed_mb * MB, mixed_lines(lines, rng), rng)
         print("mixed-Unicode corpus ...", file=sys.stderr)
         mixed = run(["prepare", str(corpus), "--quiet", "--json"])
-        encode = {"ascii_mb_per_sec": rows[-1]["prepare"]["json"]["mb_per_sec"] if rows else None,
-                  "ascii_corpus_mb": sizes[-1] if rows else None,
-                  "mixed_mb_per_sec": mixed["json"]["mb_per_sec"],
-                  "mixed_corpus_mb": args.mixed_mb, "mixed": mixed}
+        encode = {
+            "ascii_mb_per_sec": rows[-1]["prepare"]["json"]["mb_per_sec"] if rows else None,
+            "ascii_corpus_mb": sizes[-1] if rows else None,
+            "mixed_mb_per_sec": mixed["json"]["mb_per_sec"],
+            "mixed_corpus_mb": args.mixed_mb,
+            "mixed": mixed,
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -146,51 +189,79 @@ def main() -> None:
 
 
 def report(rows: list[dict], encode: dict) -> None:
-    print("\ncharrnn train: 10 steps, hidden 512, batch 64, seq_length 100 "
-          "(validation at step 10 on 20,000 chars)\n")
-    head = (f"{'corpus':>8} {'chars':>14} {'train cold':>18} {'train warm':>18} "
-            f"{'prepare':>22}")
+    print(
+        "\ncharrnn train: 10 steps, hidden 512, batch 64, seq_length 100 "
+        "(validation at step 10 on 20,000 chars)\n"
+    )
+    head = f"{'corpus':>8} {'chars':>14} {'train cold':>18} {'train warm':>18} {'prepare':>22}"
     print(head)
-    print(f"{'':>8} {'':>14} {'peak RSS / wall':>18} {'peak RSS / wall':>18} "
-          f"{'RSS / s / MB/s':>22}")
+    print(
+        f"{'':>8} {'':>14} {'peak RSS / wall':>18} {'peak RSS / wall':>18} {'RSS / s / MB/s':>22}"
+    )
     print("-" * len(head))
     for r in rows:
         c, w, p = r["train_cold"], r["train_warm"], r["prepare"]
-        print(f"{r['size_mb']:>5} MB {p['json']['chars']:>14,} "
-              f"{c['peak_rss_mb']:>8.0f} MB {c['wall_s']:>6.1f}s "
-              f"{w['peak_rss_mb']:>8.0f} MB {w['wall_s']:>6.1f}s "
-              f"{p['peak_rss_mb']:>6.0f} MB {p['json']['seconds']:>5.1f}s "
-              f"{p['json']['mb_per_sec']:>6.1f}")
+        print(
+            f"{r['size_mb']:>5} MB {p['json']['chars']:>14,} "
+            f"{c['peak_rss_mb']:>8.0f} MB {c['wall_s']:>6.1f}s "
+            f"{w['peak_rss_mb']:>8.0f} MB {w['wall_s']:>6.1f}s "
+            f"{p['peak_rss_mb']:>6.0f} MB {p['json']['seconds']:>5.1f}s "
+            f"{p['json']['mb_per_sec']:>6.1f}"
+        )
     m = encode["mixed"]["json"]
-    print(f"\nencoding (charrnn prepare, in-process time): ASCII {encode['ascii_mb_per_sec']} "
-          f"MB/s ({encode['ascii_corpus_mb']} MB); mixed Unicode {encode['mixed_mb_per_sec']} "
-          f"MB/s ({encode['mixed_corpus_mb']} MB, {m['vocab_size']} distinct characters, "
-          f"{m['id_dtype']} ids, peak RSS {encode['mixed']['peak_rss_mb']:.0f} MB)")
+    print(
+        f"\nencoding (charrnn prepare, in-process time): ASCII {encode['ascii_mb_per_sec']} "
+        f"MB/s ({encode['ascii_corpus_mb']} MB); mixed Unicode {encode['mixed_mb_per_sec']} "
+        f"MB/s ({encode['mixed_corpus_mb']} MB, {m['vocab_size']} distinct characters, "
+        f"{m['id_dtype']} ids, peak RSS {encode['mixed']['peak_rss_mb']:.0f} MB)"
+    )
 
     checks = []
     if rows:
-        peaks = [max(r["train_cold"]["peak_rss_mb"], r["train_warm"]["peak_rss_mb"])
-                 for r in rows]
+        peaks = [max(r["train_cold"]["peak_rss_mb"], r["train_warm"]["peak_rss_mb"]) for r in rows]
         big, small = peaks[-1], peaks[0]
-        checks.append((f"peak RSS on {rows[-1]['size_mb']} MB < {RSS_LIMIT_MB} MB",
-                       big < RSS_LIMIT_MB, f"{big:.0f} MB"))
-        checks.append((f"within {RSS_SPREAD_MB} MB of the {rows[0]['size_mb']} MB run",
-                       big - small <= RSS_SPREAD_MB, f"{big - small:+.0f} MB"))
+        checks.append(
+            (
+                f"peak RSS on {rows[-1]['size_mb']} MB < {RSS_LIMIT_MB} MB",
+                big < RSS_LIMIT_MB,
+                f"{big:.0f} MB",
+            )
+        )
+        checks.append(
+            (
+                f"within {RSS_SPREAD_MB} MB of the {rows[0]['size_mb']} MB run",
+                big - small <= RSS_SPREAD_MB,
+                f"{big - small:+.0f} MB",
+            )
+        )
     for name in ("ascii", "mixed"):
         rate = encode.get(f"{name}_mb_per_sec")
         if rate is not None:
-            checks.append((f"{name} encoding >= {ENCODE_MIN_MBS} MB/s", rate >= ENCODE_MIN_MBS,
-                           f"{rate} MB/s"))
+            checks.append(
+                (
+                    f"{name} encoding >= {ENCODE_MIN_MBS} MB/s",
+                    rate >= ENCODE_MIN_MBS,
+                    f"{rate} MB/s",
+                )
+            )
     print()
     for what, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {value}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"train_args": TRAIN_ARGS, "rows": rows, "encode": encode,
-                               "checks": [{"check": c, "ok": ok, "value": v}
-                                          for c, ok, v in checks],
-                               "cpus": os.cpu_count()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "train_args": TRAIN_ARGS,
+                "rows": rows,
+                "encode": encode,
+                "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
     print(f"\nsaved {out.relative_to(REPO)}")
 
 

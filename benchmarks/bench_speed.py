@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -52,9 +51,17 @@ def flops_per_char(hidden: int, vocab: int) -> float:
 
 def charrnn_train_speed(corpus, hidden, batch, seq_length, steps) -> float:
     """Steady-state chars/s of the real training loop, from metrics.jsonl's elapsed column."""
-    cfg = Config(hidden_size=hidden, batch_size=batch, seq_length=seq_length,
-                 max_steps=WARMUP + steps, eval_every=0, sample_every=0,
-                 checkpoint_every=10**9, rng_seed=0, val_fraction=0.0)
+    cfg = Config(
+        hidden_size=hidden,
+        batch_size=batch,
+        seq_length=seq_length,
+        max_steps=WARMUP + steps,
+        eval_every=0,
+        sample_every=0,
+        checkpoint_every=10**9,
+        rng_seed=0,
+        val_fraction=0.0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, corpus, Path(tmp) / "run")
         rows = [json.loads(ln) for ln in (Path(tmp) / "run" / "metrics.jsonl").open()]
@@ -113,13 +120,20 @@ def main() -> None:
     else:
         torch_info = "torch skipped"
 
+    # the peak is the best the machine showed: measured before and again after the table, so
+    # that another process busy at one of the two moments does not understate it
     peak = measure_gemm_peak()
-    print(f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
-          f"float32 GEMM peak (2048^3): {peak:.1f} GFLOP/s; {torch_info}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
+        f"float32 GEMM peak (2048^3): {peak:.1f} GFLOP/s (start); {torch_info}",
+        flush=True,
+    )
 
     rows = []
-    header = (f"{'hidden':>6} {'batch':>5} {'seq':>4} {'workers':>7} {'charrnn c/s':>12} "
-              f"{'GFLOP/s':>8} {'% peak':>6} {'torch c/s':>10} {'ratio':>6}")
+    header = (
+        f"{'hidden':>6} {'batch':>5} {'seq':>4} {'workers':>7} {'charrnn c/s':>12} "
+        f"{'GFLOP/s':>8} {'% peak':>6} {'torch c/s':>10} {'ratio':>6}"
+    )
     print(header + "\n" + "-" * len(header), flush=True)
     for hidden, batch, seq in QUICK_GRID if args.quick else FULL_GRID:
         steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds)
@@ -127,21 +141,51 @@ def main() -> None:
         for rep in range(args.repeats):
             ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps))
             if have_torch:
-                theirs.append(torch_train_chars_per_sec(corpus.ids, V, hidden, batch, seq,
-                                                        steps, warmup=WARMUP, seed=rep))
+                theirs.append(
+                    torch_train_chars_per_sec(
+                        corpus.ids, V, hidden, batch, seq, steps, warmup=WARMUP, seed=rep
+                    )
+                )
         cps = statistics.median(ours)
         gflops = cps * flops_per_char(hidden, V) / 1e9
-        row = {"hidden": hidden, "batch": batch, "seq_length": seq, "steps": steps,
-               "workers": auto_workers(batch), "charrnn_chars_per_sec": cps,
-               "charrnn_runs": ours, "gflops": gflops, "pct_peak": 100 * gflops / peak}
+        row = {
+            "hidden": hidden,
+            "batch": batch,
+            "seq_length": seq,
+            "steps": steps,
+            "workers": auto_workers(batch),
+            "charrnn_chars_per_sec": cps,
+            "charrnn_runs": ours,
+            "gflops": gflops,
+            "pct_peak": 100 * gflops / peak,
+        }
         tcol = rcol = "-"
         if theirs:
             tcps = statistics.median(theirs)
             row.update(torch_chars_per_sec=tcps, torch_runs=theirs, ratio=cps / tcps)
             tcol, rcol = f"{tcps:,.0f}", f"{cps / tcps:.2f}x"
         rows.append(row)
-        print(f"{hidden:>6} {batch:>5} {seq:>4} {row['workers']:>7} {cps:>12,.0f} "
-              f"{gflops:>8.1f} {row['pct_peak']:>5.0f}% {tcol:>10} {rcol:>6}", flush=True)
+        print(
+            f"{hidden:>6} {batch:>5} {seq:>4} {row['workers']:>7} {cps:>12,.0f} "
+            f"{gflops:>8.1f} {row['pct_peak']:>5.0f}% {tcol:>10} {rcol:>6}",
+            flush=True,
+        )
+
+    end_peak = measure_gemm_peak()
+    if end_peak > peak:
+        peak = end_peak
+        for row in rows:
+            row["pct_peak"] = 100 * row["gflops"] / peak
+    print(
+        f"float32 GEMM peak (2048^3) after the table: {end_peak:.1f} GFLOP/s; "
+        f"% of peak against {peak:.1f}:"
+    )
+    print(
+        "  "
+        + ", ".join(
+            f"{r['hidden']}/{r['batch']}/{r['seq_length']}: {r['pct_peak']:.0f}%" for r in rows
+        )
+    )
 
     # sampling and eval at hidden 512 (random weights: speed does not depend on training)
     params = init_params(V, 512, np.random.default_rng(0))
@@ -150,19 +194,30 @@ def main() -> None:
     text = read_text(CORPUS)[:1_000_000]
     ev = [eval_speed(params, corpus.vocab, text) for _ in range(args.repeats)]
     ev_cps = statistics.median(ev)
-    print(f"\nsampling, hidden 512: {one:,.0f} chars/s (1 stream), "
-          f"{many:,.0f} chars/s (--num-samples 64, all streams)")
+    print(
+        f"\nsampling, hidden 512: {one:,.0f} chars/s (1 stream), "
+        f"{many:,.0f} chars/s (--num-samples 64, all streams)"
+    )
     print(f"eval, hidden 512, 1 MB text: {ev_cps:,.0f} chars/s (exact single-stream pass)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "gemm_peak_gflops": peak, "torch": torch_info, "repeats": args.repeats,
-        "train": rows, "sample_chars_per_sec_1": one, "sample_chars_per_sec_64": many,
-        "eval_chars_per_sec": ev_cps, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "gemm_peak_gflops": peak,
+                "gemm_peak_end_gflops": end_peak,
+                "torch": torch_info,
+                "repeats": args.repeats,
+                "train": rows,
+                "sample_chars_per_sec_1": one,
+                "sample_chars_per_sec_64": many,
+                "eval_chars_per_sec": ev_cps,
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+            indent=2,
+        )
+    )
     print(f"results: {args.out}")
-    if not math.isfinite(peak):
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ class PreparedCorpus:
     def summary(self) -> str:
         """One line for the user: what was encoded (or found) and where the cache is."""
         ids = self.corpus.ids
-        what = (f"{len(ids):,} characters, {len(self.corpus.vocab):,} distinct "
-                f"({ids.dtype.name} ids)")
+        what = (
+            f"{len(ids):,} characters, {len(self.corpus.vocab):,} distinct ({ids.dtype.name} ids)"
+        )
         where = f"cache {self.cache_path}" if self.cache_path else "temporary cache"
         if self.reused:
             return f"{self.name}: {where} is up to date; {what}"
@@ -110,14 +111,21 @@ class PreparedCorpus:
             "id_dtype": ids.dtype.name,
             "cache_bytes": self.cache_path.stat().st_size if self.cache_path else None,
             "seconds": round(self.seconds, 3),
-            "mb_per_sec": None if self.reused or self.seconds <= 0
+            "mb_per_sec": None
+            if self.reused or self.seconds <= 0
             else round(self.source_bytes / 1e6 / self.seconds, 1),
         }
 
 
-def prepare(source: str | Path, encoding: str = "utf-8", errors: str = "strict", *,
-            force: bool = False, block_size: int = BLOCK_SIZE,
-            progress: Progress | None = None) -> PreparedCorpus:
+def prepare(
+    source: str | Path,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    *,
+    force: bool = False,
+    block_size: int = BLOCK_SIZE,
+    progress: Progress | None = None,
+) -> PreparedCorpus:
     """The corpus at `source` ("-" = stdin) as a memory-mapped Corpus, from its cache when the
     cache is up to date, otherwise by encoding it (and saving the cache, for a regular file)."""
     start = time.perf_counter()
@@ -128,8 +136,9 @@ def prepare(source: str | Path, encoding: str = "utf-8", errors: str = "strict",
     progress = progress or _no_progress
 
     if str(source) == "-":
-        return _prepare_stream(sys.stdin.buffer, name, encoding, errors, None, block_size,
-                               progress, start)
+        return _prepare_stream(
+            sys.stdin.buffer, name, encoding, errors, None, block_size, progress, start
+        )
     path = Path(source)
     try:
         st = os.stat(path)
@@ -151,20 +160,33 @@ def prepare(source: str | Path, encoding: str = "utf-8", errors: str = "strict",
             for cache_path in candidates:
                 found = _open_cache(cache_path, signature, codec, errors)
                 if found is not None:
-                    return PreparedCorpus(found, name, cache_path, True, st.st_size,
-                                          time.perf_counter() - start)
+                    return PreparedCorpus(
+                        found, name, cache_path, True, st.st_size, time.perf_counter() - start
+                    )
 
         trusted = time.time_ns() - st.st_mtime_ns >= TRUST_AFTER_NS
         source_info = {**signature, "path": str(path.resolve()), "trusted": trusted}
         for cache_path in candidates:
             try:
                 _remove_stale_temps(cache_path)
-                return _build(f, name, encoding, errors, source_info, cache_path, block_size,
-                              progress, start, st)
+                return _build(
+                    f,
+                    name,
+                    encoding,
+                    errors,
+                    source_info,
+                    cache_path,
+                    block_size,
+                    progress,
+                    start,
+                    st,
+                )
             except _FolderNotWritable:
                 f.seek(0)
-        raise DataError(f"no writable folder for the cache of '{path}'; set CHARRNN_CACHE_DIR "
-                        "to a writable folder")
+        raise DataError(
+            f"no writable folder for the cache of '{path}'; set CHARRNN_CACHE_DIR "
+            "to a writable folder"
+        )
 
 
 # --- where caches live ----------------------------------------------------------------------
@@ -176,14 +198,22 @@ def _cache_paths(path: Path) -> list[Path]:
     elsewhere = f"{path.name}-{digest[:16]}{SUFFIX}"
     user = os.environ.get("CHARRNN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "charrnn")
-    return [path.with_name(path.name + SUFFIX), Path(user) / elsewhere,
-            Path(tempfile.gettempdir()) / "charrnn-cache" / elsewhere]
+        "charrnn",
+    )
+    return [
+        path.with_name(path.name + SUFFIX),
+        Path(user) / elsewhere,
+        Path(tempfile.gettempdir()) / "charrnn-cache" / elsewhere,
+    ]
 
 
 def _signature(st: os.stat_result) -> dict:
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-            "inode": st.st_ino}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+    }
 
 
 def _codec_name(encoding: str) -> str:
@@ -211,9 +241,12 @@ def _open_cache(path: Path, signature: dict, codec: str, errors: str) -> Corpus 
         return None
     header, corpus = found
     src = header.get("source") or {}
-    same = (src.get("trusted") is True
-            and all(src.get(k) == v for k, v in signature.items())
-            and header.get("encoding") == codec and header.get("decode_errors") == errors)
+    same = (
+        src.get("trusted") is True
+        and all(src.get(k) == v for k, v in signature.items())
+        and header.get("encoding") == codec
+        and header.get("decode_errors") == errors
+    )
     return corpus if same else None
 
 
@@ -234,8 +267,12 @@ def _map_ids(f: BinaryIO) -> tuple[dict, Corpus] | None:
             return None
         n, vocab = header["n_chars"], header["vocab"]
         dtype = np.dtype(id_dtype(len(vocab))).newbyteorder("<")
-        if (header["dtype"] != dtype.name or n < 1 or not vocab
-                or DATA_OFFSET + n * dtype.itemsize != size - 8 - header_len):
+        if (
+            header["dtype"] != dtype.name
+            or n < 1
+            or not vocab
+            or DATA_OFFSET + n * dtype.itemsize != size - 8 - header_len
+        ):
             return None
         ids = np.memmap(f, dtype=dtype, mode="r", offset=DATA_OFFSET, shape=(n,))
         return header, Corpus(ids=ids, vocab=[chr(c) for c in vocab])
@@ -261,8 +298,10 @@ def _create_temp(folder: Path, stem: str) -> tuple[int, str]:
     except OSError as e:
         if e.errno in _NOT_WRITABLE:
             raise _FolderNotWritable from None
-        raise DataError(f"could not create a cache file in '{folder}': {e.strerror or e}; "
-                        "free disk space or set CHARRNN_CACHE_DIR") from None
+        raise DataError(
+            f"could not create a cache file in '{folder}': {e.strerror or e}; "
+            "free disk space or set CHARRNN_CACHE_DIR"
+        ) from None
     fcntl.flock(fd, fcntl.LOCK_EX)  # tells _remove_stale_temps this one is alive
     return fd, tmp
 
@@ -285,25 +324,39 @@ def _remove_stale_temps(cache_path: Path) -> None:
             continue
 
 
-def _build(f: BinaryIO, name: str, encoding: str, errors: str, source_info: dict,
-           cache_path: Path, block_size: int, progress: Progress, start: float,
-           st: os.stat_result) -> PreparedCorpus:
+def _build(
+    f: BinaryIO,
+    name: str,
+    encoding: str,
+    errors: str,
+    source_info: dict,
+    cache_path: Path,
+    block_size: int,
+    progress: Progress,
+    start: float,
+    st: os.stat_result,
+) -> PreparedCorpus:
     """Encode the open corpus f into cache_path (temp file + rename) and map it."""
     fd, tmp = _create_temp(cache_path.parent, cache_path.name[: -len(SUFFIX)])
     try:
         with os.fdopen(fd, "w+b") as out:
             try:
-                _encode(f, name, encoding, errors, source_info, out, block_size, progress,
-                        st.st_size)
+                _encode(
+                    f, name, encoding, errors, source_info, out, block_size, progress, st.st_size
+                )
                 out.flush()
                 os.fsync(out.fileno())
             except OSError as e:
-                raise DataError(f"could not write the cache '{cache_path}': {e.strerror or e}; "
-                                "free disk space or set CHARRNN_CACHE_DIR") from None
-            if _signature(os.fstat(f.fileno())) != {k: source_info[k] for k in
-                                                    ("size", "mtime_ns", "ctime_ns", "inode")}:
-                raise DataError(f"'{name}' changed while it was being read; run again once it "
-                                "is finished")
+                raise DataError(
+                    f"could not write the cache '{cache_path}': {e.strerror or e}; "
+                    "free disk space or set CHARRNN_CACHE_DIR"
+                ) from None
+            if _signature(os.fstat(f.fileno())) != {
+                k: source_info[k] for k in ("size", "mtime_ns", "ctime_ns", "inode")
+            }:
+                raise DataError(
+                    f"'{name}' changed while it was being read; run again once it is finished"
+                )
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
             os.replace(tmp, cache_path)
             tmp = None
@@ -316,30 +369,49 @@ def _build(f: BinaryIO, name: str, encoding: str, errors: str, source_info: dict
                 pass
     if found is None:
         raise DataError(f"the cache '{cache_path}' could not be read back after writing it")
-    return PreparedCorpus(found[1], name, cache_path, False, st.st_size,
-                          time.perf_counter() - start)
+    return PreparedCorpus(
+        found[1], name, cache_path, False, st.st_size, time.perf_counter() - start
+    )
 
 
-def _prepare_stream(f: BinaryIO, name: str, encoding: str, errors: str, total: int | None,
-                    block_size: int, progress: Progress, start: float) -> PreparedCorpus:
+def _prepare_stream(
+    f: BinaryIO,
+    name: str,
+    encoding: str,
+    errors: str,
+    total: int | None,
+    block_size: int,
+    progress: Progress,
+    start: float,
+) -> PreparedCorpus:
     """stdin or a pipe: encode into an anonymous temporary file (gone when the process ends)."""
     folder = Path(tempfile.gettempdir())
     try:
         with tempfile.TemporaryFile(dir=folder) as out:
-            n_bytes = _encode(f, name, encoding, errors, None, out, block_size, progress,
-                              total)
+            n_bytes = _encode(f, name, encoding, errors, None, out, block_size, progress, total)
             out.flush()
             found = _map_ids(out)  # the map keeps the (unlinked) file alive
     except OSError as e:
-        raise DataError(f"could not write a temporary cache for '{name}' in '{folder}': "
-                        f"{e.strerror or e}; set TMPDIR to a folder with free space") from None
+        raise DataError(
+            f"could not write a temporary cache for '{name}' in '{folder}': "
+            f"{e.strerror or e}; set TMPDIR to a folder with free space"
+        ) from None
     if found is None:
         raise DataError(f"the temporary cache for '{name}' could not be read back")
     return PreparedCorpus(found[1], name, None, False, n_bytes, time.perf_counter() - start)
 
 
-def _encode(f: BinaryIO, name: str, encoding: str, errors: str, source_info: dict | None,
-            out: BinaryIO, block_size: int, progress: Progress, total: int | None) -> int:
+def _encode(
+    f: BinaryIO,
+    name: str,
+    encoding: str,
+    errors: str,
+    source_info: dict | None,
+    out: BinaryIO,
+    block_size: int,
+    progress: Progress,
+    total: int | None,
+) -> int:
     """Corpus bytes from f to a whole cache file in out (at its start). Returns bytes read."""
     out.write(MAGIC + bytes(DATA_OFFSET - len(MAGIC)))
 
@@ -372,10 +444,16 @@ def _encode(f: BinaryIO, name: str, encoding: str, errors: str, source_info: dic
     rank = np.searchsorted(vocab, order).astype(dtype)  # (V,) provisional id -> id
     if lut.dtype != dtype or not np.array_equal(rank, np.arange(len(rank))):
         _rewrite(out, n_chars, lut.dtype, dtype, rank, progress)
-    header = {"format": "charrnn-cache", "format_version": FORMAT_VERSION,
-              "source": source_info, "encoding": _codec_name(encoding),
-              "decode_errors": errors, "n_chars": n_chars, "dtype": dtype.name,
-              "vocab": vocab.tolist()}
+    header = {
+        "format": "charrnn-cache",
+        "format_version": FORMAT_VERSION,
+        "source": source_info,
+        "encoding": _codec_name(encoding),
+        "decode_errors": errors,
+        "n_chars": n_chars,
+        "dtype": dtype.name,
+        "vocab": vocab.tolist(),
+    }
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     out.write(text + struct.pack("<Q", len(text)))
     return n_bytes
@@ -397,8 +475,9 @@ def _widen(out: BinaryIO, n: int, lut: np.ndarray, need: int) -> np.ndarray:
     fd = out.fileno()
     for start in reversed(range(0, n, CHUNK)):
         m = min(CHUNK, n - start)
-        ids = np.frombuffer(_pread(fd, m * old.itemsize, DATA_OFFSET + start * old.itemsize),
-                            dtype=old)
+        ids = np.frombuffer(
+            _pread(fd, m * old.itemsize, DATA_OFFSET + start * old.itemsize), dtype=old
+        )
         _pwrite(fd, ids.astype(new).tobytes(), DATA_OFFSET + start * new.itemsize)
     out.seek(DATA_OFFSET + n * new.itemsize)
     wide = lut.astype(new)
@@ -406,8 +485,9 @@ def _widen(out: BinaryIO, n: int, lut: np.ndarray, need: int) -> np.ndarray:
     return wide
 
 
-def _rewrite(out: BinaryIO, n: int, old: np.dtype, new: np.dtype, rank: np.ndarray,
-             progress: Progress) -> None:
+def _rewrite(
+    out: BinaryIO, n: int, old: np.dtype, new: np.dtype, rank: np.ndarray, progress: Progress
+) -> None:
     """ids = rank[ids] in place, narrowing them from `old` to `new`. Front to back: an id is
     never wider after than before, so none is overwritten before it is read."""
     out.flush()
@@ -416,8 +496,11 @@ def _rewrite(out: BinaryIO, n: int, old: np.dtype, new: np.dtype, rank: np.ndarr
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
         raw = _pread(fd, m * old.itemsize, DATA_OFFSET + start * old.itemsize)
-        ids = raw.translate(table) if table is not None else \
-            np.take(rank, np.frombuffer(raw, dtype=old)).tobytes()
+        ids = (
+            raw.translate(table)
+            if table is not None
+            else np.take(rank, np.frombuffer(raw, dtype=old)).tobytes()
+        )
         _pwrite(fd, ids, DATA_OFFSET + start * new.itemsize)
         progress("sort", (start + m) * new.itemsize, n * new.itemsize)  # bytes of ids written
     end = DATA_OFFSET + n * new.itemsize
@@ -447,8 +530,9 @@ def _read_blocks(f: BinaryIO, block_size: int) -> Iterator[bytes]:
         yield block
 
 
-def _decoded_blocks(blocks: Iterable[bytes], name: str, encoding: str,
-                    errors: str) -> Iterator[tuple[str, int]]:
+def _decoded_blocks(
+    blocks: Iterable[bytes], name: str, encoding: str, errors: str
+) -> Iterator[tuple[str, int]]:
     """(text, bytes consumed) per block, the decoder's last flush included. Invalid bytes raise
     DataError with their offset in the whole corpus, even when they straddle two blocks."""
     decoder = codecs.getincrementaldecoder(encoding)(errors)

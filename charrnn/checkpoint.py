@@ -114,8 +114,9 @@ def load(path: str | Path) -> Checkpoint:
     try:
         is_dir, exists = path.is_dir(), path.exists()
     except OSError as e:  # e.g. a name too long
-        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}; "
-                              "check the path") from None
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': {e.strerror or e}; check the path"
+        ) from None
     if is_dir:
         raise CheckpointError(f"checkpoint '{path}' is a directory; give a .npz file")
     if not exists:
@@ -126,22 +127,28 @@ def load(path: str | Path) -> Checkpoint:
         with open(path, "rb") as f:
             magic = f.read(6)
     except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}; "
-                              "check the file's permissions") from None
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': {e.strerror or e}; check the file's permissions"
+        ) from None
     if magic.startswith(b"\x93NUMPY"):
         raise CheckpointError(f"{bad}: it is a single .npy array; {ours}")
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        raise CheckpointError(f"{bad}: it is {'empty' if not magic else 'not an .npz file'}; "
-                              f"{ours}")
-    corrupt = f"checkpoint '{path}' is truncated or corrupt ({{}}); use the run's other " \
+        raise CheckpointError(
+            f"{bad}: it is {'empty' if not magic else 'not an .npz file'}; {ours}"
+        )
+    corrupt = (
+        f"checkpoint '{path}' is truncated or corrupt ({{}}); use the run's other "
         "checkpoint (last.npz or best.npz) or train again"
+    )
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
     except ValueError as e:
         if "allow_pickle" in str(e):  # numpy refused before unpickling anything
-            raise CheckpointError(f"{bad}: it holds pickled Python objects, which are refused "
-                                  f"because loading them can run code; {ours}") from None
+            raise CheckpointError(
+                f"{bad}: it holds pickled Python objects, which are refused "
+                f"because loading them can run code; {ours}"
+            ) from None
         raise CheckpointError(corrupt.format(_brief(e))) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
@@ -155,8 +162,10 @@ def load(path: str | Path) -> Checkpoint:
 
 def _damaged(message: str) -> CheckpointError:
     """A checkpoint that fails a check: corrupted, edited, or written by something else."""
-    return CheckpointError(f"{message}; the file is damaged or not from charrnn: use the run's "
-                           "other checkpoint (last.npz or best.npz) or train again")
+    return CheckpointError(
+        f"{message}; the file is damaged or not from charrnn: use the run's "
+        "other checkpoint (last.npz or best.npz) or train again"
+    )
 
 
 def _brief(e: Exception) -> str:
@@ -177,8 +186,11 @@ def _valid_text(a: np.ndarray) -> bool:
     into a str (numpy would raise SystemError); True for any other array."""
     if a.dtype.kind != "U" or a.dtype.itemsize == 0:
         return True
-    units = np.ascontiguousarray(a).reshape(-1).view(np.dtype(np.uint32).newbyteorder(
-        a.dtype.byteorder))
+    units = (
+        np.ascontiguousarray(a)
+        .reshape(-1)
+        .view(np.dtype(np.uint32).newbyteorder(a.dtype.byteorder))
+    )
     return bool((units <= 0x10FFFF).all())
 
 
@@ -186,8 +198,10 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     where = f"checkpoint '{path}'"
     missing = [n for n in (*PARAM_NAMES, "vocab", "config", "format_version") if n not in arrays]
     if missing:
-        raise CheckpointError(f"'{path}' is not a charrnn checkpoint: it has no "
-                              f"{', '.join(missing)}; give a .npz that 'charrnn train' wrote")
+        raise CheckpointError(
+            f"'{path}' is not a charrnn checkpoint: it has no "
+            f"{', '.join(missing)}; give a .npz that 'charrnn train' wrote"
+        )
     version = _scalar(arrays, "format_version", "iu", where)
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -198,8 +212,12 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
         raise _damaged(f"{where} has an invalid format_version {version}")
 
     vocab_arr = arrays["vocab"]
-    if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U" or vocab_arr.dtype.itemsize > 4 \
-            or not _valid_text(vocab_arr):
+    if (
+        vocab_arr.ndim != 1
+        or vocab_arr.dtype.kind != "U"
+        or vocab_arr.dtype.itemsize > 4
+        or not _valid_text(vocab_arr)
+    ):
         raise _damaged(f"{where}: 'vocab' must be a 1-D array of single characters")
     vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
     # sorted and distinct: the ids of a text are found by binary search (data.encode)
@@ -229,8 +247,11 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
 
     try:
         config = json.loads(_scalar(arrays, "config", "U", where))
-        train_state = (json.loads(_scalar(arrays, "train_state", "U", where))
-                       if "train_state" in arrays else {})
+        train_state = (
+            json.loads(_scalar(arrays, "train_state", "U", where))
+            if "train_state" in arrays
+            else {}
+        )
     except (ValueError, RecursionError):  # JSONDecodeError, too many digits, deep nesting
         raise _damaged(f"{where}: 'config' or 'train_state' is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(train_state, dict):
@@ -240,10 +261,12 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     if not 0 <= step < 2**62:
         raise _damaged(f"{where} has an invalid step {step}")
     h_carry = arrays.get("h_carry")
-    if h_carry is not None and (h_carry.ndim != 2 or h_carry.shape[1] != H or h_carry.shape[0] < 1
-                                or h_carry.dtype != dtype):
-        raise _damaged(f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, "
-                       f"expected {dtype} (B, {H})")
+    if h_carry is not None and (
+        h_carry.ndim != 2 or h_carry.shape[1] != H or h_carry.shape[0] < 1 or h_carry.dtype != dtype
+    ):
+        raise _damaged(
+            f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, expected {dtype} (B, {H})"
+        )
     if h_carry is not None and not np.isfinite(h_carry).all():
         raise _damaged(f"{where}: 'h_carry' contains NaN or infinite values")
     opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
@@ -252,7 +275,13 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
         if param not in params or v.shape != params[param].shape or v.dtype != dtype:
             raise _damaged(f"{where}: optimizer state 'opt.{k}' does not match the weights")
         if not np.isfinite(v).all():
-            raise _damaged(f"{where}: optimizer state 'opt.{k}' contains NaN or "
-                           "infinite values")
-    return Checkpoint(params=params, vocab=vocab, config=config, step=int(step),
-                      h_carry=h_carry, opt_state=opt_state, train_state=train_state)
+            raise _damaged(f"{where}: optimizer state 'opt.{k}' contains NaN or infinite values")
+    return Checkpoint(
+        params=params,
+        vocab=vocab,
+        config=config,
+        step=int(step),
+        h_carry=h_carry,
+        opt_state=opt_state,
+        train_state=train_state,
+    )

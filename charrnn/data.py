@@ -158,8 +158,10 @@ class Batches:
         """(X, Y), each (T, B) of intp ids, for global step `step`."""
         idx = self._offsets + (step % self.steps_per_epoch) * self.T  # (T, B)
         if self._mapping is None:
-            return (np.asarray(self.ids[idx], dtype=np.intp),
-                    np.asarray(self.ids[idx + 1], dtype=np.intp))
+            return (
+                np.asarray(self.ids[idx], dtype=np.intp),
+                np.asarray(self.ids[idx + 1], dtype=np.intp),
+            )
         # Memory-mapped ids (charrnn.cache): a read can map a whole page-cache folio (up to 2 MB
         # on recent kernels) that then stays mapped, so resident memory would grow with B and,
         # over an epoch, with the corpus. Read a few streams at a time and unmap the pages after

@@ -44,12 +44,15 @@ class EvalResult:
     def summary(self) -> str:
         n = self.unknown_chars
         skipped = f"; {n:,} unknown character{'s' * (n != 1)} skipped" if n else ""
-        return (f"loss {self.loss:.4f} nats/char, {self.bpc:.4f} bpc, perplexity "
-                f"{self.perplexity:.3f} over {self.chars:,} characters{skipped}")
+        return (
+            f"loss {self.loss:.4f} nats/char, {self.bpc:.4f} bpc, perplexity "
+            f"{self.perplexity:.3f} over {self.chars:,} characters{skipped}"
+        )
 
 
-def evaluate(params: dict, vocab: list[str], text: str, *, unknown: str = "skip",
-             name: str = "text") -> EvalResult:
+def evaluate(
+    params: dict, vocab: list[str], text: str, *, unknown: str = "skip", name: str = "text"
+) -> EvalResult:
     """Score text (see the module docstring); unknown="error" refuses unknown characters."""
     if not text:
         raise DataError(f"'{name}' is empty; give a text to score")
@@ -61,12 +64,19 @@ def evaluate(params: dict, vocab: list[str], text: str, *, unknown: str = "skip"
             "pass --unknown skip to leave them out of the score"
         )
     if len(ids) == 0:
-        raise DataError(f"none of the characters of '{name}' are in the model's vocabulary; "
-                        "nothing to score (was the model trained on another alphabet?)")
+        raise DataError(
+            f"none of the characters of '{name}' are in the model's vocabulary; "
+            "nothing to score (was the model trained on another alphabet?)"
+        )
     loss = total_loss(params, ids) / len(ids)
     perplexity = math.exp(loss) if loss < 700 else math.inf  # exp(710) overflows a float
-    return EvalResult(loss=loss, bpc=loss / math.log(2), perplexity=perplexity,
-                      chars=len(ids), unknown_chars=n_unknown)
+    return EvalResult(
+        loss=loss,
+        bpc=loss / math.log(2),
+        perplexity=perplexity,
+        chars=len(ids),
+        unknown_chars=n_unknown,
+    )
 
 
 def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
@@ -78,7 +88,7 @@ def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
     total = 0.0
     with blas_threads(1):  # a (1, H) x (H, H) product is too small to share between threads
         for start in range(0, len(ids), block):
-            x = ids[start:start + block]  # (T,)
+            x = ids[start : start + block]  # (T,)
             T = len(x)
             # hs[j] is the state before x[j] (hs[0] = h), so it predicts x[j]; hs[T] carries on
             hs = run_recurrence(params, x[:, None], h, ws)  # (T + 1, 1, H)

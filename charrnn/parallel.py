@@ -28,10 +28,18 @@ import numpy as np
 
 from charrnn.model import Workspace, backward, forward
 
-_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_", "openblas_set_num_threads")
-_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-            "openblas_get_num_threads64_", "openblas_get_num_threads")
+_SETTERS = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+_GETTERS = (
+    "scipy_openblas_get_num_threads64_",
+    "scipy_openblas_get_num_threads",
+    "openblas_get_num_threads64_",
+    "openblas_get_num_threads",
+)
 
 
 @cache
@@ -92,7 +100,7 @@ class GradientWorkers:
     def __init__(self, batch_size: int, workers: int):
         self.n = workers
         bounds = np.linspace(0, batch_size, workers + 1).round().astype(int)
-        self.shares = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.shares = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self.weights = [(s.stop - s.start) / batch_size for s in self.shares]
         self.workspaces = [Workspace() for _ in self.shares]
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
@@ -112,11 +120,11 @@ class GradientWorkers:
             results = list(self.pool.map(part, range(self.n)))
         # each share's loss is a mean over its own characters: weight by share to get the mean
         # over the batch, and the same for the gradients
-        loss = sum(w * r[0] for w, r in zip(self.weights, results))
+        loss = sum(w * r[0] for w, r in zip(self.weights, results, strict=True))
         grads = results[0][1]
         for g in grads.values():
             g *= self.weights[0]
-        for w, (_, g_i, _) in zip(self.weights[1:], results[1:]):
+        for w, (_, g_i, _) in zip(self.weights[1:], results[1:], strict=True):
             for k, g in grads.items():
                 g += w * g_i[k]
         h_last = np.concatenate([r[2] for r in results], axis=0)  # (B, H)

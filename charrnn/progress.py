@@ -42,8 +42,10 @@ class PlainReporter:
     def start(self, info: dict) -> None:
         self.max_steps = info["max_steps"]
         verb = "resuming at step " + str(info["start_step"]) if info["start_step"] else "training"
-        self._print(f"{verb} into {info['run_dir']}: {info['vocab_size']} characters, "
-                    f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars")
+        self._print(
+            f"{verb} into {info['run_dir']}: {info['vocab_size']} characters, "
+            f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars"
+        )
         self._last = time.monotonic()
 
     def step(self, m: dict) -> None:
@@ -52,11 +54,14 @@ class PlainReporter:
             return
         self._last = now
         total = f"/{self.max_steps}" if self.max_steps else ""
-        val = "" if m["val_loss"] is None else \
-            f" | val {m['val_loss']:.4f} ({m['val_bpc']:.3f} bpc)"
-        self._print(f"step {m['step']}{total} | epoch {m['epoch']:.2f} | loss "
-                    f"{m['train_loss']:.4f}{val} | {_fmt_rate(m['chars_per_sec'])} | "
-                    f"{m['elapsed']:.0f}s")
+        val = (
+            "" if m["val_loss"] is None else f" | val {m['val_loss']:.4f} ({m['val_bpc']:.3f} bpc)"
+        )
+        self._print(
+            f"step {m['step']}{total} | epoch {m['epoch']:.2f} | loss "
+            f"{m['train_loss']:.4f}{val} | {_fmt_rate(m['chars_per_sec'])} | "
+            f"{m['elapsed']:.0f}s"
+        )
 
     def sample(self, step: int, text: str) -> None:
         self._print(f"--- sample at step {step} ---\n{text}\n---")
@@ -86,17 +91,26 @@ class RichReporter:
         self._loss = None
 
     def start(self, info: dict) -> None:
-        self.console.print(f"training into [bold]{info['run_dir']}[/]: {info['vocab_size']} "
-                           f"characters, {info['train_chars']:,} training chars")
+        self.console.print(
+            f"training into [bold]{info['run_dir']}[/]: {info['vocab_size']} "
+            f"characters, {info['train_chars']:,} training chars"
+        )
         total = info["max_steps"]
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=total, completed=info["start_step"],
-            of=f"/{total}" if total else "", loss="-", val="-", rate="")
+            "train",
+            total=total,
+            completed=info["start_step"],
+            of=f"/{total}" if total else "",
+            loss="-",
+            val="-",
+            rate="",
+        )
 
     def step(self, m: dict) -> None:
-        self._loss = m["train_loss"] if self._loss is None else \
-            0.95 * self._loss + 0.05 * m["train_loss"]  # smoothed for reading
+        self._loss = (
+            m["train_loss"] if self._loss is None else 0.95 * self._loss + 0.05 * m["train_loss"]
+        )  # smoothed for reading
         fields = {"loss": f"{self._loss:.3f}", "rate": _fmt_rate(m["chars_per_sec"])}
         if m["val_loss"] is not None:
             fields["val"] = f"{m['val_loss']:.3f}"
@@ -136,9 +150,14 @@ class EncodeBar:
             if phase != "read" or max(done, total or 0) < self.min_bytes:
                 return
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True)
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.progress.start()
         if phase not in self.tasks:
             what = f"encoding {self.name}" if phase == "read" else "writing ids"

@@ -29,8 +29,9 @@ NOISE_BLOCK = 1 << 18  # Gumbel values drawn per RNG call (steps * M * V): 1 MB 
 FLUSH_EVERY = 64  # streamed output is flushed at each newline and at least every 64 chars
 
 
-def encode_prime(text: str, vocab: list[str],
-                 unknown: str = "error") -> tuple[np.ndarray, list[str]]:
+def encode_prime(
+    text: str, vocab: list[str], unknown: str = "error"
+) -> tuple[np.ndarray, list[str]]:
     """Ids of the prime text and the distinct characters of it that are not in vocab.
 
     unknown="error" raises DataError listing those characters; "skip" drops them.
@@ -57,14 +58,22 @@ def warm_state(params: dict, prime_ids: np.ndarray, num_samples: int = 1) -> np.
     prime = np.asarray(prime_ids, dtype=np.intp)
     ws = Workspace()  # one (block + 1, 1, H) buffer for every block of a long prime
     for start in range(0, len(prime), WARM_BLOCK):
-        h = run_recurrence(params, prime[start:start + WARM_BLOCK, None], h, ws)[-1].copy()
+        h = run_recurrence(params, prime[start : start + WARM_BLOCK, None], h, ws)[-1].copy()
     return np.repeat(h, num_samples, axis=0)
 
 
-def generate(params: dict, prime_ids: np.ndarray, length: int,
-             rng: np.random.Generator | int | None = None, *,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             argmax: bool = False, num_samples: int = 1) -> Iterator[np.ndarray]:
+def generate(
+    params: dict,
+    prime_ids: np.ndarray,
+    length: int,
+    rng: np.random.Generator | int | None = None,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    argmax: bool = False,
+    num_samples: int = 1,
+) -> Iterator[np.ndarray]:
     """Yield `length` arrays of M = num_samples ids, one per generated character.
 
     The first character is drawn from p = softmax(Why h + by) where h is the state after the
@@ -149,8 +158,14 @@ def _excluded(z: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarr
     return out
 
 
-def write_samples(steps: Iterator[np.ndarray], vocab: list[str], out: TextIO, *,
-                  num_samples: int = 1, prefix: str = "") -> None:
+def write_samples(
+    steps: Iterator[np.ndarray],
+    vocab: list[str],
+    out: TextIO,
+    *,
+    num_samples: int = 1,
+    prefix: str = "",
+) -> None:
     """Print the samples that `steps` (from generate) yields, the first streamed as it is drawn.
 
     One sample: prefix + text + newline. Several: each under a header line
@@ -180,8 +195,9 @@ def write_samples(steps: Iterator[np.ndarray], vocab: list[str], out: TextIO, *,
     out.flush()
 
 
-def collect(steps: Iterator[np.ndarray], vocab: list[str], num_samples: int = 1,
-            prefix: str = "") -> list[str]:
+def collect(
+    steps: Iterator[np.ndarray], vocab: list[str], num_samples: int = 1, prefix: str = ""
+) -> list[str]:
     """All samples as strings, each prefix + its generated text."""
     ids = np.array(list(steps), dtype=np.intp).reshape(-1, num_samples).T  # (M, length)
     return [prefix + decode(row, vocab) for row in ids]

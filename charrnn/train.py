@@ -102,9 +102,13 @@ def _metrics_file(run_dir: Path, resume_step: int | None):
     a last line cut short when the run was killed)."""
     path = run_dir / "metrics.jsonl"
     if resume_step is not None and path.exists():
-        kept = [ln for ln in path.read_text(errors="replace").splitlines()
-                if (rec := _json_object(ln)) is not None
-                and isinstance(rec.get("step", 0), int) and rec.get("step", 0) <= resume_step]
+        kept = [
+            ln
+            for ln in path.read_text(errors="replace").splitlines()
+            if (rec := _json_object(ln)) is not None
+            and isinstance(rec.get("step", 0), int)
+            and rec.get("step", 0) <= resume_step
+        ]
         _write_atomic(path, "".join(ln + "\n" for ln in kept))
     elif path.exists():
         path.unlink()
@@ -131,16 +135,20 @@ def _resume_state(resume: ckpt_io.Checkpoint, cfg: Config, V: int) -> dict:
     H, B, dtype = cfg.hidden_size, cfg.batch_size, np.dtype(cfg.dtype)
     ts = resume.train_state
     problem = None
-    if resume.params["Whh"].shape != (H, H) or resume.params["by"].shape != (V,) \
-            or resume.params["Whh"].dtype != dtype:
+    if (
+        resume.params["Whh"].shape != (H, H)
+        or resume.params["by"].shape != (V,)
+        or resume.params["Whh"].dtype != dtype
+    ):
         problem = f"its weights do not match hidden_size {H}, {V} characters and dtype {dtype}"
     elif resume.h_carry is None or resume.h_carry.shape != (B, H):
         problem = f"'h_carry' is missing or not ({B}, {H}) for batch_size {B}"
     elif set(resume.opt_state) != set(optim.init_state(cfg.optimizer, resume.params)):
         problem = f"its optimizer state is not {cfg.optimizer}'s"
-    elif not all(isinstance(ts.get(k, 0), int) and not isinstance(ts.get(k, 0), bool)
-                 and ts.get(k, 0) >= 0 for k in ("bad_evals", "chars_seen")) \
-            or not isinstance(ts.get("best_val_loss"), (int, float, type(None))):
+    elif not all(
+        isinstance(ts.get(k, 0), int) and not isinstance(ts.get(k, 0), bool) and ts.get(k, 0) >= 0
+        for k in ("bad_evals", "chars_seen")
+    ) or not isinstance(ts.get("best_val_loss"), (int, float, type(None))):
         problem = "its train_state has values of the wrong type"
     rng = np.random.default_rng()
     if problem is None:
@@ -151,13 +159,22 @@ def _resume_state(resume: ckpt_io.Checkpoint, cfg: Config, V: int) -> dict:
     if problem is not None:
         raise CheckpointError(f"cannot resume from the checkpoint: {problem}; start a new run")
     best_val = ts.get("best_val_loss")
-    return {"rng": rng, "best_val": math.inf if best_val is None else float(best_val),
-            "bad_evals": ts.get("bad_evals", 0),
-            "chars_seen": ts.get("chars_seen", resume.step * B * cfg.seq_length)}
+    return {
+        "rng": rng,
+        "best_val": math.inf if best_val is None else float(best_val),
+        "bad_evals": ts.get("bad_evals", 0),
+        "chars_seen": ts.get("chars_seen", resume.step * B * cfg.seq_length),
+    }
 
 
-def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpoint | None = None,
-          reporter=None) -> TrainResult:
+def train(
+    cfg: Config,
+    corpus: Corpus,
+    run_dir: Path,
+    *,
+    resume: ckpt_io.Checkpoint | None = None,
+    reporter=None,
+) -> TrainResult:
     """Train a model on corpus into run_dir; continue from `resume` when given.
 
     The run folder is locked before anything in it is written, so a second training pointed at
@@ -167,8 +184,9 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TrainingError(f"cannot create run folder '{run_dir}': {e.strerror or e}; "
-                            "pass another --out") from None
+        raise TrainingError(
+            f"cannot create run folder '{run_dir}': {e.strerror or e}; pass another --out"
+        ) from None
     try:
         # single-threaded BLAS: the step's products are small; parallel.py shares the cores
         with RunLock(run_dir), blas_threads(1):
@@ -177,16 +195,20 @@ def train(cfg: Config, corpus: Corpus, run_dir: Path, *, resume: ckpt_io.Checkpo
     except BrokenPipeError:
         raise
     except OSError as e:  # checkpoint saves say this themselves; this is config/metrics/lock
-        raise TrainingError(f"cannot write to run folder '{run_dir}': {e.strerror or e}; "
-                            "free disk space or check permissions (saved checkpoints are kept)"
-                            ) from None
+        raise TrainingError(
+            f"cannot write to run folder '{run_dir}': {e.strerror or e}; "
+            "free disk space or check permissions (saved checkpoints are kept)"
+        ) from None
     except MemoryError:
-        raise TrainingError(f"not enough memory for hidden_size {cfg.hidden_size}, batch_size "
-                            f"{cfg.batch_size}, seq_length {cfg.seq_length}; lower them") from None
+        raise TrainingError(
+            f"not enough memory for hidden_size {cfg.hidden_size}, batch_size "
+            f"{cfg.batch_size}, seq_length {cfg.seq_length}; lower them"
+        ) from None
 
 
-def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoint | None,
-           reporter) -> TrainResult:
+def _train(
+    cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoint | None, reporter
+) -> TrainResult:
     dtype = np.dtype(cfg.dtype)
     V, H, B, T = len(corpus.vocab), cfg.hidden_size, cfg.batch_size, cfg.seq_length
 
@@ -216,12 +238,16 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
     last_saved = resume.step if resume is not None and last_path.exists() else None
 
     def diverged(what: str, at_step: int) -> TrainingError:
-        clip = f"a lower --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip else \
-            "--grad-clip 5"
-        kept = "no checkpoint was written" if last_saved is None else \
-            f"last.npz from step {last_saved} is kept"
-        return TrainingError(f"the {what} at step {at_step}: training diverged; lower "
-                             f"--learning-rate (now {cfg.learning_rate:g}) or set {clip}; {kept}")
+        clip = f"a lower --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "--grad-clip 5"
+        kept = (
+            "no checkpoint was written"
+            if last_saved is None
+            else f"last.npz from step {last_saved} is kept"
+        )
+        return TrainingError(
+            f"the {what} at step {at_step}: training diverged; lower "
+            f"--learning-rate (now {cfg.learning_rate:g}) or set {clip}; {kept}"
+        )
 
     def save(path: Path) -> None:
         nonlocal last_saved
@@ -229,29 +255,52 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
         # over the last good checkpoint (load would refuse the file)
         if not all(np.isfinite(a).all() for a in (*params.values(), *opt_state.values(), h)):
             raise diverged("weights became NaN or infinite", step)
-        state = {"rng_state": rng.bit_generator.state, "best_val_loss": _finite_or_none(best_val),
-                 "bad_evals": bad_evals, "chars_seen": chars_seen}
-        ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=corpus.vocab, config=cfg.to_dict(),
-                                        step=step, h_carry=h, opt_state=opt_state,
-                                        train_state=state), path)
+        state = {
+            "rng_state": rng.bit_generator.state,
+            "best_val_loss": _finite_or_none(best_val),
+            "bad_evals": bad_evals,
+            "chars_seen": chars_seen,
+        }
+        ckpt_io.save(
+            ckpt_io.Checkpoint(
+                params=params,
+                vocab=corpus.vocab,
+                config=cfg.to_dict(),
+                step=step,
+                h_carry=h,
+                opt_state=opt_state,
+                train_state=state,
+            ),
+            path,
+        )
         if path == last_path:
             last_saved = step
 
     def preview() -> str:
         # its own generator, so previews never change the training's random stream
         g = np.random.default_rng([cfg.rng_seed or 0, step])
-        ids = [int(c[0]) for c in generate(params, train_ids[:0], cfg.sample_length, g,
-                                           temperature=0.8)]
+        ids = [
+            int(c[0])
+            for c in generate(params, train_ids[:0], cfg.sample_length, g, temperature=0.8)
+        ]
         return "".join(corpus.vocab[i] for i in ids)
 
     max_steps = cfg.max_steps or None
     if cfg.max_epochs:
         epoch_steps = math.ceil(cfg.max_epochs * batches.steps_per_epoch)
         max_steps = min(max_steps or epoch_steps, epoch_steps)
-    reporter.start({"run_dir": str(run_dir), "start_step": step, "max_steps": max_steps,
-                    "steps_per_epoch": batches.steps_per_epoch, "vocab_size": V,
-                    "train_chars": len(train_ids), "val_chars": len(val_ids),
-                    "max_time": cfg.max_time or None})
+    reporter.start(
+        {
+            "run_dir": str(run_dir),
+            "start_step": step,
+            "max_steps": max_steps,
+            "steps_per_epoch": batches.steps_per_epoch,
+            "vocab_size": V,
+            "train_chars": len(train_ids),
+            "val_chars": len(val_ids),
+            "max_time": cfg.max_time or None,
+        }
+    )
 
     loss_and_grads = GradientWorkers(B, auto_workers(B, cfg.workers))
     metrics_out = _metrics_file(run_dir, step if resume is not None else None)
@@ -269,8 +318,9 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
                     stopped_by = "signal"
                     break
                 if max_steps is not None and step >= max_steps:
-                    stopped_by = "max_epochs" if cfg.max_epochs and step >= epoch_steps \
-                        else "max_steps"
+                    stopped_by = (
+                        "max_epochs" if cfg.max_epochs and step >= epoch_steps else "max_steps"
+                    )
                     break
                 if cfg.max_time and time.perf_counter() - start >= cfg.max_time:
                     stopped_by = "max_time"
@@ -309,10 +359,14 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
                 # in this order, after a kill metrics.jsonl has every step up to last.npz's
                 # (a resume drops the lines past it)
                 record = {
-                    "step": step, "epoch": round(step / batches.steps_per_epoch, 4),
-                    "train_loss": loss, "val_loss": val_loss,
+                    "step": step,
+                    "epoch": round(step / batches.steps_per_epoch, 4),
+                    "train_loss": loss,
+                    "val_loss": val_loss,
                     "val_bpc": None if val_loss is None else val_loss / LN2,
-                    "grad_norm": norm, "lr": lr, "chars_per_sec": B * T / step_time,
+                    "grad_norm": norm,
+                    "lr": lr,
+                    "chars_per_sec": B * T / step_time,
                     "elapsed": round(time.perf_counter() - start, 3),
                 }
                 metrics_out.write(json.dumps(record) + "\n")
@@ -337,8 +391,10 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
                 if val_loss < best_val:
                     best_val = val_loss
                     save(best_path)
-                metrics_out.write(json.dumps({"step": step, "val_loss": val_loss,
-                                              "val_bpc": val_loss / LN2}) + "\n")
+                metrics_out.write(
+                    json.dumps({"step": step, "val_loss": val_loss, "val_bpc": val_loss / LN2})
+                    + "\n"
+                )
             save(last_path)
             if not validate or not best_path.exists():
                 save(best_path)
@@ -348,11 +404,16 @@ def _train(cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoin
         reporter.end()
 
     return TrainResult(
-        run_dir=run_dir, steps=step, chars_seen=chars_seen,
-        seconds=time.perf_counter() - start, stopped_by=stopped_by,
+        run_dir=run_dir,
+        steps=step,
+        chars_seen=chars_seen,
+        seconds=time.perf_counter() - start,
+        stopped_by=stopped_by,
         final_val_loss=val_loss if validate else None,
-        best_val_loss=_finite_or_none(best_val), last_checkpoint=last_path,
-        best_checkpoint=best_path, signal=signals.received,
+        best_val_loss=_finite_or_none(best_val),
+        last_checkpoint=last_path,
+        best_checkpoint=best_path,
+        signal=signals.received,
     )
 
 

@@ -49,12 +49,16 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 5, 7, 64, 1 << 20])
-@pytest.mark.parametrize("text", [
-    "hello world! " * 40,
-    MIXED,
-    "é" * 50,  # Latin-1 only: the 1-byte code point path
-    "😀a" * 30,  # astral characters
-], ids=["ascii", "mixed", "latin1", "astral"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello world! " * 40,
+        MIXED,
+        "é" * 50,  # Latin-1 only: the 1-byte code point path
+        "😀a" * 30,  # astral characters
+    ],
+    ids=["ascii", "mixed", "latin1", "astral"],
+)
 def test_same_ids_and_vocab_as_in_memory(tmp_path, text, block_size):
     path = write(tmp_path / "c.txt", text)
     got = cache.prepare(path, block_size=block_size).corpus
@@ -62,11 +66,15 @@ def test_same_ids_and_vocab_as_in_memory(tmp_path, text, block_size):
     assert_same(got, in_memory(path))
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(raw=st.binary(min_size=1, max_size=60) | st.text(min_size=1, max_size=40).map(
-    lambda t: t.encode("utf-8", "surrogatepass")), block_size=st.integers(1, 9),
-    errors=st.sampled_from(["strict", "replace"]))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raw=st.binary(min_size=1, max_size=60)
+    | st.text(min_size=1, max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    block_size=st.integers(1, 9),
+    errors=st.sampled_from(["strict", "replace"]),
+)
 def test_any_bytes_any_blocks_same_as_in_memory(tmp_path, raw, block_size, errors):
     path = write(tmp_path / "c.txt", raw)
     try:
@@ -119,12 +127,16 @@ def test_other_encodings(tmp_path, encoding):
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 4, 5, 6, 7, 1000])
-@pytest.mark.parametrize("raw", [
-    "aé€".encode() + b"\xff" + b"tail",  # a bad byte after multi-byte characters
-    "ab€".encode()[:-1] + b"zz",  # a 3-byte character cut short mid-file
-    "ab€".encode()[:-1],  # ... and at the very end
-    b"\xc3" + "é".encode() * 3,  # a lone lead byte at offset 0
-], ids=["bad-byte", "cut-mid", "cut-end", "lead-at-0"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "aé€".encode() + b"\xff" + b"tail",  # a bad byte after multi-byte characters
+        "ab€".encode()[:-1] + b"zz",  # a 3-byte character cut short mid-file
+        "ab€".encode()[:-1],  # ... and at the very end
+        b"\xc3" + "é".encode() * 3,  # a lone lead byte at offset 0
+    ],
+    ids=["bad-byte", "cut-mid", "cut-end", "lead-at-0"],
+)
 def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, raw, block_size):
     path = write(tmp_path / "bad.txt", raw)
     with pytest.raises(DataError) as expected:
@@ -138,8 +150,10 @@ def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, raw, block_size):
 
 def test_decode_errors_replace_matches_in_memory(tmp_path):
     path = write(tmp_path / "bad.txt", b"ab\xffcd\xe2\x82" + "é".encode() + b"\xc3")
-    assert_same(cache.prepare(path, errors="replace", block_size=2).corpus,
-                in_memory(path, errors="replace"))
+    assert_same(
+        cache.prepare(path, errors="replace", block_size=2).corpus,
+        in_memory(path, errors="replace"),
+    )
 
 
 def test_empty_missing_and_directory(tmp_path):
@@ -264,9 +278,18 @@ def test_batches_from_the_cache_equal_batches_in_memory(tmp_path):
 
 def test_training_on_the_cache_equals_training_in_memory(tmp_path):
     path = write(tmp_path / "c.txt", (MIXED + "hello world! ") * 20)
-    cfg = Config.from_dict({"hidden_size": 8, "seq_length": 8, "batch_size": 6,
-                            "max_steps": 12, "eval_every": 4, "checkpoint_every": 4,
-                            "val_fraction": 0.1, "rng_seed": 3})
+    cfg = Config.from_dict(
+        {
+            "hidden_size": 8,
+            "seq_length": 8,
+            "batch_size": 6,
+            "max_steps": 12,
+            "eval_every": 4,
+            "checkpoint_every": 4,
+            "val_fraction": 0.1,
+            "rng_seed": 3,
+        }
+    )
     train(cfg, in_memory(path), tmp_path / "mem")
     train(cfg, cache.prepare(path, block_size=5).corpus, tmp_path / "cached")
     for name in ("last.npz", "best.npz"):
@@ -284,8 +307,9 @@ def test_prepare_command(tmp_path, runner):
     result = runner.invoke(app, ["prepare", str(path)])
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert result.stderr.startswith(f"encoded {path}: {len(MIXED)} characters, 28 distinct "
-                                    "(uint8 ids) in ")
+    assert result.stderr.startswith(
+        f"encoded {path}: {len(MIXED)} characters, 28 distinct (uint8 ids) in "
+    )
     assert (tmp_path / "c.txt.charrnn-cache").exists()
 
     result = runner.invoke(app, ["prepare", str(path), "--json"])
@@ -303,8 +327,10 @@ def test_prepare_command_errors(tmp_path, runner):
     bad = write(tmp_path / "bad.txt", "aé".encode() + b"\xff")
     result = runner.invoke(app, ["prepare", str(bad)])
     assert result.exit_code == 1
-    assert result.stderr == (f"Error: '{bad}' is not valid utf-8 at byte offset 3; pass "
-                             "--encoding (e.g. latin-1) or --decode-errors replace\n")
+    assert result.stderr == (
+        f"Error: '{bad}' is not valid utf-8 at byte offset 3; pass "
+        "--encoding (e.g. latin-1) or --decode-errors replace\n"
+    )
     result = runner.invoke(app, ["prepare", str(bad), "--encoding", "latin-1"])
     assert result.exit_code == 0
 
@@ -325,6 +351,9 @@ def test_train_command_builds_and_then_reuses_the_cache(tmp_path, runner, tiny_c
     built = cache_file.stat().st_mtime_ns
     assert runner.invoke(app, [*args, "--out", "r2"]).exit_code == 0
     assert cache_file.stat().st_mtime_ns == built  # reused, not rewritten
-    result = runner.invoke(app, ["train", "-", "--config", str(tiny_config), "--max-steps", "4",
-                                 "--quiet", "--out", "r3"], input="hello world! " * 100)
+    result = runner.invoke(
+        app,
+        ["train", "-", "--config", str(tiny_config), "--max-steps", "4", "--quiet", "--out", "r3"],
+        input="hello world! " * 100,
+    )
     assert result.exit_code == 0, result.stderr

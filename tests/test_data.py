@@ -113,8 +113,8 @@ def test_batches_positions():
         assert X.shape == Y.shape == (T, B)
         for s in range(B):
             start = s * L + k * T  # stream s, step k
-            np.testing.assert_array_equal(X[:, s], ids[start:start + T])
-            np.testing.assert_array_equal(Y[:, s], ids[start + 1:start + T + 1])
+            np.testing.assert_array_equal(X[:, s], ids[start : start + T])
+            np.testing.assert_array_equal(Y[:, s], ids[start + 1 : start + T + 1])
 
 
 def test_batches_consecutive_steps_continue_each_stream():

@@ -34,10 +34,32 @@ def overfit(tmp_path_factory) -> Path:
     corpus.write_text(PERIOD * 200, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        result = CliRunner().invoke(app, [
-            "train", str(corpus), "--hidden-size", "16", "--seq-length", "16", "--batch-size", "4",
-            "--learning-rate", "0.05", "--max-steps", "300", "--eval-every", "100",
-            "--rng-seed", "1", "--set", "val_fraction=0.1", "--out", str(folder / "run"), "-q"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                str(corpus),
+                "--hidden-size",
+                "16",
+                "--seq-length",
+                "16",
+                "--batch-size",
+                "4",
+                "--learning-rate",
+                "0.05",
+                "--max-steps",
+                "300",
+                "--eval-every",
+                "100",
+                "--rng-seed",
+                "1",
+                "--set",
+                "val_fraction=0.1",
+                "--out",
+                str(folder / "run"),
+                "-q",
+            ],
+        )
     assert result.exit_code == 0, result.output
     return folder / "run" / "best.npz"
 
@@ -60,8 +82,9 @@ def reference_loss(params: dict, vocab: list[str], text: str) -> tuple[float, in
     h starts at 0; each known character is scored by softmax(Why h + by), then read into h.
     Unknown characters are neither scored nor read.
     """
-    Wxh, Whh, bh, Why, by = (params[k].astype(np.float64)
-                             for k in ("Wxh", "Whh", "bh", "Why", "by"))
+    Wxh, Whh, bh, Why, by = (
+        params[k].astype(np.float64) for k in ("Wxh", "Whh", "bh", "Why", "by")
+    )
     h = np.zeros(Whh.shape[0])
     total, n = 0.0, 0
     for ch in text:
@@ -116,8 +139,11 @@ def test_overfit_model_scores_its_own_text_near_zero(overfit, tmp_path):
 def test_human_summary_and_stdin(overfit):
     result = run("-", "--checkpoint", str(overfit), input=PERIOD * 10)
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(r"loss 0\.\d{4} nats/char, 0\.\d{4} bpc, perplexity 1\.\d{3} "
-                        r"over 80 characters\n", result.stdout), result.stdout
+    assert re.fullmatch(
+        r"loss 0\.\d{4} nats/char, 0\.\d{4} bpc, perplexity 1\.\d{3} "
+        r"over 80 characters\n",
+        result.stdout,
+    ), result.stdout
     assert result.stderr == ""
 
 
@@ -136,7 +162,8 @@ def test_unknown_error_refuses_unknown_characters(tiny):
     assert result.exit_code == 1
     assert result.stderr == (
         "Error: '<stdin>' has 3 characters not in the model's vocabulary ('?', 'z'); "
-        "pass --unknown skip to leave them out of the score\n")
+        "pass --unknown skip to leave them out of the score\n"
+    )
 
 
 def test_skipped_characters_are_not_fed(tiny):
@@ -147,11 +174,17 @@ def test_skipped_characters_are_not_fed(tiny):
     assert (with_unknown.chars, with_unknown.unknown_chars) == (6, 2)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "Error: '<stdin>' is empty; give a text to score\n"),
-    ("xyz\n", "Error: none of the characters of '<stdin>' are in the model's vocabulary; "
-              "nothing to score (was the model trained on another alphabet?)\n"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "Error: '<stdin>' is empty; give a text to score\n"),
+        (
+            "xyz\n",
+            "Error: none of the characters of '<stdin>' are in the model's vocabulary; "
+            "nothing to score (was the model trained on another alphabet?)\n",
+        ),
+    ],
+)
 def test_nothing_to_score_is_an_error(tiny, text, message):
     result = run("-", "--checkpoint", str(tiny), input=text)
     assert result.exit_code == 1
@@ -188,8 +221,12 @@ def test_bad_checkpoints_are_one_line_errors(case, tiny, tmp_path):
     data = tiny.read_bytes()
     (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
     np.savez(tmp_path / "partial.npz", Whh=np.zeros((2, 2)), vocab=np.array(["a", "b"]))
-    path = {"missing": tmp_path / "nope.npz", "not npz": tmp_path / "notes.npz",
-            "truncated": tmp_path / "truncated.npz", "missing arrays": tmp_path / "partial.npz"}
+    path = {
+        "missing": tmp_path / "nope.npz",
+        "not npz": tmp_path / "notes.npz",
+        "truncated": tmp_path / "truncated.npz",
+        "missing arrays": tmp_path / "partial.npz",
+    }
     result = run("-", "--checkpoint", str(path[case]), input="abc")
     assert result.exit_code == 1
     assert result.stdout == ""

@@ -52,8 +52,9 @@ def cli(*args: str):
 
 def assert_clean_error(result, code: int = 1, says: str | None = None) -> str:
     """Exit `code`, stderr exactly one `Error: ...` line (mentioning `says`), no traceback."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"crashed: {result.exception!r}\n{result.output}"
+    )
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     lines = result.stderr.splitlines()
@@ -72,10 +73,32 @@ def write_corpus(folder: Path, text: str = TEXT) -> Path:
 def start_training(corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     """A real `python -m charrnn train` in its own process, writing last.npz every step (and a
     checkpoint is big enough, at hidden size 48, that kills often land in the middle of one)."""
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(out),
-           "--hidden-size", "48", "--seq-length", "8", "--batch-size", "2", "--rng-seed", "1",
-           "--checkpoint-every", "1", "--eval-every", "5", "--max-steps", "100000",
-           "--max-time", "60", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden-size",
+        "48",
+        "--seq-length",
+        "8",
+        "--batch-size",
+        "2",
+        "--rng-seed",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--eval-every",
+        "5",
+        "--max-steps",
+        "100000",
+        "--max-time",
+        "60",
+        *extra,
+    ]
     # stderr to a file, not a pipe that nobody reads while it runs
     with open(out.parent / f"{out.name}.stderr", "w") as log:
         proc = subprocess.Popen(cmd, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=log)
@@ -137,8 +160,9 @@ def kill_and_resume(tmp_path: Path, kills: int, budget: float) -> None:
         proc = start_training(corpus, out, *resume)
         try:
             # it is saving (and has validated once, so best.npz exists too)
-            wait_for(lambda b=before: mtime(out / "last.npz") != b
-                     and (out / "best.npz").exists(), proc)
+            wait_for(
+                lambda b=before: mtime(out / "last.npz") != b and (out / "best.npz").exists(), proc
+            )
             time.sleep(rnd.uniform(0, 0.15))
             os.kill(proc.pid, signal.SIGKILL)
         finally:
@@ -158,8 +182,11 @@ def kill_and_resume(tmp_path: Path, kills: int, budget: float) -> None:
     assert ckpt_io.load(out / "last.npz").step == target
     assert temp_files(out) == []  # removed by the next run, under the lock
     # no step's metrics line lost or repeated across the kills
-    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if "train_loss" in r]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "train_loss" in r
+    ]
     assert steps == list(range(1, target + 1))
 
 
@@ -214,8 +241,11 @@ def test_failed_save_keeps_previous_checkpoint(how, tmp_path, monkeypatch):
         monkeypatch.setattr(ckpt_io.np, "savez", _fail_after(np.savez, 2, ENOSPC))
         says = "No space left on device"
     elif how == "replace-enospc":
-        monkeypatch.setattr(ckpt_io.os, "replace", _fail_after(
-            os.replace, 2, ENOSPC, only=lambda src, dst: str(dst).endswith(".npz")))
+        monkeypatch.setattr(
+            ckpt_io.os,
+            "replace",
+            _fail_after(os.replace, 2, ENOSPC, only=lambda src, dst: str(dst).endswith(".npz")),
+        )
         says = "No space left on device"
     else:
         real_save = ckpt_io.save
@@ -224,16 +254,33 @@ def test_failed_save_keeps_previous_checkpoint(how, tmp_path, monkeypatch):
             real_save(ckpt, path)
             if Path(path).name == "best.npz":  # the first checkpoint is complete
                 if IS_ROOT:  # root writes through a read-only folder: refuse like the kernel
-                    monkeypatch.setattr(ckpt_io.tempfile, "mkstemp", _fail_after(
-                        None, 0, PermissionError(errno.EACCES, os.strerror(errno.EACCES))))
+                    monkeypatch.setattr(
+                        ckpt_io.tempfile,
+                        "mkstemp",
+                        _fail_after(
+                            None, 0, PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+                        ),
+                    )
                 else:
                     out.chmod(0o555)
 
         monkeypatch.setattr(ckpt_io, "save", save_then_lock_folder)
         says = "Permission denied"
     try:
-        result = cli("train", corpus, *TINY, "--checkpoint-every", 2, "--eval-every", 0,
-                     "--max-steps", 10, "--out", out, "-q")
+        result = cli(
+            "train",
+            corpus,
+            *TINY,
+            "--checkpoint-every",
+            2,
+            "--eval-every",
+            0,
+            "--max-steps",
+            10,
+            "--out",
+            out,
+            "-q",
+        )
     finally:
         if out.exists():
             out.chmod(0o755)
@@ -285,8 +332,11 @@ def test_signal_saves_and_resumes(sig, code, tmp_path):
         stderr = finish(proc)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
-    m = re.search(r"Interrupted at step (\d+); saved .*last\.npz; continue with: "
-                  r"charrnn train .* --resume ", stderr)
+    m = re.search(
+        r"Interrupted at step (\d+); saved .*last\.npz; continue with: "
+        r"charrnn train .* --resume ",
+        stderr,
+    )
     assert m, stderr
     step = int(m.group(1))
     assert ckpt_io.load(out / "last.npz").step == step  # the final checkpoint
@@ -317,17 +367,37 @@ def test_second_sigint_stops_at_once(tmp_path):
 # ---- divergence ----
 
 
-@pytest.mark.parametrize("optimizer, lr, what", [
-    ("sgd", "1e38", "loss became inf"),  # the loss overflows first
-    ("adam", "1e38", "loss became nan"),
-    ("sgd", "3e38", "loss became nan"),
-    ("sgd", "1e39", "weights became NaN or infinite"),  # the first update overflows the weights
-])
+@pytest.mark.parametrize(
+    "optimizer, lr, what",
+    [
+        ("sgd", "1e38", "loss became inf"),  # the loss overflows first
+        ("adam", "1e38", "loss became nan"),
+        ("sgd", "3e38", "loss became nan"),
+        ("sgd", "1e39", "weights became NaN or infinite"),  # the first update overflows the weights
+    ],
+)
 def test_divergence_names_step_and_keeps_last_good(optimizer, lr, what, tmp_path):
     corpus, out = write_corpus(tmp_path), tmp_path / "run"
-    result = cli("train", corpus, *TINY, "--optimizer", optimizer, "--learning-rate", lr,
-                 "--grad-clip", 0, "--checkpoint-every", 1, "--eval-every", 0,
-                 "--max-steps", 50, "--out", out, "-q")
+    result = cli(
+        "train",
+        corpus,
+        *TINY,
+        "--optimizer",
+        optimizer,
+        "--learning-rate",
+        lr,
+        "--grad-clip",
+        0,
+        "--checkpoint-every",
+        1,
+        "--eval-every",
+        0,
+        "--max-steps",
+        50,
+        "--out",
+        out,
+        "-q",
+    )
     line = assert_clean_error(result, 1, f"{what} at step ")
     step = int(re.search(r"at step (\d+)", line).group(1))
     assert f"lower --learning-rate (now {float(lr):g}) or set --grad-clip 5" in line
@@ -344,8 +414,10 @@ def test_divergence_names_step_and_keeps_last_good(optimizer, lr, what, tmp_path
 
 def _metrics(path: Path) -> list[dict]:
     drop = ("elapsed", "chars_per_sec")
-    return [{k: v for k, v in json.loads(ln).items() if k not in drop}
-            for ln in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(ln).items() if k not in drop}
+        for ln in path.read_text().splitlines()
+    ]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -355,9 +427,24 @@ def test_resume_is_bitwise_exact(optimizer, tmp_path):
     A step-decayed learning rate, validation, and an epoch boundary (11 steps an epoch) fall in
     the resumed part."""
     corpus = write_corpus(tmp_path, TEXT[:200])
-    common = [*TINY, "--optimizer", optimizer, "--eval-every", 3, "--checkpoint-every", 3,
-              "--set", "lr_decay=step", "--set", "lr_decay_steps=4", "--set", "lr_decay_rate=0.5",
-              "--set", "val_fraction=0.1", "-q"]
+    common = [
+        *TINY,
+        "--optimizer",
+        optimizer,
+        "--eval-every",
+        3,
+        "--checkpoint-every",
+        3,
+        "--set",
+        "lr_decay=step",
+        "--set",
+        "lr_decay_steps=4",
+        "--set",
+        "lr_decay_rate=0.5",
+        "--set",
+        "val_fraction=0.1",
+        "-q",
+    ]
     straight, split_run = tmp_path / "straight", tmp_path / "split"
     assert cli("train", corpus, *common, "--max-steps", 15, "--out", straight).exit_code == 0
     assert cli("train", corpus, *common, "--max-steps", 6, "--out", split_run).exit_code == 0
@@ -387,8 +474,12 @@ def test_second_training_into_same_folder_is_refused(tmp_path):
         metrics_before = (out / "metrics.jsonl").read_bytes()  # the first run only appends
         for extra in (["--hidden-size", "8", "--rng-seed", "2"], ["--resume", str(out)]):
             result = cli("train", corpus, "--out", out, *extra, "-q")
-            assert_clean_error(result, 1, f"run folder '{out}' is in use by another training "
-                                          "process; wait for it to finish or pass another --out")
+            assert_clean_error(
+                result,
+                1,
+                f"run folder '{out}' is in use by another training "
+                "process; wait for it to finish or pass another --out",
+            )
             # refused before writing anything: the first run's files are its own
             assert (out / "config.yaml").read_text() == config_before
             assert (out / "metrics.jsonl").read_bytes().startswith(metrics_before)
@@ -425,8 +516,10 @@ CORPORA = {
     "directory": (lambda d: d, "is a directory"),
     "empty": (lambda d: write_corpus(d, ""), "is empty"),
     "too short": (lambda d: write_corpus(d, "abcdefg"), "too short for one chunk"),
-    "binary": (lambda d: (d / "x.bin").write_bytes(bytes(range(256)) * 8) and d / "x.bin",
-               "is not valid utf-8 at byte offset 128"),
+    "binary": (
+        lambda d: (d / "x.bin").write_bytes(bytes(range(256)) * 8) and d / "x.bin",
+        "is not valid utf-8 at byte offset 128",
+    ),
     "unreadable": (_unreadable, "permission denied"),
 }
 
@@ -446,8 +539,17 @@ def good_run(tmp_path_factory) -> tuple[Path, Path]:
     """(corpus, run folder) of a 4-step run: the valid checkpoint the bad ones are made from."""
     folder = tmp_path_factory.mktemp("good")
     corpus = write_corpus(folder, TEXT[:2000])
-    cfg = Config.from_dict({"hidden_size": 8, "seq_length": 8, "batch_size": 2, "max_steps": 4,
-                            "eval_every": 2, "checkpoint_every": 2, "rng_seed": 3})
+    cfg = Config.from_dict(
+        {
+            "hidden_size": 8,
+            "seq_length": 8,
+            "batch_size": 2,
+            "max_steps": 4,
+            "eval_every": 2,
+            "checkpoint_every": 2,
+            "rng_seed": 3,
+        }
+    )
     train(cfg, build_corpus(corpus.read_text()), folder / "run")
     return corpus, folder / "run"
 
@@ -455,6 +557,7 @@ def good_run(tmp_path_factory) -> tuple[Path, Path]:
 def _edit(**changes):
     """A change to the checkpoint's arrays: name=None drops one, name=f(arrays) or a value sets
     one. (The other cases are functions of the file's bytes.)"""
+
     def make(arrays):
         for k, v in changes.items():
             if v is None:
@@ -462,6 +565,7 @@ def _edit(**changes):
             else:
                 arrays[k] = v(arrays) if callable(v) else v
         return arrays
+
     make.on_arrays = True
     return make
 
@@ -472,6 +576,7 @@ def _truncated(raw: bytes) -> bytes:
 
 def _foreign_zip(_raw: bytes) -> bytes:
     import io
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("hello.txt", "not a model")
@@ -480,6 +585,7 @@ def _foreign_zip(_raw: bytes) -> bytes:
 
 def _npy(_raw: bytes) -> bytes:
     import io
+
     buf = io.BytesIO()
     np.save(buf, np.zeros(3))
     return buf.getvalue()
@@ -503,25 +609,37 @@ BAD_CHECKPOINTS = {
     "not a zip": (lambda raw: b"Wxh Whh bh Why by\n" * 20, "not an .npz file"),
     "a .npy": (_npy, "single .npy array"),
     "a zip not ours": (_foreign_zip, "its 'hello.txt' is not a NumPy array"),
-    "a zip of other arrays": (_edit(**{k: None for k in ("Wxh", "Whh", "bh", "Why", "by")}),
-                              "it has no Wxh, Whh, bh, Why, by"),
+    "a zip of other arrays": (
+        _edit(**{k: None for k in ("Wxh", "Whh", "bh", "Why", "by")}),
+        "it has no Wxh, Whh, bh, Why, by",
+    ),
     "missing arrays": (_edit(Whh=None, vocab=None), "it has no Whh, vocab"),
     "shapes disagree": (_edit(Why=lambda a: _f32((a["Why"].shape[0], 5))), "'Why' has shape"),
     "Whh not square": (_edit(Whh=lambda a: _f32((8, 9))), "'Whh' has shape (8, 9)"),
     "vocab disagrees": (_edit(vocab=lambda a: a["vocab"][:-3]), "'Wxh' has shape"),
     "vocab unsorted": (_edit(vocab=lambda a: a["vocab"][::-1].copy()), "not sorted distinct"),
-    "vocab past Unicode": (_edit(vocab=lambda a: _past_unicode(a["vocab"])),
-                           "'vocab' must be a 1-D array of single characters"),
-    "config past Unicode": (_edit(config=lambda a: _past_unicode(a["config"])),
-                            "array 'config' has the wrong type"),
+    "vocab past Unicode": (
+        _edit(vocab=lambda a: _past_unicode(a["vocab"])),
+        "'vocab' must be a 1-D array of single characters",
+    ),
+    "config past Unicode": (
+        _edit(config=lambda a: _past_unicode(a["config"])),
+        "array 'config' has the wrong type",
+    ),
     "NaN weights": (_edit(Whh=lambda a: a["Whh"] * np.float32("nan")), "NaN or infinite"),
-    "inf optimizer state": (_edit(**{"opt.v.by": lambda a: a["opt.v.by"] + np.inf}),
-                            "optimizer state 'opt.v.by' contains NaN"),
-    "optimizer state misshapen": (_edit(**{"opt.m.Whh": _f32((2, 2))}),
-                                  "optimizer state 'opt.m.Whh' does not match"),
+    "inf optimizer state": (
+        _edit(**{"opt.v.by": lambda a: a["opt.v.by"] + np.inf}),
+        "optimizer state 'opt.v.by' contains NaN",
+    ),
+    "optimizer state misshapen": (
+        _edit(**{"opt.m.Whh": _f32((2, 2))}),
+        "optimizer state 'opt.m.Whh' does not match",
+    ),
     "h_carry misshapen": (_edit(h_carry=_f32((2, 3))), "'h_carry' is float32 (2, 3)"),
-    "newer format_version": (_edit(format_version=np.array(99)),
-                             "format_version 99, newer than this charrnn reads (1); upgrade"),
+    "newer format_version": (
+        _edit(format_version=np.array(99)),
+        "format_version 99, newer than this charrnn reads (1); upgrade",
+    ),
     "negative step": (_edit(step=np.array(-1)), "invalid step -1"),
     "config not JSON": (_edit(config=np.array("{hidden_size: 8")), "not valid JSON"),
     "config a list": (_edit(config=np.array("[1, 2]")), "must be JSON objects"),
@@ -530,17 +648,48 @@ BAD_CHECKPOINTS = {
 
 # refused by `train --resume` only: the file loads, but its training state is unusable
 BAD_RESUME_STATE = {
-    "rng state garbage": (_edit(train_state=np.array(json.dumps(
-        {"rng_state": {"bit_generator": "PCG64", "state": 5}}))), "random-generator state"),
-    "train_state wrong types": (_edit(train_state=lambda a: np.array(json.dumps(
-        {**json.loads(a["train_state"].item()), "bad_evals": "x"}))), "wrong type"),
+    "rng state garbage": (
+        _edit(
+            train_state=np.array(json.dumps({"rng_state": {"bit_generator": "PCG64", "state": 5}}))
+        ),
+        "random-generator state",
+    ),
+    "train_state wrong types": (
+        _edit(
+            train_state=lambda a: np.array(
+                json.dumps({**json.loads(a["train_state"].item()), "bad_evals": "x"})
+            )
+        ),
+        "wrong type",
+    ),
     "optimizer state of another optimizer": (
-        _edit(**{"opt.m.Wxh": None, "opt.m.Whh": None, "opt.m.bh": None, "opt.m.Why": None,
-                 "opt.m.by": None}), "optimizer state is not adam's"),
-    "config invalid": (_edit(config=lambda a: np.array(json.dumps(
-        {**json.loads(a["config"].item()), "hidden_size": "many"}))), "hidden_size"),
-    "config disagrees with weights": (_edit(config=lambda a: np.array(json.dumps(
-        {**json.loads(a["config"].item()), "hidden_size": 9}))), "do not match hidden_size 9"),
+        _edit(
+            **{
+                "opt.m.Wxh": None,
+                "opt.m.Whh": None,
+                "opt.m.bh": None,
+                "opt.m.Why": None,
+                "opt.m.by": None,
+            }
+        ),
+        "optimizer state is not adam's",
+    ),
+    "config invalid": (
+        _edit(
+            config=lambda a: np.array(
+                json.dumps({**json.loads(a["config"].item()), "hidden_size": "many"})
+            )
+        ),
+        "hidden_size",
+    ),
+    "config disagrees with weights": (
+        _edit(
+            config=lambda a: np.array(
+                json.dumps({**json.loads(a["config"].item()), "hidden_size": 9})
+            )
+        ),
+        "do not match hidden_size 9",
+    ),
     "h_carry of another batch size": (_edit(h_carry=_f32((3, 8))), "'h_carry'"),
 }
 
@@ -592,8 +741,9 @@ def test_missing_checkpoint(good_run, tmp_path):
     for command in _checkpoint_commands(corpus, tmp_path / "nope.npz"):
         assert_clean_error(cli(*command), 1, "not found")
     # a run folder without last.npz
-    assert_clean_error(cli("train", corpus, "--resume", tmp_path, "-q"), 1,
-                       f"'{tmp_path / 'last.npz'}' not found")
+    assert_clean_error(
+        cli("train", corpus, "--resume", tmp_path, "-q"), 1, f"'{tmp_path / 'last.npz'}' not found"
+    )
     # a name the file system refuses (longer than 255 bytes)
     too_long = tmp_path / ("x" * 300 + ".npz")
     with pytest.raises(CheckpointError, match="File name too long"):
@@ -642,14 +792,20 @@ CONFIGS = {
     "invalid YAML": ("hidden_size: [16\n", "is not valid YAML at line 2"),
     "a list at the top": ("- hidden_size\n- 16\n", "top level must be a mapping"),
     "a scalar at the top": ("16\n", "top level must be a mapping of keys to values, got a number"),
-    "unknown key": ("hiden_size: 16\n", "unknown config key 'hiden_size' (did you mean "
-                    "'hidden_size'?)"),
-    "wrong type": ("hidden_size: lots\n", "config key 'hidden_size': got 'lots', expected an "
-                   "integer >= 1"),
+    "unknown key": (
+        "hiden_size: 16\n",
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?)",
+    ),
+    "wrong type": (
+        "hidden_size: lots\n",
+        "config key 'hidden_size': got 'lots', expected an integer >= 1",
+    ),
     "zero size": ("batch_size: 0\n", "config key 'batch_size': got 0"),
     "negative size": ("seq_length: -4\n", "config key 'seq_length': got -4"),
-    "zero learning rate": ("learning_rate: 0\n", "config key 'learning_rate': got 0, "
-                           "expected a number > 0"),
+    "zero learning rate": (
+        "learning_rate: 0\n",
+        "config key 'learning_rate': got 0, expected a number > 0",
+    ),
     "negative learning rate": ("learning_rate: -0.1\n", "config key 'learning_rate': got -0.1"),
     "bool for a size": ("hidden_size: yes\n", "config key 'hidden_size': got true"),
     "binary file": (b"\xff\xfe\x00h\x00", "is not UTF-8 text"),
@@ -661,22 +817,28 @@ def test_bad_config_file(case, tmp_path):
     text, says = CONFIGS[case]
     corpus, path = write_corpus(tmp_path), tmp_path / "c.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    result = cli("train", corpus, "--config", path, "--max-steps", 2, "--out", tmp_path / "r",
-                 "-q")
+    result = cli("train", corpus, "--config", path, "--max-steps", 2, "--out", tmp_path / "r", "-q")
     assert_clean_error(result, 1, says)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("args, code, says", [
-    (["--set", "hidden_size=abc"], 1, "config key 'hidden_size': got 'abc'"),
-    (["--set", "learning_rate=0"], 1, "expected a number > 0 (in --set)"),
-    (["--set", "nonsense"], 1, "expected the form key=value"),
-    (["--set", "seq_lenght=4"], 1, "did you mean 'seq_length'?"),
-    (["--seq-length", "5000", "--batch-size", "2"], 1, "too short for one chunk"),  # 8,000 chars
-    (["--hidden-size", "0"], 1, "config key 'hidden_size': got 0"),
-    (["--config", "missing.yaml"], 1, "not found"),
-    (["--hidden-size", "abc"], 2, "Invalid value for '--hidden-size'"),
-])
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        (["--set", "hidden_size=abc"], 1, "config key 'hidden_size': got 'abc'"),
+        (["--set", "learning_rate=0"], 1, "expected a number > 0 (in --set)"),
+        (["--set", "nonsense"], 1, "expected the form key=value"),
+        (["--set", "seq_lenght=4"], 1, "did you mean 'seq_length'?"),
+        (
+            ["--seq-length", "5000", "--batch-size", "2"],
+            1,
+            "too short for one chunk",
+        ),  # 8,000 chars
+        (["--hidden-size", "0"], 1, "config key 'hidden_size': got 0"),
+        (["--config", "missing.yaml"], 1, "not found"),
+        (["--hidden-size", "abc"], 2, "Invalid value for '--hidden-size'"),
+    ],
+)
 def test_bad_config_values(args, code, says, tmp_path):
     corpus = write_corpus(tmp_path)
     result = cli("train", corpus, *args, "--max-steps", 2, "--out", tmp_path / "r", "-q")
@@ -692,11 +854,14 @@ def test_bad_config_values(args, code, says, tmp_path):
 # ---- a run that cannot start ----
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--out", "afile"], "cannot create run folder 'afile': File exists; pass another --out"),
-    (["--out", "afile/run"], "cannot create run folder 'afile/run': Not a directory"),
-    (["--hidden-size", "1000000"], "not enough memory for hidden_size 1000000"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--out", "afile"], "cannot create run folder 'afile': File exists; pass another --out"),
+        (["--out", "afile/run"], "cannot create run folder 'afile/run': Not a directory"),
+        (["--hidden-size", "1000000"], "not enough memory for hidden_size 1000000"),
+    ],
+)
 def test_run_cannot_start(args, says, tmp_path):
     corpus = write_corpus(tmp_path)
     (tmp_path / "afile").write_text("")

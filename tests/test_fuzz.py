@@ -71,8 +71,9 @@ def run_cli(*args) -> tuple[int, str]:
     """Run the CLI in-process; assert it worked or failed cleanly; (exit code, stderr)."""
     with time_limit(HANG_S):
         result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"crashed: {result.exception!r}\n{result.output}"
+    )
     assert "Traceback" not in result.output
     code, stderr = result.exit_code, result.stderr
     if currently_in_test_context():  # pytest --hypothesis-show-statistics shows the mix
@@ -109,18 +110,48 @@ def corpus(work) -> Path:
 
 # keys that decide how long a run takes are set by the test, not fuzzed
 FUZZED_KEYS = sorted(set(DEFAULTS) - {"max_steps", "max_epochs", "max_time"})
-KEYS = st.one_of(st.sampled_from(FUZZED_KEYS), st.sampled_from(["hidden-size", "hiden_size",
-                                                                 "", "max steps", "=x"]))
-CHOICES = {"dtype": ["float32", "float64"], "optimizer": ["adam", "rmsprop", "adagrad", "sgd"],
-           "lr_decay": ["none", "step", "exponential"], "clip_mode": ["norm", "value"],
-           "decode_errors": ["strict", "replace"],
-           "encoding": ["utf-8", "latin-1", "ascii", "utf-16", "utf-8-sig", "cp1252"]}
+KEYS = st.one_of(
+    st.sampled_from(FUZZED_KEYS),
+    st.sampled_from(["hidden-size", "hiden_size", "", "max steps", "=x"]),
+)
+CHOICES = {
+    "dtype": ["float32", "float64"],
+    "optimizer": ["adam", "rmsprop", "adagrad", "sgd"],
+    "lr_decay": ["none", "step", "exponential"],
+    "clip_mode": ["norm", "value"],
+    "decode_errors": ["strict", "replace"],
+    "encoding": ["utf-8", "latin-1", "ascii", "utf-16", "utf-8-sig", "cp1252"],
+}
 VALUES = st.one_of(
     st.integers(-3, 24).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["true", "no", "null", "~", "", "[1, 2]", "{a: 1}", "1e-3", "0x10", "'8'",
-                     "adam", "sgd", "float64", "utf-16", "latin-1", "replace", "step", "value",
-                     "exponential", "2001-01-01", "!!python/object:os.system", "[", "&a *a"]),
+    st.sampled_from(
+        [
+            "true",
+            "no",
+            "null",
+            "~",
+            "",
+            "[1, 2]",
+            "{a: 1}",
+            "1e-3",
+            "0x10",
+            "'8'",
+            "adam",
+            "sgd",
+            "float64",
+            "utf-16",
+            "latin-1",
+            "replace",
+            "step",
+            "value",
+            "exponential",
+            "2001-01-01",
+            "!!python/object:os.system",
+            "[",
+            "&a *a",
+        ]
+    ),
     st.text(max_size=12),
 )
 
@@ -147,31 +178,64 @@ def test_random_set_items(items, work, corpus):
 
 
 @examples(30)
-@given(raw=st.one_of(st.binary(max_size=300),
-                     st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
-                     st.lists(set_items(), max_size=5)
-                     .map(lambda kv: "".join(f"{k}: {v}\n" for k, v in kv).encode())))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.lists(set_items(), max_size=5).map(
+            lambda kv: "".join(f"{k}: {v}\n" for k, v in kv).encode()
+        ),
+    )
+)
 def test_random_config_file(raw, work, corpus):
     path = fresh(work, ".yaml")
     path.write_bytes(raw)
     # the sizes and the length are pinned by --set, which wins over the file
-    run_cli("train", corpus, "--config", path, *TINY, "--set=hidden_size=4", "--set=batch_size=2",
-            "--set=seq_length=4", "--set=max_steps=2", "--set=max_epochs=0",
-            "--set=max_time=0", "--out", fresh(work))
+    run_cli(
+        "train",
+        corpus,
+        "--config",
+        path,
+        *TINY,
+        "--set=hidden_size=4",
+        "--set=batch_size=2",
+        "--set=seq_length=4",
+        "--set=max_steps=2",
+        "--set=max_epochs=0",
+        "--set=max_time=0",
+        "--out",
+        fresh(work),
+    )
 
 
 # ---- random corpora ----
 
 
 @examples(40)
-@given(raw=st.one_of(st.binary(max_size=400), st.binary(min_size=20, max_size=400),
-                     st.text(min_size=0, max_size=200).map(lambda t: t.encode("utf-8", "replace"))),
-       errors=st.sampled_from(["strict", "replace"]))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=400),
+        st.binary(min_size=20, max_size=400),
+        st.text(min_size=0, max_size=200).map(lambda t: t.encode("utf-8", "replace")),
+    ),
+    errors=st.sampled_from(["strict", "replace"]),
+)
 def test_random_bytes_as_corpus(raw, errors, work):
     path, out = fresh(work, ".txt"), fresh(work)
     path.write_bytes(raw)
-    code, _ = run_cli("train", path, *TINY, "--decode-errors", errors, "--max-steps", 2,
-                      "--eval-every", 1, "--out", out)
+    code, _ = run_cli(
+        "train",
+        path,
+        *TINY,
+        "--decode-errors",
+        errors,
+        "--max-steps",
+        2,
+        "--eval-every",
+        1,
+        "--out",
+        out,
+    )
     if code == 0:
         assert ckpt_io.load(out / "last.npz").step == 2
 
@@ -201,8 +265,9 @@ def rezip(parts: dict[str, bytes]) -> bytes:
 
 
 EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6)
-HEADER_EDITS = st.lists(st.tuples(st.integers(0, 127), st.integers(0, 255)),
-                        min_size=1, max_size=4)  # within a .npy header
+HEADER_EDITS = st.lists(
+    st.tuples(st.integers(0, 127), st.integers(0, 255)), min_size=1, max_size=4
+)  # within a .npy header
 
 
 def mutate(data: bytes, edits, cut) -> bytes:
@@ -211,7 +276,7 @@ def mutate(data: bytes, edits, cut) -> bytes:
         if buf:
             buf[pos % len(buf)] = byte
     if cut is not None:
-        del buf[cut % (len(buf) + 1):]
+        del buf[cut % (len(buf) + 1) :]
     return bytes(buf)
 
 
@@ -286,10 +351,28 @@ def test_checkpoint_with_changed_arrays(data, good_ckpt, corpus, work):
     with np.load(good_ckpt) as z:
         arrays = {k: z[k] for k in z.files}
     name = data.draw(st.sampled_from(sorted(arrays) + ["opt.x.Whh", "extra"]))
-    shape = data.draw(st.one_of(st.just(arrays.get(name, np.zeros(2)).shape),
-                                st.lists(st.integers(0, 5), max_size=3).map(tuple)))
-    dtype = data.draw(st.sampled_from(["float32", "float64", "int64", "uint8", "bool", "<U1",
-                                       "<U3", "complex64", "float16", "S2"]))
+    shape = data.draw(
+        st.one_of(
+            st.just(arrays.get(name, np.zeros(2)).shape),
+            st.lists(st.integers(0, 5), max_size=3).map(tuple),
+        )
+    )
+    dtype = data.draw(
+        st.sampled_from(
+            [
+                "float32",
+                "float64",
+                "int64",
+                "uint8",
+                "bool",
+                "<U1",
+                "<U3",
+                "complex64",
+                "float16",
+                "S2",
+            ]
+        )
+    )
     fill = data.draw(st.sampled_from([0, 1, -1, 2**40, float("nan"), float("inf"), "a"]))
     try:
         with np.errstate(invalid="ignore", over="ignore"):

@@ -14,6 +14,7 @@ from charrnn.model import (
     forward,
     init_params,
     input_grad,
+    log_softmax_loss,
     run_recurrence,
 )
 from charrnn.sample import generate
@@ -106,8 +107,9 @@ def test_input_grad_equals_onehot_product():
 
 def test_input_grad_single_position():
     dpre = np.array([[1.0, -2.0]])
-    np.testing.assert_array_equal(input_grad(dpre, np.array([2]), 3),
-                                  [[0.0, 0.0, 1.0], [0.0, 0.0, -2.0]])
+    np.testing.assert_array_equal(
+        input_grad(dpre, np.array([2]), 3), [[0.0, 0.0, 1.0], [0.0, 0.0, -2.0]]
+    )
 
 
 # ---- the one-hot lookup ----
@@ -131,8 +133,9 @@ def test_recurrence_float32_stays_float32():
     params = init_params(7, 5, rng, np.float32)
     hs = run_recurrence(params, rng.integers(0, 7, (4, 2)), np.zeros((2, 5), np.float32))
     assert hs.dtype == np.float32
-    loss, cache, h_last = forward(params, rng.integers(0, 7, (4, 2)), rng.integers(0, 7, (4, 2)),
-                                  np.zeros((2, 5), np.float32))
+    loss, cache, h_last = forward(
+        params, rng.integers(0, 7, (4, 2)), rng.integers(0, 7, (4, 2)), np.zeros((2, 5), np.float32)
+    )
     assert all(g.dtype == np.float32 for g in backward(params, cache).values())
     assert h_last.dtype == np.float32
 
@@ -173,6 +176,26 @@ def test_chunked_loss_single_stream_equals_forward():
     assert loss == pytest.approx(expected, rel=1e-12)
 
 
+def test_chunked_loss_streams_read_their_burn_in_first():
+    # stream s > 0 reads the burn_in characters before its part unscored, from a zero state
+    rng = np.random.default_rng(5)
+    params = init_params(V, H, rng, np.float64, init_scale=0.5)
+    ids = rng.integers(0, V, 61)
+    S, burn = 3, 6
+    loss, n = chunked_loss(params, ids, n_streams=S, chunk=5, burn_in=burn)
+    L = 60 // S
+    total = 0.0
+    for s in range(S):
+        begin = s * L - (burn if s else 0)
+        x = ids[begin : s * L + L + 1]
+        hs = run_recurrence(params, x[:-1, None], np.zeros((1, H)))
+        _, _, losses = log_softmax_loss(params, hs[1:, 0], x[1:])
+        total += losses[s * L - begin :].sum()
+    assert n == S * L
+    assert loss == pytest.approx(total / (S * L), rel=1e-12)
+    assert loss != pytest.approx(chunked_loss(params, ids, S, 5, burn_in=0)[0], rel=1e-6)
+
+
 def test_chunked_loss_too_short():
     params = init_params(V, H, np.random.default_rng(0))
     with pytest.raises(ValueError):
@@ -184,13 +207,21 @@ def test_chunked_loss_too_short():
 
 def test_overfits_periodic_text_until_greedy_decoding_reproduces_it(tmp_path, periodic_text):
     corpus = build_corpus(periodic_text)
-    cfg = Config(hidden_size=32, seq_length=13, batch_size=4, learning_rate=0.02, max_steps=150,
-                 eval_every=0, checkpoint_every=1000, val_fraction=0.0, rng_seed=0)
+    cfg = Config(
+        hidden_size=32,
+        seq_length=13,
+        batch_size=4,
+        learning_rate=0.02,
+        max_steps=150,
+        eval_every=0,
+        checkpoint_every=1000,
+        val_fraction=0.0,
+        rng_seed=0,
+    )
     result = train(cfg, corpus, tmp_path / "run")
     params = ckpt_io.load(result.last_checkpoint).params
     prime = "hel"
     prime_ids = np.array([corpus.vocab.index(c) for c in prime])
     n = 60
-    ids = [int(i[0]) for i in generate(params, prime_ids, n, np.random.default_rng(0),
-                                       argmax=True)]
+    ids = [int(i[0]) for i in generate(params, prime_ids, n, np.random.default_rng(0), argmax=True)]
     assert prime + "".join(corpus.vocab[i] for i in ids) == periodic_text[: len(prime) + n]

@@ -62,15 +62,17 @@ def test_clip_reports_non_finite_norm():
 # ---- learning-rate schedules ----
 
 
-@pytest.mark.parametrize("step, expected", [(0, 0.1), (9, 0.1), (10, 0.05), (19, 0.05),
-                                            (25, 0.025)])
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.1), (9, 0.1), (10, 0.05), (19, 0.05), (25, 0.025)]
+)
 def test_step_decay(step, expected):
     cfg = Config(learning_rate=0.1, lr_decay="step", lr_decay_rate=0.5, lr_decay_steps=10)
     assert optim.learning_rate(cfg, step) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("step, expected", [(0, 0.1), (5, 0.1 * 0.5**0.5), (10, 0.05),
-                                            (30, 0.0125)])
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.1), (5, 0.1 * 0.5**0.5), (10, 0.05), (30, 0.0125)]
+)
 def test_exponential_decay(step, expected):
     cfg = Config(learning_rate=0.1, lr_decay="exponential", lr_decay_rate=0.5, lr_decay_steps=10)
     assert optim.learning_rate(cfg, step) == pytest.approx(expected)
@@ -99,8 +101,9 @@ def test_init_state_keys_follow_the_parameters():
     assert set(optim.init_state("sgd", params)) == {f"m.{k}" for k in params}
     assert set(optim.init_state("rmsprop", params)) == {f"v.{k}" for k in params}
     state = optim.init_state("adagrad", params)
-    assert all(state[f"v.{k}"].shape == p.shape and not state[f"v.{k}"].any()
-               for k, p in params.items())
+    assert all(
+        state[f"v.{k}"].shape == p.shape and not state[f"v.{k}"].any() for k, p in params.items()
+    )
 
 
 def test_adam_first_step_is_lr_times_sign():
@@ -137,8 +140,9 @@ def test_adagrad_accumulates_squares():
 # ---- each optimiser learns ----
 
 
-@pytest.mark.parametrize("name, lr", [("adam", 0.02), ("rmsprop", 0.01), ("adagrad", 0.1),
-                                      ("sgd", 0.5)])
+@pytest.mark.parametrize(
+    "name, lr", [("adam", 0.02), ("rmsprop", 0.01), ("adagrad", 0.1), ("sgd", 0.5)]
+)
 def test_each_optimizer_reduces_the_loss(name, lr):
     rng = np.random.default_rng(0)
     V, H, T, B = 6, 12, 8, 3

@@ -34,10 +34,32 @@ def overfit(tmp_path_factory) -> Path:
     corpus.write_text(PERIOD * 200, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        result = CliRunner().invoke(app, [
-            "train", str(corpus), "--hidden-size", "16", "--seq-length", "16", "--batch-size", "4",
-            "--learning-rate", "0.05", "--max-steps", "300", "--eval-every", "100",
-            "--rng-seed", "1", "--set", "val_fraction=0.1", "--out", str(folder / "run"), "-q"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                str(corpus),
+                "--hidden-size",
+                "16",
+                "--seq-length",
+                "16",
+                "--batch-size",
+                "4",
+                "--learning-rate",
+                "0.05",
+                "--max-steps",
+                "300",
+                "--eval-every",
+                "100",
+                "--rng-seed",
+                "1",
+                "--set",
+                "val_fraction=0.1",
+                "--out",
+                str(folder / "run"),
+                "-q",
+            ],
+        )
     assert result.exit_code == 0, result.output
     return folder / "run" / "best.npz"
 
@@ -71,16 +93,34 @@ def test_greedy_sampling_reproduces_the_periodic_text(overfit):
 
 
 def test_no_seed_echo_prints_only_the_continuation(overfit):
-    result = run("--checkpoint", str(overfit), "--argmax", "--seed", "abc", "--length", "5",
-                 "--no-seed-echo", "-q")
+    result = run(
+        "--checkpoint",
+        str(overfit),
+        "--argmax",
+        "--seed",
+        "abc",
+        "--length",
+        "5",
+        "--no-seed-echo",
+        "-q",
+    )
     assert result.stdout == "defgh\n"
 
 
 def test_seed_file_primes_like_seed(overfit, tmp_path):
     long_prime = (PERIOD * 700)[:-3]  # 5,597 characters: more than one warm-up block
     (tmp_path / "prompt.txt").write_text(long_prime, encoding="utf-8")
-    result = run("--checkpoint", str(overfit), "--argmax", "--seed-file", "prompt.txt",
-                 "--length", "6", "--no-seed-echo", "-q")
+    result = run(
+        "--checkpoint",
+        str(overfit),
+        "--argmax",
+        "--seed-file",
+        "prompt.txt",
+        "--length",
+        "6",
+        "--no-seed-echo",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "fghabc\n"
 
@@ -116,8 +156,19 @@ def test_empty_seed_starts_from_zero_state_first_char_from_by(tmp_path):
 
 
 def test_num_samples_are_separated_and_json_is_a_list(rand_ckpt):
-    args = ["--checkpoint", str(rand_ckpt), "--seed", "ab", "--length", "40", "--rng-seed", "1",
-            "--num-samples", "3", "-q"]
+    args = [
+        "--checkpoint",
+        str(rand_ckpt),
+        "--seed",
+        "ab",
+        "--length",
+        "40",
+        "--rng-seed",
+        "1",
+        "--num-samples",
+        "3",
+        "-q",
+    ]
     text = run(*args)
     listed = run(*args, "--json")
     assert text.exit_code == listed.exit_code == 0
@@ -134,16 +185,29 @@ def test_unknown_seed_characters_are_an_error_listing_them(rand_ckpt):
     assert result.stdout == ""
     assert result.stderr == (
         "Error: the seed has 3 characters not in the model's vocabulary: '!', 'X', 'Y'; "
-        "remove them or pass --unknown skip to drop them\n")
+        "remove them or pass --unknown skip to drop them\n"
+    )
 
 
 def test_unknown_skip_drops_them_with_a_warning(overfit):
-    result = run("--checkpoint", str(overfit), "--seed", "abXc", "--unknown", "skip", "--argmax",
-                 "--length", "3", "--no-seed-echo")
+    result = run(
+        "--checkpoint",
+        str(overfit),
+        "--seed",
+        "abXc",
+        "--unknown",
+        "skip",
+        "--argmax",
+        "--length",
+        "3",
+        "--no-seed-echo",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == "def\n"  # the model read "abc"
-    assert "Warning: the seed's characters not in the model's vocabulary were skipped: 'X'" \
+    assert (
+        "Warning: the seed's characters not in the model's vocabulary were skipped: 'X'"
         in result.stderr
+    )
 
 
 def test_default_checkpoint_is_the_latest_runs_best(overfit, tmp_path):
@@ -179,8 +243,12 @@ def bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
     data = good.read_bytes()
     (folder / "truncated.npz").write_bytes(data[: len(data) // 2])
     np.savez(folder / "partial.npz", Wxh=np.zeros((3, 2)), vocab=np.array(["a", "b"]))
-    return {"missing": folder / "nope.npz", "not npz": folder / "notes.npz",
-            "truncated": folder / "truncated.npz", "missing arrays": folder / "partial.npz"}
+    return {
+        "missing": folder / "nope.npz",
+        "not npz": folder / "notes.npz",
+        "truncated": folder / "truncated.npz",
+        "missing arrays": folder / "partial.npz",
+    }
 
 
 @pytest.mark.parametrize("case", ["missing", "not npz", "truncated", "missing arrays"])
@@ -194,12 +262,22 @@ def test_bad_checkpoints_are_one_line_errors(case, rand_ckpt, tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args", [
-    ["--temperature", "0"], ["--temperature", "-1"], ["--temperature", "nan"],
-    ["--top-k", "0"], ["--top-p", "0"], ["--top-p", "1.5"], ["--num-samples", "0"],
-    ["--length", "0"], ["--rng-seed", "-1"], ["--unknown", "maybe"],
-    ["--seed", "a", "--seed-file", "f.txt"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "0"],
+        ["--temperature", "-1"],
+        ["--temperature", "nan"],
+        ["--top-k", "0"],
+        ["--top-p", "0"],
+        ["--top-p", "1.5"],
+        ["--num-samples", "0"],
+        ["--length", "0"],
+        ["--rng-seed", "-1"],
+        ["--unknown", "maybe"],
+        ["--seed", "a", "--seed-file", "f.txt"],
+    ],
+)
 def test_out_of_range_options_are_usage_errors(args, rand_ckpt):
     result = run("--checkpoint", str(rand_ckpt), *args)
     assert result.exit_code == 2, result.output

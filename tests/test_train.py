@@ -20,8 +20,17 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.cli import app
 from charrnn.errors import CharRNNError
 
-METRIC_KEYS = {"step", "epoch", "train_loss", "val_loss", "val_bpc", "grad_norm", "lr",
-               "chars_per_sec", "elapsed"}
+METRIC_KEYS = {
+    "step",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_bpc",
+    "grad_norm",
+    "lr",
+    "chars_per_sec",
+    "elapsed",
+}
 TIMING_KEYS = {"chars_per_sec", "elapsed"}
 
 
@@ -29,8 +38,12 @@ TIMING_KEYS = {"chars_per_sec", "elapsed"}
 def train(runner, corpus_file, tiny_config):
     """Run `charrnn train CORPUS --config TINY ARGS...` in-process; returns the Result."""
 
-    def run(*args: str, corpus: str | Path = corpus_file, config: Path | None = tiny_config,
-            input: str | bytes | None = None):
+    def run(
+        *args: str,
+        corpus: str | Path = corpus_file,
+        config: Path | None = tiny_config,
+        input: str | bytes | None = None,
+    ):
         cmd = ["train", str(corpus)] + (["--config", str(config)] if config else []) + list(args)
         return runner.invoke(app, cmd, input=input)
 
@@ -68,11 +81,16 @@ def assert_same_arrays(a: dict, b: dict, keys=None) -> None:
 def test_train_writes_the_run_folder(train, periodic_text):
     result = ok(train("--out", "run", "-q"))
     run = Path("run")
-    assert {"config.yaml", "metrics.jsonl", "last.npz", "best.npz"} <= {p.name for p in
-                                                                       run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "last.npz", "best.npz"} <= {
+        p.name for p in run.iterdir()
+    }
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert (cfg["hidden_size"], cfg["seq_length"], cfg["batch_size"], cfg["rng_seed"]) == \
-        (16, 8, 4, 1)
+    assert (cfg["hidden_size"], cfg["seq_length"], cfg["batch_size"], cfg["rng_seed"]) == (
+        16,
+        8,
+        4,
+        1,
+    )
     assert result.stdout == ""
 
     records = metrics(run)
@@ -145,24 +163,52 @@ def test_random_seed_is_recorded_when_not_given(train):
 
 
 def test_max_epochs_stops_after_whole_passes(train):
-    summary = json.loads(ok(train("--out", "run", "--max-steps", "0", "--max-epochs", "1",
-                                  "--json")).stdout)
+    summary = json.loads(
+        ok(train("--out", "run", "--max-steps", "0", "--max-epochs", "1", "--json")).stdout
+    )
     # 1,170 training characters: 4 streams of 292, 36 chunks of 8 per stream
     assert (summary["steps"], summary["stopped_by"]) == (36, "max_epochs")
 
 
 def test_max_time_stops(train):
-    summary = json.loads(ok(train("--out", "run", "--max-steps", "0", "--max-time", "0.3",
-                                  "--eval-every", "0", "--json")).stdout)
+    summary = json.loads(
+        ok(
+            train(
+                "--out",
+                "run",
+                "--max-steps",
+                "0",
+                "--max-time",
+                "0.3",
+                "--eval-every",
+                "0",
+                "--json",
+            )
+        ).stdout
+    )
     assert summary["stopped_by"] == "max_time" and summary["steps"] > 0
     assert summary["seconds"] < 5
 
 
 def test_patience_stops_when_validation_stops_improving(train):
     # a learning rate so small that the weights do not change: every validation ties the first
-    summary = json.loads(ok(train("--out", "run", "--patience", "2", "--eval-every", "1",
-                                  "--optimizer", "sgd", "--learning-rate", "1e-30",
-                                  "--json")).stdout)
+    summary = json.loads(
+        ok(
+            train(
+                "--out",
+                "run",
+                "--patience",
+                "2",
+                "--eval-every",
+                "1",
+                "--optimizer",
+                "sgd",
+                "--learning-rate",
+                "1e-30",
+                "--json",
+            )
+        ).stdout
+    )
     assert (summary["steps"], summary["stopped_by"]) == (3, "patience")
     assert ckpt_io.load("run/best.npz").step == 1
 
@@ -178,8 +224,23 @@ def test_eval_every_zero_keeps_the_last_model_as_best(train):
 
 
 def test_precedence_file_then_flags_then_set(train):
-    ok(train("--out", "run", "-q", "--max-steps", "3", "--hidden-size", "12",
-             "--seq-length", "6", "--set", "seq_length=5", "--set", "optimizer=rmsprop"))
+    ok(
+        train(
+            "--out",
+            "run",
+            "-q",
+            "--max-steps",
+            "3",
+            "--hidden-size",
+            "12",
+            "--seq-length",
+            "6",
+            "--set",
+            "seq_length=5",
+            "--set",
+            "optimizer=rmsprop",
+        )
+    )
     cfg = yaml.safe_load(Path("run/config.yaml").read_text())
     assert cfg["hidden_size"] == 12  # flag over file (16)
     assert cfg["seq_length"] == 5  # --set over flag (6) over file (8)
@@ -218,77 +279,97 @@ def test_corpus_is_a_directory(train):
 
 def test_empty_corpus(train):
     Path("empty.txt").write_text("")
-    user_error(train(corpus="empty.txt"),
-               "'empty.txt' is empty; give a text with at least a few hundred characters")
+    user_error(
+        train(corpus="empty.txt"),
+        "'empty.txt' is empty; give a text with at least a few hundred characters",
+    )
 
 
 def test_corpus_too_short_for_one_chunk(train):
-    user_error(train("--batch-size", "64", "--seq-length", "50"),
-               "the training text has 1170 characters, too short for one chunk of "
-               "batch_size x seq_length = 64 x 50 (needs 3201); use a longer corpus or lower "
-               "--batch-size / --seq-length")
+    user_error(
+        train("--batch-size", "64", "--seq-length", "50"),
+        "the training text has 1170 characters, too short for one chunk of "
+        "batch_size x seq_length = 64 x 50 (needs 3201); use a longer corpus or lower "
+        "--batch-size / --seq-length",
+    )
 
 
 def test_invalid_utf8_names_the_byte_offset(train):
     Path("bad.txt").write_bytes(b"hello\xffworld " * 50)
-    user_error(train(corpus="bad.txt"),
-               "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding (e.g. latin-1) "
-               "or --decode-errors replace")
+    user_error(
+        train(corpus="bad.txt"),
+        "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding (e.g. latin-1) "
+        "or --decode-errors replace",
+    )
 
 
 def test_decode_errors_replace_makes_it_work(train):
     Path("bad.txt").write_bytes(b"hello\xffworld " * 50)
-    ok(train("--out", "run", "-q", "--max-steps", "2", "--decode-errors", "replace",
-             corpus="bad.txt"))
+    ok(
+        train(
+            "--out", "run", "-q", "--max-steps", "2", "--decode-errors", "replace", corpus="bad.txt"
+        )
+    )
     assert "\ufffd" in ckpt_io.load("run/last.npz").vocab
 
 
 def test_other_encoding(train):
     Path("latin.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
-    ok(train("--out", "run", "-q", "--max-steps", "2", "--encoding", "latin-1",
-             corpus="latin.txt"))
+    ok(train("--out", "run", "-q", "--max-steps", "2", "--encoding", "latin-1", corpus="latin.txt"))
     assert "é" in ckpt_io.load("run/last.npz").vocab
 
 
 def test_unknown_set_key_suggests_the_closest(train):
-    user_error(train("--set", "hiden_size=3"),
-               "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)")
+    user_error(
+        train("--set", "hiden_size=3"),
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)",
+    )
 
 
 def test_set_without_equals(train):
-    user_error(train("--set", "hidden_size"),
-               "--set 'hidden_size': expected the form key=value, e.g. --set hidden_size=256")
+    user_error(
+        train("--set", "hidden_size"),
+        "--set 'hidden_size': expected the form key=value, e.g. --set hidden_size=256",
+    )
 
 
 def test_invalid_yaml_config_names_the_line(train):
     Path("bad.yaml").write_text("hidden_size: 16\nseq_length: 8\n\tbatch_size: 2\n")
-    user_error(train(config=Path("bad.yaml")),
-               "config file 'bad.yaml' is not valid YAML at line 3: found character '\\t' that "
-               "cannot start any token; fix the file")
+    user_error(
+        train(config=Path("bad.yaml")),
+        "config file 'bad.yaml' is not valid YAML at line 3: found character '\\t' that "
+        "cannot start any token; fix the file",
+    )
 
 
 def test_config_top_level_must_be_a_mapping(train):
     Path("list.yaml").write_text("- 1\n- 2\n")
-    user_error(train(config=Path("list.yaml")),
-               "config file 'list.yaml': top level must be a mapping of keys to values, "
-               "got a list")
+    user_error(
+        train(config=Path("list.yaml")),
+        "config file 'list.yaml': top level must be a mapping of keys to values, got a list",
+    )
 
 
 def test_missing_config_file(train):
-    user_error(train(config=Path("none.yaml")),
-               "config file 'none.yaml' not found; check the --config path")
+    user_error(
+        train(config=Path("none.yaml")),
+        "config file 'none.yaml' not found; check the --config path",
+    )
 
 
 def test_negative_hidden_size_names_key_and_value(train):
-    user_error(train("--hidden-size", "-5"),
-               "config key 'hidden_size': got -5, expected an integer >= 1 "
-               "(in command-line options)")
+    user_error(
+        train("--hidden-size", "-5"),
+        "config key 'hidden_size': got -5, expected an integer >= 1 (in command-line options)",
+    )
 
 
 def test_unknown_optimizer(train):
-    user_error(train("--optimizer", "adamw"),
-               "config key 'optimizer': got 'adamw', expected one of adam, rmsprop, adagrad, sgd "
-               "(in command-line options)")
+    user_error(
+        train("--optimizer", "adamw"),
+        "config key 'optimizer': got 'adamw', expected one of adam, rmsprop, adagrad, sgd "
+        "(in command-line options)",
+    )
 
 
 def test_usage_errors_exit_2(runner, train):
@@ -297,8 +378,13 @@ def test_usage_errors_exit_2(runner, train):
 
 
 def test_python_dash_m_help(in_tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "charrnn", "--help"], capture_output=True,
-                          text=True, timeout=60, cwd=in_tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=in_tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout
 
@@ -310,11 +396,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train, recwarn):
     ok(train("--out", "run", "-q", "--max-steps", "20"))
     before = {name: Path("run", name).read_bytes() for name in ("last.npz", "best.npz")}
     # adam moves every weight by about the learning rate: 1e38 overflows float32 at once
-    result = train("--resume", "run", "--max-steps", "60", "--learning-rate", "1e38",
-                   "--set", "grad_clip=0", "-q", config=None)
-    user_error(result, "the loss became nan at step 22: training diverged; lower "
-                       "--learning-rate (now 1e+38) or set --grad-clip 5; last.npz from step 20 "
-                       "is kept")
+    result = train(
+        "--resume",
+        "run",
+        "--max-steps",
+        "60",
+        "--learning-rate",
+        "1e38",
+        "--set",
+        "grad_clip=0",
+        "-q",
+        config=None,
+    )
+    user_error(
+        result,
+        "the loss became nan at step 22: training diverged; lower "
+        "--learning-rate (now 1e+38) or set --grad-clip 5; last.npz from step 20 "
+        "is kept",
+    )
     assert {name: Path("run", name).read_bytes() for name in before} == before
     assert ckpt_io.load("run/last.npz").step == 20
     # numpy's overflow warnings would print source lines around the one-line error
@@ -324,11 +423,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train, recwarn):
 def test_weights_that_overflow_are_never_saved(train):
     # rmsprop's first step is 10 * lr * sign(g): 1e39 is inf in float32 while the loss that
     # produced it was finite; saving after every step would write the infinite weights
-    result = train("--out", "run", "-q", "--optimizer", "rmsprop", "--learning-rate", "1e38",
-                   "--set", "grad_clip=0", "--checkpoint-every", "1")
-    user_error(result, "the weights became NaN or infinite at step 1: training diverged; lower "
-                       "--learning-rate (now 1e+38) or set --grad-clip 5; no checkpoint was "
-                       "written")
+    result = train(
+        "--out",
+        "run",
+        "-q",
+        "--optimizer",
+        "rmsprop",
+        "--learning-rate",
+        "1e38",
+        "--set",
+        "grad_clip=0",
+        "--checkpoint-every",
+        "1",
+    )
+    user_error(
+        result,
+        "the weights became NaN or infinite at step 1: training diverged; lower "
+        "--learning-rate (now 1e+38) or set --grad-clip 5; no checkpoint was "
+        "written",
+    )
     assert not Path("run/last.npz").exists()
 
 
@@ -385,22 +498,27 @@ def test_resume_drops_metrics_past_the_checkpoint(train):
 def test_resume_with_another_hidden_size_is_refused(train):
     ok(train("--out", "A", "-q", "--max-steps", "10"))
     before = Path("A/last.npz").read_bytes()
-    user_error(train("--resume", "A", "--hidden-size", "32", config=None),
-               "cannot change hidden_size when resuming; start a new run instead")
+    user_error(
+        train("--resume", "A", "--hidden-size", "32", config=None),
+        "cannot change hidden_size when resuming; start a new run instead",
+    )
     assert Path("A/last.npz").read_bytes() == before
 
 
 def test_resume_with_another_corpus_is_refused(train):
     ok(train("--out", "A", "-q", "--max-steps", "10"))
     Path("other.txt").write_text("completely different text, longer than one chunk. " * 20)
-    user_error(train("--resume", "A", corpus="other.txt", config=None),
-               "the corpus's characters differ from the checkpoint's vocabulary; resume with "
-               "the corpus the run was trained on")
+    user_error(
+        train("--resume", "A", corpus="other.txt", config=None),
+        "the corpus's characters differ from the checkpoint's vocabulary; resume with "
+        "the corpus the run was trained on",
+    )
 
 
 def test_resume_from_a_missing_checkpoint(train):
-    user_error(train("--resume", "nothere", config=None),
-               "checkpoint 'nothere' not found; check the path")
+    user_error(
+        train("--resume", "nothere", config=None), "checkpoint 'nothere' not found; check the path"
+    )
 
 
 # ---- reproducibility ----
@@ -428,9 +546,25 @@ def saved_step(path: str) -> int:
 
 
 def test_ctrl_c_saves_last_and_exits_130_then_resumes(runner, corpus_file, tiny_config):
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus_file), "--config",
-           str(tiny_config), "--max-steps", "0", "--max-time", "120", "--eval-every", "0",
-           "--checkpoint-every", "5", "--out", "run"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus_file),
+        "--config",
+        str(tiny_config),
+        "--max-steps",
+        "0",
+        "--max-time",
+        "120",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "5",
+        "--out",
+        "run",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -448,9 +582,25 @@ def test_ctrl_c_saves_last_and_exits_130_then_resumes(runner, corpus_file, tiny_
     assert out == "" and "Traceback" not in err
     step = ckpt_io.load("run/last.npz").step
     assert step >= 5
-    assert f"Interrupted at step {step}; saved run/last.npz; continue with: charrnn train " \
-           f"{corpus_file} --resume run" in err
+    assert (
+        f"Interrupted at step {step}; saved run/last.npz; continue with: charrnn train "
+        f"{corpus_file} --resume run" in err
+    )
 
-    ok(runner.invoke(app, ["train", str(corpus_file), "--resume", "run", "--max-steps",
-                           str(step + 10), "--max-time", "0", "-q"]))
+    ok(
+        runner.invoke(
+            app,
+            [
+                "train",
+                str(corpus_file),
+                "--resume",
+                "run",
+                "--max-steps",
+                str(step + 10),
+                "--max-time",
+                "0",
+                "-q",
+            ],
+        )
+    )
     assert ckpt_io.load("run/last.npz").step == step + 10
