@@ -545,6 +545,10 @@ def _decoded_blocks(
             return decoder.decode(raw, final)
         except UnicodeDecodeError as e:  # e.start counts from the pending bytes
             raise decode_error(name, encoding, offset - pending + e.start) from None
+        except UnicodeError as e:  # a codec's own complaint, e.g. utf-16 without a BOM
+            raise DataError(
+                f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding"
+            ) from None
 
     for raw in blocks:
         text = decode(raw, False)

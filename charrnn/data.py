@@ -72,6 +72,10 @@ def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict
         return raw.decode(encoding, errors)
     except UnicodeDecodeError as e:
         raise decode_error(name, encoding, e.start) from None
+    except UnicodeError as e:  # a codec's own complaint, e.g. utf-16 without a BOM
+        raise DataError(
+            f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding"
+        ) from None
     except LookupError:
         raise DataError(f"unknown text encoding '{encoding}'") from None
 

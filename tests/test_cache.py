@@ -357,3 +357,15 @@ def test_train_command_builds_and_then_reuses_the_cache(tmp_path, runner, tiny_c
         input="hello world! " * 100,
     )
     assert result.exit_code == 0, result.stderr
+
+
+def test_codec_complaint_is_a_clean_error(tmp_path, runner):
+    # utf-16 with no byte-order mark raises UnicodeError (not UnicodeDecodeError); found by fuzzing
+    path = tmp_path / "c.txt"
+    path.write_text("hello world " * 50)
+    result = runner.invoke(app, ["prepare", str(path), "--encoding", "utf-16"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: '{path}' cannot be read as utf-16: UTF-16 stream does not start with BOM; "
+        "pass another --encoding"
+    ]
