@@ -17,13 +17,12 @@ so a reader sees either the old complete file or the new complete one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from charrnn.atomic import replace_atomically
 from charrnn.errors import CheckpointError
 from charrnn.model import PARAM_NAMES
 
@@ -54,58 +53,24 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
     arrays.update({f"opt.{k}": v for k, v in ckpt.opt_state.items()})
     arrays["train_state"] = np.array(json.dumps(ckpt.train_state))
 
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
+        replace_atomically(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was written"
         raise CheckpointError(
             f"could not write checkpoint '{path}': {e.strerror or e}; {kept} "
             "(free disk space or check the folder's permissions, then --resume)"
         ) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def remove_temp_files(folder: str | Path) -> None:
     """Delete the temporary files that a save killed mid-write (SIGKILL, power loss) left in
     folder. Call it only while no other process can be saving there (under the RunLock)."""
-    for tmp in Path(folder).glob(".*.npz.*.tmp"):
+    for tmp in Path(folder).glob(".*.tmp"):  # atomic.replace_atomically's names
         try:
             tmp.unlink()
         except OSError:
             pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: str | Path) -> Checkpoint:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -20,6 +19,7 @@ import numpy as np
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import optim
+from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import CheckpointError, TrainingError
@@ -125,9 +125,7 @@ def _json_object(line: str) -> dict | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write text to path by a rename, so a kill leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _resume_state(resume: ckpt_io.Checkpoint, cfg: Config, V: int) -> dict:

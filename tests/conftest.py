@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from charrnn.cli import app
+
 REPO = Path(__file__).resolve().parent.parent
 
+PERIOD = "abcdefgh"  # the text of the `overfit` model, repeated
 PERIODIC_TEXT = "hello world! " * 100  # 1,300 characters, 9 distinct
 
 # small enough that a run of 60 steps takes a fraction of a second
@@ -56,3 +59,42 @@ def tiny_config(tmp_path) -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def overfit(tmp_path_factory) -> Path:
+    """best.npz of a model trained on PERIOD * 200 until it predicts it almost surely: greedy
+    decoding reproduces the text and eval scores it near zero (test_sample, test_eval)."""
+    folder = tmp_path_factory.mktemp("overfit")
+    corpus = folder / "periodic.txt"
+    corpus.write_text(PERIOD * 200, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                str(corpus),
+                "--hidden-size",
+                "16",
+                "--seq-length",
+                "16",
+                "--batch-size",
+                "4",
+                "--learning-rate",
+                "0.05",
+                "--max-steps",
+                "300",
+                "--eval-every",
+                "100",
+                "--rng-seed",
+                "1",
+                "--set",
+                "val_fraction=0.1",
+                "--out",
+                str(folder / "run"),
+                "-q",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "best.npz"

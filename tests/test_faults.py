@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from charrnn import atomic
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import app
 from charrnn.config import Config
@@ -242,7 +243,7 @@ def test_failed_save_keeps_previous_checkpoint(how, tmp_path, monkeypatch):
         says = "No space left on device"
     elif how == "replace-enospc":
         monkeypatch.setattr(
-            ckpt_io.os,
+            atomic.os,
             "replace",
             _fail_after(os.replace, 2, ENOSPC, only=lambda src, dst: str(dst).endswith(".npz")),
         )
@@ -255,7 +256,7 @@ def test_failed_save_keeps_previous_checkpoint(how, tmp_path, monkeypatch):
             if Path(path).name == "best.npz":  # the first checkpoint is complete
                 if IS_ROOT:  # root writes through a read-only folder: refuse like the kernel
                     monkeypatch.setattr(
-                        ckpt_io.tempfile,
+                        atomic.tempfile,
                         "mkstemp",
                         _fail_after(
                             None, 0, PermissionError(errno.EACCES, os.strerror(errno.EACCES))

@@ -21,49 +21,6 @@ PERIOD = "abcdefgh"
 VOCAB = list("abcdefgh")
 
 
-@pytest.fixture(autouse=True)
-def in_tmp_path(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def overfit(tmp_path_factory) -> Path:
-    """best.npz of a model trained on PERIOD * 200 until greedy decoding reproduces it."""
-    folder = tmp_path_factory.mktemp("overfit")
-    corpus = folder / "periodic.txt"
-    corpus.write_text(PERIOD * 200, encoding="utf-8")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        result = CliRunner().invoke(
-            app,
-            [
-                "train",
-                str(corpus),
-                "--hidden-size",
-                "16",
-                "--seq-length",
-                "16",
-                "--batch-size",
-                "4",
-                "--learning-rate",
-                "0.05",
-                "--max-steps",
-                "300",
-                "--eval-every",
-                "100",
-                "--rng-seed",
-                "1",
-                "--set",
-                "val_fraction=0.1",
-                "--out",
-                str(folder / "run"),
-                "-q",
-            ],
-        )
-    assert result.exit_code == 0, result.output
-    return folder / "run" / "best.npz"
-
-
 def random_checkpoint(path: Path, hidden: int = 12, scale: float = 1.0, seed: int = 0) -> Path:
     """A checkpoint of an untrained model whose outputs are far from deterministic."""
     rng = np.random.default_rng(seed)
