@@ -24,7 +24,7 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -34,16 +34,22 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         _fsync_dir(path.parent)
     finally:
         if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            remove_quietly(tmp)
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The mode open() would give a new file: 0o666 less the umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def remove_quietly(path: str | Path) -> None:
+    """Delete a leftover file; one that is already gone or cannot be removed is left be."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -61,6 +61,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from charrnn.atomic import default_file_mode, remove_quietly
 from charrnn.data import Corpus, decode_error, empty_error, id_dtype, open_error
 from charrnn.errors import DataError
 
@@ -357,16 +358,13 @@ def _build(
                 raise DataError(
                     f"'{name}' changed while it was being read; run again once it is finished"
                 )
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
             os.replace(tmp, cache_path)
             tmp = None
             found = _map_ids(out)
     finally:
         if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            remove_quietly(tmp)
     if found is None:
         raise DataError(f"the cache '{cache_path}' could not be read back after writing it")
     return PreparedCorpus(
@@ -566,12 +564,6 @@ def _code_point_bytes(text: str) -> tuple[int, bytes]:
         return 1, text.encode("latin-1")
     except UnicodeEncodeError:  # raised at the first character above U+00FF
         return 4, text.encode("utf-32-le", "surrogatepass")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _no_progress(phase: str, done: int, total: int | None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.atomic import replace_atomically
+from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.errors import CheckpointError
 from charrnn.model import PARAM_NAMES
 
@@ -67,10 +67,7 @@ def remove_temp_files(folder: str | Path) -> None:
     """Delete the temporary files that a save killed mid-write (SIGKILL, power loss) left in
     folder. Call it only while no other process can be saving there (under the RunLock)."""
     for tmp in Path(folder).glob(".*.tmp"):  # atomic.replace_atomically's names
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        remove_quietly(tmp)
 
 
 def load(path: str | Path) -> Checkpoint:
