@@ -15,9 +15,10 @@ val_max_chars=20000 characters of the validation tail (so it reads the cache's t
 does not dominate the time). Peak RSS is each child's own ru_maxrss (os.wait4), which counts the
 pages of the memory-mapped cache the process has mapped as well as its own memory.
 
-Targets (issue 6): peak RSS on 1 GB below 400 MB and within 50 MB of the 10 MB run; encoding
-at least 50 MB/s for ASCII and for mixed Unicode. Prints a table, saves a JSON copy under
-benchmarks/results/, and deletes the generated corpora. Timings on a shared machine are noisy.
+Targets (issues 6 and 9): peak RSS on 1 GB below 400 MB and within 50 MB of the 10 MB run;
+encoding at least 100 MB/s for ASCII and 50 MB/s for mixed Unicode. Prints a table, saves a JSON
+copy under benchmarks/results/, and deletes the generated corpora and their caches. Timings on a
+shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ TRAIN_ARGS = [
     "--quiet",
     "--json",
 ]
-RSS_LIMIT_MB, RSS_SPREAD_MB, ENCODE_MIN_MBS = 400, 50, 50
+RSS_LIMIT_MB, RSS_SPREAD_MB = 400, 50
+ENCODE_MIN_MBS = {"ascii": 100, "mixed": 50}
 
 
 def run(args: list[str]) -> dict:
@@ -169,7 +171,7 @@ def main() -> None:
                 }
             )
             corpus.unlink()
-            Path(prep["json"]["cache"]).unlink()
+            shutil.rmtree(prep["json"]["cache"])  # the cache folder
 
         corpus = folder / f"mixed-{args.mixed_mb}mb.txt"
         make_corpus(corpus, args.mixed_mb * MB, mixed_lines(lines, rng), rng)
@@ -234,13 +236,13 @@ def report(rows: list[dict], encode: dict) -> None:
                 f"{big - small:+.0f} MB",
             )
         )
-    for name in ("ascii", "mixed"):
+    for name, least in ENCODE_MIN_MBS.items():
         rate = encode.get(f"{name}_mb_per_sec")
         if rate is not None:
             checks.append(
                 (
-                    f"{name} encoding >= {ENCODE_MIN_MBS} MB/s",
-                    rate >= ENCODE_MIN_MBS,
+                    f"{name} encoding >= {least} MB/s",
+                    rate >= least,
                     f"{rate} MB/s",
                 )
             )

@@ -1,8 +1,7 @@
 """Replacing a file atomically: write a temporary file beside it, fsync, rename over it.
 
 A reader, or a crash at any moment, sees the old complete file or the new complete one. Used for
-checkpoints and the run folder's text files; the id cache (cache.py) does the same with a
-locked temporary file of its own, because it maps the file after writing it.
+checkpoints, the run folder's text files and the id cache's meta.json (cache.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the same ids.
 
 from __future__ import annotations
 
+import codecs
 import mmap
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from charrnn.errors import DataError
 
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
+DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
 
 
 def id_dtype(vocab_size: int) -> type:
@@ -43,12 +45,42 @@ def open_error(path: Path, e: OSError) -> DataError:
     return DataError(f"cannot read '{path}': {e.strerror or e}")
 
 
-def decode_error(name: str, encoding: str, offset: int) -> DataError:
-    """The message for invalid input at byte `offset`, with the flags that get past it."""
-    return DataError(
-        f"'{name}' is not valid {encoding} at byte offset {offset}; "
-        "pass --encoding (e.g. latin-1) or --decode-errors replace"
-    )
+def text_codec(encoding: str) -> str | None:
+    """The canonical name of the text codec called `encoding` ("UTF8" -> "utf-8"), or None when
+    Python has none by that name. codecs.lookup alone also finds base64, zlib..., which decode
+    bytes to bytes; bytes.decode refuses those."""
+    try:
+        b"x".decode(encoding)  # b"" would skip the codec lookup
+    except UnicodeError:  # e.g. utf-16 needs two bytes: a text codec all the same
+        pass
+    except (LookupError, ValueError):  # ValueError: a name with a NUL in it
+        return None
+    return codecs.lookup(encoding).name
+
+
+def check_encoding(encoding: str) -> str:
+    """The canonical name of a text codec, or DataError."""
+    codec = text_codec(encoding)
+    if codec is None:
+        raise DataError(f"unknown text encoding '{encoding}'")
+    return codec
+
+
+def check_decode_errors(errors: str) -> None:
+    if errors not in DECODE_ERRORS:
+        raise DataError(f"decode_errors must be {' or '.join(DECODE_ERRORS)}, not '{errors}'")
+
+
+def decode_error(name: str, encoding: str, e: UnicodeError, offset: int = 0) -> DataError:
+    """The message for text that `encoding` cannot decode: invalid input at byte offset +
+    e.start, with the flags that get past it, or the codec's own complaint (utf-16 without a
+    BOM). `offset`: where the bytes given to the decoder start in the whole text."""
+    if isinstance(e, UnicodeDecodeError):
+        return DataError(
+            f"'{name}' is not valid {encoding} at byte offset {offset + e.start}; "
+            "pass --encoding (e.g. latin-1) or --decode-errors replace"
+        )
+    return DataError(f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding")
 
 
 def empty_error(name: str) -> DataError:
@@ -68,16 +100,12 @@ def read_bytes(source: str | Path) -> bytes:
 
 def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
     """Bytes to text; invalid input names the byte offset and the flags that get past it."""
+    check_encoding(encoding)
+    check_decode_errors(errors)
     try:
         return raw.decode(encoding, errors)
-    except UnicodeDecodeError as e:
-        raise decode_error(name, encoding, e.start) from None
-    except UnicodeError as e:  # a codec's own complaint, e.g. utf-16 without a BOM
-        raise DataError(
-            f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding"
-        ) from None
-    except LookupError:
-        raise DataError(f"unknown text encoding '{encoding}'") from None
+    except UnicodeError as e:
+        raise decode_error(name, encoding, e) from None
 
 
 def read_text(source: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -150,9 +178,6 @@ class Batches:
             )
         self._offsets = np.arange(seq_length)[:, None] + (np.arange(batch_size) * self.L)[None, :]
         self._mapping = _mapping(ids)
-
-    def epoch(self, step: int) -> int:
-        return step // self.steps_per_epoch
 
     def starts_epoch(self, step: int) -> bool:
         """True when `step` is the first of an epoch: carried hidden states are reset there."""

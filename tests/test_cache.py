@@ -1,14 +1,19 @@
 """Tests of charrnn.cache: the streaming encoder gives what the in-memory path gives (ids,
-vocabulary, errors, training results), the cache is reused and rebuilt when it should be, and
-the `prepare` command."""
+vocabulary, errors, training results), the cache is a standard .npy plus a JSON that is reused
+and rebuilt when it should be, concurrent prepares wait for each other, and the `prepare`
+command."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +48,10 @@ def assert_same(a, b):
     assert a.vocab == b.vocab
     assert a.ids.dtype == b.ids.dtype
     np.testing.assert_array_equal(np.asarray(a.ids), np.asarray(b.ids))
+
+
+def cache_folder(tmp_path, name="c.txt"):
+    return tmp_path / f"{name}.charrnn-cache"
 
 
 # ---- the streaming path gives the in-memory path's ids and vocabulary ----
@@ -88,19 +97,17 @@ def test_any_bytes_any_blocks_same_as_in_memory(tmp_path, raw, block_size, error
     assert_same(got, expected)
 
 
-@pytest.mark.parametrize("chunk", [3, 1 << 21])
-def test_more_than_256_characters_get_uint16_ids(tmp_path, monkeypatch, chunk):
-    # the 256th character turns up late, so ids already written are widened in place
-    monkeypatch.setattr(cache, "CHUNK", chunk)  # small chunks: the widening loop runs many times
+@pytest.mark.parametrize("block_size", [16, 1 << 20])
+def test_more_than_256_characters_get_uint16_ids(tmp_path, block_size):
+    # the 256th character turns up late: with small blocks, ASCII blocks come before and after
     text = "abc" * 50 + "".join(chr(0x100 + i) for i in range(300)) + "xyz" * 20
     path = write(tmp_path / "c.txt", text)
-    got = cache.prepare(path, block_size=16).corpus
+    got = cache.prepare(path, block_size=block_size).corpus
     assert got.ids.dtype == np.uint16 and len(got.vocab) == 306
     assert_same(got, in_memory(path))
 
 
-def test_more_than_65536_characters_get_uint32_ids(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "CHUNK", 4096)
+def test_more_than_65536_characters_get_uint32_ids(tmp_path):
     chars = [chr(c) for c in range(0x20, 0x20 + 70_000) if not 0xD800 <= c < 0xE000]
     path = write(tmp_path / "c.txt", "ab" * 100 + "".join(chars))
     got = cache.prepare(path, block_size=1 << 16).corpus
@@ -145,7 +152,7 @@ def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, raw, block_size):
         cache.prepare(path, block_size=block_size)
     assert str(got.value) == str(expected.value)
     assert "byte offset" in str(got.value) and "--decode-errors replace" in str(got.value)
-    assert not list(tmp_path.glob("*charrnn-cache*"))  # nothing left behind
+    assert not list(tmp_path.glob("*charrnn-cache*"))  # found in pass 1: nothing written yet
 
 
 def test_decode_errors_replace_matches_in_memory(tmp_path):
@@ -165,6 +172,52 @@ def test_empty_missing_and_directory(tmp_path):
         cache.prepare(tmp_path)
     with pytest.raises(DataError, match="unknown text encoding 'base64'"):
         cache.prepare(write(tmp_path / "c.txt", "abc"), "base64")
+    with pytest.raises(DataError, match="decode_errors must be strict or replace, not 'ignore'"):
+        cache.prepare(tmp_path / "c.txt", errors="ignore")
+
+
+def test_a_corpus_that_changes_while_it_is_encoded_is_an_error(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+
+    def append_after_pass_1(phase, done, total):
+        if phase == "read" and done == total:
+            with open(path, "a") as f:
+                f.write("more text, with new characters")
+
+    with pytest.raises(DataError, match="changed while it was being read; run again"):
+        cache.prepare(path, block_size=64, progress=append_after_pass_1)
+    assert not (cache_folder(tmp_path) / "ids.npy").exists()
+    assert cache.prepare(path).corpus.vocab == in_memory(path).vocab
+
+
+# ---- the cache folder ----
+
+
+def test_the_ids_are_a_standard_npy_and_the_metadata_json(tmp_path):
+    path = write(tmp_path / "c.txt", MIXED)
+    prepared = cache.prepare(path)
+    folder = cache_folder(tmp_path)
+    assert prepared.cache_path == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "lock", "meta.json"]
+    ids = np.load(folder / "ids.npy", mmap_mode="r")
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint8
+    np.testing.assert_array_equal(ids, in_memory(path).ids)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["vocab"] == [ord(c) for c in in_memory(path).vocab]
+    assert meta["n_chars"] == len(MIXED) and meta["encoding"] == "utf-8"
+    assert meta["source"]["size"] == path.stat().st_size and meta["source"]["trusted"] is True
+    assert prepared.to_dict()["cache_bytes"] == sum(
+        (folder / f).stat().st_size for f in ("ids.npy", "meta.json")
+    )
+
+
+def test_progress_counts_corpus_bytes_in_both_passes(tmp_path):
+    path = write(tmp_path / "c.txt", MIXED)
+    calls = []
+    cache.prepare(path, block_size=50, progress=lambda *call: calls.append(call))
+    size = path.stat().st_size
+    assert [c for c in calls if c[1] == size] == [("read", size, size), ("write", size, size)]
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)  # all of pass 1 first
 
 
 # ---- reuse and rebuild ----
@@ -211,48 +264,155 @@ def test_a_just_written_corpus_is_not_trusted_next_time(tmp_path):
 
 def test_broken_cache_is_rebuilt_not_an_error(tmp_path):
     path = write(tmp_path / "c.txt", "abc" * 100)
-    cache_path = cache.prepare(path).cache_path
-    data = cache_path.read_bytes()
-    for broken in (data[:-5], data[:100], b"", b"junk" * 50, data[:-1] + b"\xff"):
-        cache_path.write_bytes(broken)
+    folder = cache.prepare(path).cache_path
+    ids, meta = (folder / "ids.npy").read_bytes(), (folder / "meta.json").read_bytes()
+    other_dtype = io.BytesIO()
+    np.save(other_dtype, np.zeros(300, dtype=np.uint16))
+    changed_meta = json.dumps({**json.loads(meta), "n_chars": 299}).encode()
+    for name, broken in [
+        *(("ids.npy", b) for b in (ids[:-5], ids[:100], b"", b"junk" * 50)),
+        ("ids.npy", other_dtype.getvalue()),
+        *(("meta.json", b) for b in (meta[:-5], b"", b"[]", b'{"vocab": 3}', changed_meta)),
+    ]:
+        (folder / name).write_bytes(broken)
         got = cache.prepare(path)
-        assert not got.reused
+        assert not got.reused, (name, broken[:20])
         assert_same(got.corpus, in_memory(path))
+        assert cache.prepare(path).reused
 
 
-def test_killed_prepare_leftovers_are_removed(tmp_path):
+def test_a_folder_without_its_json_is_rebuilt(tmp_path):
+    # what a prepare killed while writing ids.npy leaves
     path = write(tmp_path / "c.txt", "abc" * 100)
-    leftover = tmp_path / ".c.txt.tmp-dead.charrnn-cache"
-    leftover.write_bytes(b"half written")
-    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
-    fresh = tmp_path / ".c.txt.tmp-live.charrnn-cache"  # may belong to a running prepare
-    fresh.write_bytes(b"being written")
-    cache.prepare(path)
-    assert not leftover.exists() and fresh.exists()
+    folder = cache.prepare(path).cache_path
+    (folder / "meta.json").unlink()
+    (folder / "ids.npy").write_bytes(b"half written")
+    got = cache.prepare(path)
+    assert not got.reused and (folder / "meta.json").exists()
+    assert_same(got.corpus, in_memory(path))
+
+
+def test_an_interrupted_prepare_leaves_no_ids_behind(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+
+    def interrupt(phase, done, total):
+        if phase == "write":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.prepare(path, block_size=16, progress=interrupt)
+    assert sorted(p.name for p in cache_folder(tmp_path).iterdir()) == ["lock"]
+    assert not cache.prepare(path).reused
+
+
+def test_a_cache_file_of_format_1_is_replaced_by_the_folder(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache_folder(tmp_path).write_bytes(b"\x93CHARRNN-IDS" + bytes(600))
+    got = cache.prepare(path)
+    assert not got.reused and got.cache_path.is_dir()
+    assert_same(got.corpus, in_memory(path))
+
+
+def test_a_rebuild_leaves_the_old_ids_to_whoever_maps_them(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    old = cache.prepare(path).corpus.ids
+    write(path, "xyz" * 100)
+    assert cache.prepare(path).corpus.vocab == ["x", "y", "z"]
+    np.testing.assert_array_equal(old[:3], [0, 1, 2])  # still mapped: a new ids.npy was written
+
+
+def not_writable(monkeypatch, folders):
+    """Make creating any of these folders fail as in a read-only place (root ignores chmod)."""
+    mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self in folders:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
 
 
 def test_unwritable_folder_falls_back_to_the_user_cache_dir(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "user-cache"))
-    create = cache._create_temp
-
-    def no_corpus_folder(folder, stem):
-        if folder == tmp_path:
-            raise cache._FolderNotWritable
-        return create(folder, stem)
-
-    monkeypatch.setattr(cache, "_create_temp", no_corpus_folder)
+    not_writable(monkeypatch, {cache_folder(tmp_path)})
     built = cache.prepare(path)
     assert built.cache_path.parent == tmp_path / "user-cache"
     assert built.cache_path.name.startswith("c.txt-")
+    assert not cache_folder(tmp_path).exists()
     assert cache.prepare(path).reused
+
+
+def test_no_writable_folder_at_all_is_a_clean_error(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "user-cache"))
+    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    with pytest.raises(DataError, match="no writable folder for the cache of .*CHARRNN_CACHE_DIR"):
+        cache.prepare(path)
+
+
+def test_a_cache_in_a_read_only_folder_is_still_reused(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache.prepare(path)
+    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    assert cache.prepare(path).reused
+
+
+# ---- concurrent prepares ----
+
+
+def test_concurrent_prepares_encode_once_and_agree(tmp_path):
+    path = write(tmp_path / "c.txt", MIXED * 50)
+    results = [None] * 4
+
+    def run(i):
+        results[i] = cache.prepare(path, block_size=64)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(results))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.reused for r in results) == [False, True, True, True]
+    for r in results:
+        assert_same(r.corpus, in_memory(path))
+
+
+def test_a_prepare_waits_while_another_builds(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache.prepare(path)
+    results = []
+    with cache._locked(cache_folder(tmp_path), exclusive=True):  # as a build holds it
+        waiting = threading.Thread(target=lambda: results.append(cache.prepare(path)))
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive() and not results
+    waiting.join()
+    assert results[0].reused
 
 
 def test_stdin_goes_through_a_temporary_cache(tmp_path, monkeypatch):
     raw = MIXED.encode()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     got = cache.prepare("-", block_size=3)
-    assert got.cache_path is None and got.name == "<stdin>"
+    assert got.cache_path is None and got.name == "<stdin>" and got.source_bytes == len(raw)
+    assert isinstance(got.corpus.ids, np.memmap)
+    assert_same(got.corpus, build_corpus(MIXED))
+    assert not list((tmp_path / "tmp").iterdir())  # the spool and the ids are already unlinked
+
+
+def test_a_pipe_is_read_once(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(MIXED.encode()))
+    writer.start()
+    got = cache.prepare(fifo, block_size=5)
+    writer.join()
+    assert got.cache_path is None
     assert_same(got.corpus, build_corpus(MIXED))
 
 
@@ -310,14 +470,14 @@ def test_prepare_command(tmp_path, runner):
     assert result.stderr.startswith(
         f"encoded {path}: {len(MIXED)} characters, 28 distinct (uint8 ids) in "
     )
-    assert (tmp_path / "c.txt.charrnn-cache").exists()
+    assert (cache_folder(tmp_path) / "meta.json").exists()
 
     result = runner.invoke(app, ["prepare", str(path), "--json"])
     assert result.exit_code == 0
     summary = json.loads(result.stdout)
     assert summary["reused"] is True and summary["chars"] == len(MIXED)
     assert summary["vocab_size"] == 28 and summary["id_dtype"] == "uint8"
-    assert summary["cache"] == str(tmp_path / "c.txt.charrnn-cache")
+    assert summary["cache"] == str(cache_folder(tmp_path))
 
     result = runner.invoke(app, ["prepare", str(path), "--quiet"])
     assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
@@ -347,10 +507,10 @@ def test_train_command_builds_and_then_reuses_the_cache(tmp_path, runner, tiny_c
     path = write(tmp_path / "c.txt", "hello world! " * 100)
     args = ["train", str(path), "--config", str(tiny_config), "--max-steps", "4", "--quiet"]
     assert runner.invoke(app, [*args, "--out", "r1"]).exit_code == 0
-    cache_file = tmp_path / "c.txt.charrnn-cache"
-    built = cache_file.stat().st_mtime_ns
+    ids_file = cache_folder(tmp_path) / "ids.npy"
+    built = ids_file.stat().st_ino, ids_file.stat().st_mtime_ns
     assert runner.invoke(app, [*args, "--out", "r2"]).exit_code == 0
-    assert cache_file.stat().st_mtime_ns == built  # reused, not rewritten
+    assert (ids_file.stat().st_ino, ids_file.stat().st_mtime_ns) == built  # reused, not rewritten
     result = runner.invoke(
         app,
         ["train", "-", "--config", str(tiny_config), "--max-steps", "4", "--quiet", "--out", "r3"],

@@ -7,7 +7,15 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn.data import Batches, build_corpus, read_text, split
+from charrnn.data import (
+    Batches,
+    build_corpus,
+    check_decode_errors,
+    check_encoding,
+    read_text,
+    split,
+    text_codec,
+)
 from charrnn.errors import DataError
 
 # ---- reading ----
@@ -45,6 +53,35 @@ def test_read_text_missing_and_directory(tmp_path):
 def test_read_text_dash_reads_stdin(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("from stdin é".encode())))
     assert read_text("-") == "from stdin é"
+
+
+@pytest.mark.parametrize(
+    "name, codec",
+    [
+        ("utf-8", "utf-8"),
+        ("UTF8", "utf-8"),  # one canonical name: the cache of "UTF8" serves "utf-8"
+        ("latin1", "iso8859-1"),
+        ("utf-16", "utf-16"),  # one byte is not enough to decode: a text codec all the same
+        ("base64", None),  # codecs.lookup knows it, but it decodes bytes to bytes
+        ("rot13", None),
+        ("utf-99", None),
+        ("", None),
+        ("utf\x008", None),
+    ],
+)
+def test_text_codec_is_the_one_test_of_an_encoding(name, codec):
+    assert text_codec(name) == codec
+
+
+def test_unknown_encodings_and_decode_errors_are_data_errors(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"abc")
+    with pytest.raises(DataError, match="unknown text encoding 'base64'"):
+        read_text(path, encoding="base64")
+    with pytest.raises(DataError, match="decode_errors must be strict or replace, not 'ignore'"):
+        read_text(path, errors="ignore")  # even where no byte is invalid
+    assert check_encoding("Latin-1") == "iso8859-1"
+    check_decode_errors("replace")
 
 
 # ---- the vocabulary ----
@@ -129,7 +166,6 @@ def test_batches_wrap_to_a_new_epoch():
     n = batches.steps_per_epoch
     assert batches.starts_epoch(0) and batches.starts_epoch(n) and batches.starts_epoch(2 * n)
     assert not batches.starts_epoch(1) and not batches.starts_epoch(n - 1)
-    assert (batches.epoch(n - 1), batches.epoch(n), batches.epoch(2 * n + 3)) == (0, 1, 2)
     for a, b in zip(batches.get(3), batches.get(n + 3), strict=True):
         np.testing.assert_array_equal(a, b)
 
