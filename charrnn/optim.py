@@ -10,8 +10,6 @@ import math
 
 import numpy as np
 
-OPTIMIZERS = ("adam", "rmsprop", "adagrad", "sgd")
-
 # the state arrays each optimiser keeps per parameter
 _SLOTS = {"adam": ("m", "v"), "rmsprop": ("v",), "adagrad": ("v",), "sgd": ("m",)}
 

@@ -2,7 +2,7 @@
 and the bar (MB, MB/s) of encoding a large corpus into its cache.
 
 Part of the command-line layer (only cli.py uses it); the training loop just calls the reporter
-methods (start, step, sample, message, end), the encoder a `progress(phase, done, total)`
+methods (start, step, sample, end), the encoder a `progress(phase, done, total)`
 callback.
 """
 
@@ -41,6 +41,8 @@ class PlainReporter:
 
     def start(self, info: dict) -> None:
         self.max_steps = info["max_steps"]
+        if info.get("notice"):
+            self._print(info["notice"])
         verb = "resuming at step " + str(info["start_step"]) if info["start_step"] else "training"
         self._print(
             f"{verb} into {info['run_dir']}: {info['vocab_size']} characters, "
@@ -66,9 +68,6 @@ class PlainReporter:
     def sample(self, step: int, text: str) -> None:
         self._print(f"--- sample at step {step} ---\n{text}\n---")
 
-    def message(self, text: str) -> None:
-        self._print(text)
-
     def end(self) -> None:
         pass
 
@@ -91,6 +90,8 @@ class RichReporter:
         self._loss = None
 
     def start(self, info: dict) -> None:
+        if info.get("notice"):
+            self.console.print(info["notice"], markup=False, highlight=False)
         self.console.print(
             f"training into [bold]{info['run_dir']}[/]: {info['vocab_size']} "
             f"characters, {info['train_chars']:,} training chars"
@@ -120,9 +121,6 @@ class RichReporter:
         self.console.print(f"[dim]--- sample at step {step} ---[/]")
         self.console.print(text, markup=False, highlight=False)
 
-    def message(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
-
     def end(self) -> None:
         self.progress.stop()
 
@@ -137,7 +135,7 @@ def make_reporter(quiet: bool):
 
 
 class EncodeBar:
-    """The encoder's progress as a transient bar: corpus MB read and MB/s, then the ids sorted.
+    """The encoder's progress as a transient bar: corpus MB read and MB/s, then the ids written.
     Drawn only once the corpus turns out to be at least `min_bytes`, so small ones stay quiet."""
 
     def __init__(self, name: str, min_bytes: int = 32 << 20):

@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import PERIOD, TEXT, cli, write_corpus
 from typer.testing import CliRunner
 
 from charrnn.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
-
-PERIOD = "abcdefgh"  # the text of the `overfit` model, repeated
 PERIODIC_TEXT = "hello world! " * 100  # 1,300 characters, 9 distinct
 
 # small enough that a run of 60 steps takes a fraction of a second
@@ -98,3 +96,34 @@ def overfit(tmp_path_factory) -> Path:
         )
     assert result.exit_code == 0, result.output
     return folder / "run" / "best.npz"
+
+
+@pytest.fixture(scope="session")
+def good_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(corpus, run folder) of a 4-step run with validation: its last.npz, with optimizer state,
+    h_carry and train_state, is the valid checkpoint that bad ones are made from."""
+    folder = tmp_path_factory.mktemp("good")
+    corpus = write_corpus(folder, TEXT[:2000])
+    result = cli(
+        "train",
+        corpus,
+        "--hidden-size",
+        8,
+        "--seq-length",
+        8,
+        "--batch-size",
+        2,
+        "--max-steps",
+        4,
+        "--eval-every",
+        2,
+        "--checkpoint-every",
+        2,
+        "--rng-seed",
+        3,
+        "--out",
+        folder / "run",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    return corpus, folder / "run"

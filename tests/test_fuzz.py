@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import arrays, checkpoint_commands, cli, user_error
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli import app
 from charrnn.config import DEFAULTS
 from charrnn.errors import CheckpointError
 
@@ -73,7 +72,7 @@ def time_limit(seconds: float):
 def run_cli(*args) -> tuple[int, str]:
     """Run the CLI in-process; assert it worked or failed cleanly; (exit code, stderr)."""
     with time_limit(HANG_S):
-        result = CliRunner().invoke(app, [str(a) for a in args])
+        result = cli(*args)
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"crashed: {result.exception!r}\n{result.output}"
     )
@@ -82,9 +81,7 @@ def run_cli(*args) -> tuple[int, str]:
     if currently_in_test_context():  # pytest --hypothesis-show-statistics shows the mix
         event(f"{args[0]}: exit {code}")
     if code == 1:
-        lines = stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
-        assert len(lines[0]) > len("Error: ") + 10  # says something
+        assert len(user_error(result)) > 10  # says something
     elif code == 2:  # a usage error: typer's message, a box when rich is installed
         assert "Error" in stderr, stderr
     else:
@@ -297,12 +294,8 @@ def load_or_refuse(path: Path):
 
 
 def cli_on_checkpoint(path: Path, corpus: Path, work: Path) -> None:
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    run_cli("train", corpus, "--resume", path, "--max-steps", 6, "--out", fresh(work), "-q")
-    if "sample" in names:
-        run_cli("sample", "--checkpoint", path, "--length", 5)
-    if "eval" in names:
-        run_cli("eval", "--checkpoint", path, corpus)
+    for command in checkpoint_commands(path, corpus, "--max-steps", 6, "--out", fresh(work)):
+        run_cli(*command)
 
 
 @examples(150)
@@ -351,12 +344,11 @@ def test_mutated_checkpoint_through_cli(data, good_ckpt, corpus, work):
 def test_checkpoint_with_changed_arrays(data, good_ckpt, corpus, work):
     """Whole arrays replaced by random ones (other shapes, dtypes, values, NaN): refused or used,
     never a crash, whether loaded directly or resumed from."""
-    with np.load(good_ckpt) as z:
-        arrays = {k: z[k] for k in z.files}
-    name = data.draw(st.sampled_from(sorted(arrays) + ["opt.x.Whh", "extra"]))
+    contents = arrays(good_ckpt)
+    name = data.draw(st.sampled_from(sorted(contents) + ["opt.x.Whh", "extra"]))
     shape = data.draw(
         st.one_of(
-            st.just(arrays.get(name, np.zeros(2)).shape),
+            st.just(contents.get(name, np.zeros(2)).shape),
             st.lists(st.integers(0, 5), max_size=3).map(tuple),
         )
     )
@@ -379,11 +371,11 @@ def test_checkpoint_with_changed_arrays(data, good_ckpt, corpus, work):
     fill = data.draw(st.sampled_from([0, 1, -1, 2**40, float("nan"), float("inf"), "a"]))
     try:
         with np.errstate(invalid="ignore", over="ignore"):
-            arrays[name] = np.full(shape, fill).astype(dtype)
+            contents[name] = np.full(shape, fill).astype(dtype)
     except (ValueError, TypeError, OverflowError):
-        arrays[name] = np.zeros(shape, dtype=dtype)
+        contents[name] = np.zeros(shape, dtype=dtype)
     path = fresh(work, ".npz")
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **contents)
     load_or_refuse(path)
     cli_on_checkpoint(path, corpus, work)

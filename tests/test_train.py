@@ -1,24 +1,41 @@
-"""Tests of `charrnn train` through typer's CliRunner (and two real processes): the run folder,
-output streams, config precedence, bad inputs, NaN handling, bitwise resume, reproducibility
-and Ctrl-C."""
+"""charrnn train, through typer's CliRunner: the run folder it writes, its output streams, config
+precedence, the inputs it refuses, a diverging run, bitwise resume and reproducibility.
+
+Training under faults (SIGKILL, SIGINT and SIGTERM, a save that fails) is in test_faults.py;
+checkpoints that do not load, for every command, in test_checkpoint.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import signal
+import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import (
+    TEXT,
+    TINY,
+    arrays,
+    assert_same_arrays,
+    bad_file,
+    cli,
+    edit,
+    f32,
+    metrics,
+    train_steps,
+    user_error,
+    without_timing,
+    write_corpus,
+)
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import app
-from charrnn.errors import CharRNNError
 
 METRIC_KEYS = {
     "step",
@@ -31,7 +48,6 @@ METRIC_KEYS = {
     "chars_per_sec",
     "elapsed",
 }
-TIMING_KEYS = {"chars_per_sec", "elapsed"}
 
 
 @pytest.fixture
@@ -53,26 +69,6 @@ def train(runner, corpus_file, tiny_config):
 def ok(result):
     assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
     return result
-
-
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
-
-
-def assert_same_arrays(a: dict, b: dict, keys=None) -> None:
-    keys = sorted(a) if keys is None else keys
-    assert sorted(a) == sorted(b)
-    for k in keys:
-        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"'{k}' differs"
 
 
 # ---- a normal run ----
@@ -258,49 +254,73 @@ def test_float64_training(train):
     assert all(p.dtype == np.float64 for p in ckpt.params.values())
 
 
-# ---- bad inputs: one `Error:` line, exit 1, no traceback ----
+# ---- inputs it refuses: one `Error:` line, exit 1, no traceback, nothing trained ----
 
 
-def user_error(result, message: str) -> None:
-    assert result.exit_code == 1, (result.exit_code, result.stderr, result.exception)
-    assert result.stderr == f"Error: {message}\n"
-    assert result.stdout == ""
-    assert isinstance(result.exception, SystemExit)
+def _file(name: str, data: bytes):
+    def make() -> str:
+        Path(name).write_bytes(data)
+        return name
+
+    return make
 
 
-def test_missing_corpus(train):
-    user_error(train(corpus="missing.txt"), "file 'missing.txt' not found; check the path")
-
-
-def test_corpus_is_a_directory(train):
+def _folder() -> str:
     Path("adir").mkdir()
-    user_error(train(corpus="adir"), "'adir' is a directory; give a text file")
+    return "adir"
 
 
-def test_empty_corpus(train):
-    Path("empty.txt").write_text("")
-    user_error(
-        train(corpus="empty.txt"),
+def _unreadable() -> str:
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod 000 does not stop root from reading")
+    _file("locked.txt", b"hello world! " * 100)()
+    Path("locked.txt").chmod(0)
+    return "locked.txt"
+
+
+# name: (makes the corpus and gives its name, more arguments, the message)
+BAD_CORPORA = {
+    "missing": (lambda: "missing.txt", [], "file 'missing.txt' not found; check the path"),
+    "a directory": (_folder, [], "'adir' is a directory; give a text file"),
+    "empty": (
+        _file("empty.txt", b""),
+        [],
         "'empty.txt' is empty; give a text with at least a few hundred characters",
-    )
-
-
-def test_corpus_too_short_for_one_chunk(train):
-    user_error(
-        train("--batch-size", "64", "--seq-length", "50"),
+    ),
+    "too short for one chunk": (
+        lambda: "corpus.txt",  # the corpus_file fixture's
+        ["--batch-size", "64", "--seq-length", "50"],
         "the training text has 1170 characters, too short for one chunk of "
         "batch_size x seq_length = 64 x 50 (needs 3201); use a longer corpus or lower "
         "--batch-size / --seq-length",
-    )
-
-
-def test_invalid_utf8_names_the_byte_offset(train):
-    Path("bad.txt").write_bytes(b"hello\xffworld " * 50)
-    user_error(
-        train(corpus="bad.txt"),
+    ),
+    "seven characters": (
+        _file("short.txt", b"abcdefg"),
+        [],
+        "the training text has 7 characters, too short for one chunk of "
+        "batch_size x seq_length = 4 x 8 (needs 33); use a longer corpus or lower "
+        "--batch-size / --seq-length",
+    ),
+    "invalid UTF-8": (
+        _file("bad.txt", b"hello\xffworld " * 50),
+        [],
         "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding (e.g. latin-1) "
         "or --decode-errors replace",
-    )
+    ),
+    "binary": (
+        _file("x.bin", bytes(range(256)) * 8),
+        [],
+        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding (e.g. latin-1) "
+        "or --decode-errors replace",
+    ),
+    "unreadable": (_unreadable, [], "cannot read 'locked.txt': permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CORPORA)
+def test_bad_corpus(case, train):
+    make, args, message = BAD_CORPORA[case]
+    assert user_error(train("--out", "r", "-q", *args, corpus=make())) == message
 
 
 def test_decode_errors_replace_makes_it_work(train):
@@ -319,62 +339,154 @@ def test_other_encoding(train):
     assert "é" in ckpt_io.load("run/last.npz").vocab
 
 
-def test_unknown_set_key_suggests_the_closest(train):
-    user_error(
-        train("--set", "hiden_size=3"),
-        "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)",
-    )
+def _in_file(what: str) -> str:
+    return f"config key {what} (in config file 'c.yaml')"
 
 
-def test_set_without_equals(train):
-    user_error(
-        train("--set", "hidden_size"),
-        "--set 'hidden_size': expected the form key=value, e.g. --set hidden_size=256",
-    )
-
-
-def test_invalid_yaml_config_names_the_line(train):
-    Path("bad.yaml").write_text("hidden_size: 16\nseq_length: 8\n\tbatch_size: 2\n")
-    user_error(
-        train(config=Path("bad.yaml")),
-        "config file 'bad.yaml' is not valid YAML at line 3: found character '\\t' that "
+# name: (the --config file's text, the message)
+BAD_CONFIG_FILES = {
+    "invalid YAML": (
+        "hidden_size: [16\n",
+        "config file 'c.yaml' is not valid YAML at line 2: expected ',' or ']', but got "
+        "'<stream end>'; fix the file",
+    ),
+    "a tab": (
+        "hidden_size: 16\nseq_length: 8\n\tbatch_size: 2\n",
+        "config file 'c.yaml' is not valid YAML at line 3: found character '\\t' that "
         "cannot start any token; fix the file",
-    )
+    ),
+    "a list at the top": (
+        "- hidden_size\n- 16\n",
+        "config file 'c.yaml': top level must be a mapping of keys to values, got a list",
+    ),
+    "a number at the top": (
+        "16\n",
+        "config file 'c.yaml': top level must be a mapping of keys to values, got a number",
+    ),
+    "unknown key": (
+        "hiden_size: 16\n",
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in config file 'c.yaml')",
+    ),
+    "wrong type": (
+        "hidden_size: lots\n",
+        _in_file("'hidden_size': got 'lots', expected an integer >= 1"),
+    ),
+    "zero size": ("batch_size: 0\n", _in_file("'batch_size': got 0, expected an integer >= 1")),
+    "negative size": (
+        "seq_length: -4\n",
+        _in_file("'seq_length': got -4, expected an integer >= 1"),
+    ),
+    "zero learning rate": (
+        "learning_rate: 0\n",
+        _in_file("'learning_rate': got 0, expected a number > 0"),
+    ),
+    "negative learning rate": (
+        "learning_rate: -0.1\n",
+        _in_file("'learning_rate': got -0.1, expected a number > 0"),
+    ),
+    "bool for a size": (
+        "hidden_size: yes\n",
+        _in_file("'hidden_size': got true, expected an integer >= 1"),
+    ),
+    "binary file": (
+        b"\xff\xfe\x00h\x00",
+        "config file 'c.yaml' is not UTF-8 text; save it as UTF-8",
+    ),
+}
 
 
-def test_config_top_level_must_be_a_mapping(train):
-    Path("list.yaml").write_text("- 1\n- 2\n")
-    user_error(
-        train(config=Path("list.yaml")),
-        "config file 'list.yaml': top level must be a mapping of keys to values, got a list",
-    )
+@pytest.mark.parametrize("case", BAD_CONFIG_FILES)
+def test_bad_config_file(case, train):
+    text, message = BAD_CONFIG_FILES[case]
+    Path("c.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert user_error(train("--out", "r", "-q", config=Path("c.yaml"))) == message
+    assert not Path("r").exists()
 
 
-def test_missing_config_file(train):
-    user_error(
-        train(config=Path("none.yaml")),
+def _in_options(what: str) -> str:
+    return f"config key {what} (in command-line options)"
+
+
+# name: (the arguments after --config tiny.yaml, the message)
+BAD_OPTIONS = {
+    "misspelt --set key": (
+        ["--set", "hiden_size=3"],
+        "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)",
+    ),
+    "another misspelt --set key": (
+        ["--set", "seq_lenght=4"],
+        "unknown config key 'seq_lenght' (did you mean 'seq_length'?) (in --set)",
+    ),
+    "--set key without a value": (
+        ["--set", "hidden_size"],
+        "--set 'hidden_size': expected the form key=value, e.g. --set hidden_size=256",
+    ),
+    "--set word": (
+        ["--set", "nonsense"],
+        "--set 'nonsense': expected the form key=value, e.g. --set hidden_size=256",
+    ),
+    "--set word for a size": (
+        ["--set", "hidden_size=abc"],
+        "config key 'hidden_size': got 'abc', expected an integer >= 1 (in --set)",
+    ),
+    "--set zero learning rate": (
+        ["--set", "learning_rate=0"],
+        "config key 'learning_rate': got 0, expected a number > 0 (in --set)",
+    ),
+    "negative size": (
+        ["--hidden-size", "-5"],
+        _in_options("'hidden_size': got -5, expected an integer >= 1"),
+    ),
+    "zero size": (
+        ["--hidden-size", "0"],
+        _in_options("'hidden_size': got 0, expected an integer >= 1"),
+    ),
+    "unknown optimizer": (
+        ["--optimizer", "adamw"],
+        _in_options("'optimizer': got 'adamw', expected one of adam, rmsprop, adagrad, sgd"),
+    ),
+    "missing config file": (
+        ["--config", "none.yaml"],
         "config file 'none.yaml' not found; check the --config path",
-    )
+    ),
+    "a chunk longer than the text": (
+        ["--seq-length", "5000", "--batch-size", "2"],
+        "the training text has 1170 characters, too short for one chunk of "
+        "batch_size x seq_length = 2 x 5000 (needs 10001); use a longer corpus or lower "
+        "--batch-size / --seq-length",
+    ),
+    "--out a file": (
+        ["--out", "afile"],
+        "cannot create run folder 'afile': File exists; pass another --out",
+    ),
+    "--out under a file": (
+        ["--out", "afile/run"],
+        "cannot create run folder 'afile/run': Not a directory; pass another --out",
+    ),
+    "too big for memory": (
+        ["--hidden-size", "1000000"],
+        "not enough memory for hidden_size 1000000, batch_size 4, seq_length 8; lower them",
+    ),
+}
 
 
-def test_negative_hidden_size_names_key_and_value(train):
-    user_error(
-        train("--hidden-size", "-5"),
-        "config key 'hidden_size': got -5, expected an integer >= 1 (in command-line options)",
-    )
-
-
-def test_unknown_optimizer(train):
-    user_error(
-        train("--optimizer", "adamw"),
-        "config key 'optimizer': got 'adamw', expected one of adam, rmsprop, adagrad, sgd "
-        "(in command-line options)",
-    )
+@pytest.mark.parametrize("case", BAD_OPTIONS)
+def test_bad_options(case, train):
+    args, message = BAD_OPTIONS[case]
+    Path("afile").write_text("")
+    assert user_error(train("--out", "r", "-q", *args)) == message
+    # nothing written: no run folder, or (for a corpus too short) one holding only its lock
+    assert [p.name for p in Path("r").glob("*")] in ([], [".lock"])
 
 
 def test_usage_errors_exit_2(runner, train):
     assert train("--no-such-flag").exit_code == 2
     assert runner.invoke(app, ["train"]).exit_code == 2
+    # typer's own message (a box when rich is installed), no traceback, nothing written
+    result = train("--hidden-size", "abc", "--out", "r")
+    assert result.exit_code == 2 and "Invalid value for '--hidden-size'" in result.stderr
+    assert "Traceback" not in result.output and not Path("r").exists()
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_python_dash_m_help(in_tmp_path):
@@ -408,11 +520,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(train, recwarn):
         "-q",
         config=None,
     )
-    user_error(
-        result,
+    assert user_error(result) == (
         "the loss became nan at step 22: training diverged; lower "
         "--learning-rate (now 1e+38) or set --grad-clip 5; last.npz from step 20 "
-        "is kept",
+        "is kept"
     )
     assert {name: Path("run", name).read_bytes() for name in before} == before
     assert ckpt_io.load("run/last.npz").step == 20
@@ -436,16 +547,66 @@ def test_weights_that_overflow_are_never_saved(train):
         "--checkpoint-every",
         "1",
     )
-    user_error(
-        result,
+    assert user_error(result) == (
         "the weights became NaN or infinite at step 1: training diverged; lower "
         "--learning-rate (now 1e+38) or set --grad-clip 5; no checkpoint was "
-        "written",
+        "written"
     )
     assert not Path("run/last.npz").exists()
 
 
+@pytest.mark.parametrize(
+    "optimizer, lr, what",
+    [
+        ("sgd", "1e38", "loss became inf"),  # the loss overflows first
+        ("adam", "1e38", "loss became nan"),
+        ("sgd", "3e38", "loss became nan"),
+        ("sgd", "1e39", "weights became NaN or infinite"),  # the first update overflows the weights
+    ],
+)
+def test_divergence_names_step_and_keeps_last_good(optimizer, lr, what, tmp_path):
+    corpus, out = write_corpus(tmp_path), tmp_path / "run"
+    result = cli(
+        "train",
+        corpus,
+        *TINY,
+        "--optimizer",
+        optimizer,
+        "--learning-rate",
+        lr,
+        "--grad-clip",
+        0,
+        "--checkpoint-every",
+        1,
+        "--eval-every",
+        0,
+        "--max-steps",
+        50,
+        "--out",
+        out,
+        "-q",
+    )
+    line = user_error(result)
+    assert f"{what} at step " in line
+    step = int(re.search(r"at step (\d+)", line).group(1))
+    assert f"lower --learning-rate (now {float(lr):g}) or set --grad-clip 5" in line
+    if step == 1:
+        assert line.endswith("no checkpoint was written") and not (out / "last.npz").exists()
+        return
+    good = ckpt_io.load(out / "last.npz")  # load refuses non-finite weights: this one is good
+    assert line.endswith(f"last.npz from step {good.step} is kept") and good.step == step - 1
+    ckpt_io.load(out / "best.npz")
+
+
 # ---- resume ----
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same bits: every array of last.npz and of best.npz (weights,
+    optimizer state, h_carry, step, config, train_state), and every metrics line but timings."""
+    assert_same_arrays(arrays(a / "last.npz"), arrays(b / "last.npz"))
+    assert_same_arrays(arrays(a / "best.npz"), arrays(b / "best.npz"))
+    assert without_timing(metrics(a)) == without_timing(metrics(b))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -456,11 +617,46 @@ def test_resume_is_bitwise_identical_to_a_straight_run(train, workers):
     ok(train("--resume", "A", "-q", "--max-steps", "60", config=None))
     ok(train("--out", "B", "-q", "--max-steps", "60", "--set", w))
     # 60 steps cross an epoch (36 steps) after the resume: the carried state resets there
-    a, b = arrays(Path("A/last.npz")), arrays(Path("B/last.npz"))
+    a = arrays(Path("A/last.npz"))
     assert int(a["step"]) == 60 and any(k.startswith("opt.") for k in a) and "h_carry" in a
-    assert_same_arrays(a, b)  # weights, optimizer state, h_carry, step, config, rng, best val
-    assert_same_arrays(arrays(Path("A/best.npz")), arrays(Path("B/best.npz")))
-    assert without_timing(metrics(Path("A"))) == without_timing(metrics(Path("B")))
+    assert_same_run(Path("A"), Path("B"))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_is_bitwise_exact_across_decay_validation_and_epochs(optimizer, tmp_path):
+    """6 steps then resumed to 15 == 15 straight: every array (weights, optimizer state, h_carry,
+    step), train_state (rng, best val loss, patience count), config, best.npz and metrics.
+    A step-decayed learning rate, validation, and an epoch boundary (11 steps an epoch) fall in
+    the resumed part."""
+    corpus = write_corpus(tmp_path, TEXT[:200])
+    common = [
+        *TINY,
+        "--optimizer",
+        optimizer,
+        "--eval-every",
+        3,
+        "--checkpoint-every",
+        3,
+        "--set",
+        "lr_decay=step",
+        "--set",
+        "lr_decay_steps=4",
+        "--set",
+        "lr_decay_rate=0.5",
+        "--set",
+        "val_fraction=0.1",
+        "-q",
+    ]
+    straight, split_run = tmp_path / "straight", tmp_path / "split"
+    assert cli("train", corpus, *common, "--max-steps", 15, "--out", straight).exit_code == 0
+    assert cli("train", corpus, *common, "--max-steps", 6, "--out", split_run).exit_code == 0
+    result = cli("train", corpus, "--resume", split_run, "--max-steps", 15, "-q")
+    assert result.exit_code == 0, result.output
+
+    assert_same_run(straight, split_run)
+    a, b = ckpt_io.load(straight / "last.npz"), ckpt_io.load(split_run / "last.npz")
+    assert a.step == 15 and a.train_state == b.train_state
+    assert a.train_state["best_val_loss"] is not None
 
 
 def test_resume_from_an_odd_step_continues_the_same_training(train):
@@ -472,10 +668,8 @@ def test_resume_from_an_odd_step_continues_the_same_training(train):
     a, b = arrays(Path("A/last.npz")), arrays(Path("B/last.npz"))
     assert_same_arrays(a, b, keys=[k for k in a if k not in ("train_state",)])
 
-    records = metrics(Path("A"))
-    steps = [r["step"] for r in records if "train_loss" in r]
-    assert steps == list(range(1, 61))  # no step lost or repeated
-    vals = [r for r in records if r["val_loss"] is not None]
+    assert train_steps(Path("A")) == list(range(1, 61))  # no step lost or repeated
+    vals = [r for r in metrics(Path("A")) if r["val_loss"] is not None]
     assert [r["step"] for r in vals] == [10, 20, 25, 30, 40, 50, 60]
     best = min(r["val_loss"] for r in vals)
     assert json.loads(str(a["train_state"]))["best_val_loss"] == pytest.approx(best)
@@ -498,9 +692,8 @@ def test_resume_drops_metrics_past_the_checkpoint(train):
 def test_resume_with_another_hidden_size_is_refused(train):
     ok(train("--out", "A", "-q", "--max-steps", "10"))
     before = Path("A/last.npz").read_bytes()
-    user_error(
-        train("--resume", "A", "--hidden-size", "32", config=None),
-        "cannot change hidden_size when resuming; start a new run instead",
+    assert user_error(train("--resume", "A", "--hidden-size", "32", config=None)) == (
+        "cannot change hidden_size when resuming; start a new run instead"
     )
     assert Path("A/last.npz").read_bytes() == before
 
@@ -508,17 +701,59 @@ def test_resume_with_another_hidden_size_is_refused(train):
 def test_resume_with_another_corpus_is_refused(train):
     ok(train("--out", "A", "-q", "--max-steps", "10"))
     Path("other.txt").write_text("completely different text, longer than one chunk. " * 20)
-    user_error(
-        train("--resume", "A", corpus="other.txt", config=None),
+    assert user_error(train("--resume", "A", corpus="other.txt", config=None)) == (
         "the corpus's characters differ from the checkpoint's vocabulary; resume with "
-        "the corpus the run was trained on",
+        "the corpus the run was trained on"
     )
 
 
 def test_resume_from_a_missing_checkpoint(train):
-    user_error(
-        train("--resume", "nothere", config=None), "checkpoint 'nothere' not found; check the path"
+    assert user_error(train("--resume", "nothere", config=None)) == (
+        "checkpoint 'nothere' not found; check the path"
     )
+    Path("empty_run").mkdir()  # a run folder without last.npz
+    assert user_error(train("--resume", "empty_run", config=None)) == (
+        f"checkpoint '{Path('empty_run', 'last.npz')}' not found; check the path"
+    )
+
+
+def _json_with(name: str, **changes):
+    """An edit of the checkpoint that changes keys of the JSON object in its array `name`."""
+    return edit(**{name: lambda a: np.array(json.dumps({**json.loads(a[name].item()), **changes}))})
+
+
+# name: (a change to a valid checkpoint's arrays, what the message says). Each file loads (its
+# arrays are sound), but its training state cannot be resumed.
+BAD_RESUME_STATE = {
+    "rng state garbage": (
+        edit(
+            train_state=np.array(json.dumps({"rng_state": {"bit_generator": "PCG64", "state": 5}}))
+        ),
+        "random-generator state",
+    ),
+    "train_state wrong types": (_json_with("train_state", bad_evals="x"), "wrong type"),
+    "optimizer state of another optimizer": (
+        edit(**{f"opt.m.{k}": None for k in ("Wxh", "Whh", "bh", "Why", "by")}),
+        "optimizer state is not adam's",
+    ),
+    "config invalid": (_json_with("config", hidden_size="many"), "hidden_size"),
+    "config disagrees with weights": (
+        _json_with("config", hidden_size=9),
+        "its weights are not a 1-layer rnn of hidden_size 9",
+    ),
+    "h_carry of another batch size": (edit(h_carry=f32((3, 8))), "'h_carry'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RESUME_STATE)
+def test_bad_resume_state(case, good_run, tmp_path):
+    corpus, run = good_run
+    how, says = BAD_RESUME_STATE[case]
+    path = bad_file(run / "last.npz", tmp_path / "bad.npz", how)
+    ckpt_io.load(path)  # a sound file
+    result = cli("train", corpus, "--resume", path, "--max-steps", 99, "-q")
+    assert says in user_error(result)
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before training
 
 
 # ---- reproducibility ----
@@ -533,74 +768,3 @@ def test_same_seed_gives_identical_checkpoints(train):
     assert_same_arrays(arrays(Path("R1/best.npz")), arrays(Path("R2/best.npz")))
     for k in ("Wxh", "Whh", "Why"):
         assert not np.array_equal(r1[k], r3[k])
-
-
-# ---- Ctrl-C in a real process ----
-
-
-def saved_step(path: str) -> int:
-    try:
-        return ckpt_io.load(path).step
-    except CharRNNError:  # not written yet
-        return -1
-
-
-def test_ctrl_c_saves_last_and_exits_130_then_resumes(runner, corpus_file, tiny_config):
-    cmd = [
-        sys.executable,
-        "-m",
-        "charrnn",
-        "train",
-        str(corpus_file),
-        "--config",
-        str(tiny_config),
-        "--max-steps",
-        "0",
-        "--max-time",
-        "120",
-        "--eval-every",
-        "0",
-        "--checkpoint-every",
-        "5",
-        "--out",
-        "run",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while saved_step("run/last.npz") < 5:  # the loop runs, with the handler in place
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert out == "" and "Traceback" not in err
-    step = ckpt_io.load("run/last.npz").step
-    assert step >= 5
-    assert (
-        f"Interrupted at step {step}; saved run/last.npz; continue with: charrnn train "
-        f"{corpus_file} --resume run" in err
-    )
-
-    ok(
-        runner.invoke(
-            app,
-            [
-                "train",
-                str(corpus_file),
-                "--resume",
-                "run",
-                "--max-steps",
-                str(step + 10),
-                "--max-time",
-                "0",
-                "-q",
-            ],
-        )
-    )
-    assert ckpt_io.load("run/last.npz").step == step + 10
