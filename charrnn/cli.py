@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -21,12 +19,11 @@ import typer
 
 from charrnn import cache
 from charrnn import checkpoint as ckpt_io
-from charrnn.config import Config, resolve_config
-from charrnn.data import read_text
-from charrnn.errors import CharRNNError, ConfigError
-from charrnn.parallel import auto_workers
+from charrnn.config import DEFAULTS
+from charrnn.data import DECODE_ERRORS, read_text
+from charrnn.errors import CharRNNError
 from charrnn.progress import make_encode_bar, make_reporter
-from charrnn.runs import latest_checkpoint, new_run_dir
+from charrnn.runs import latest_checkpoint
 
 app = typer.Typer(
     add_completion=False,
@@ -34,18 +31,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click usage errors: "Error: ..." lines a script can read
     help="Train, sample and evaluate character-level vanilla RNN language models (NumPy).",
-)
-
-# keys that fix the model's shape or the meaning of its saved state: a resumed run keeps them
-FIXED_ON_RESUME = (
-    "hidden_size",
-    "batch_size",
-    "seq_length",
-    "dtype",
-    "optimizer",
-    "val_fraction",
-    "encoding",
-    "decode_errors",
 )
 
 
@@ -79,37 +64,21 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
-def _read_corpus(
-    source: str, encoding: str, decode_errors: str, quiet: bool, force: bool = False
-) -> cache.PreparedCorpus:
-    """The corpus as memory-mapped ids from its cache (built when missing or stale); a bar on
-    stderr while a large one is encoded."""
-    bar = make_encode_bar(quiet, "<stdin>" if source == "-" else source)
-    with bar or nullcontext():
-        return cache.prepare(source, encoding, decode_errors, force=force, progress=bar)
-
-
-def _resume_checkpoint(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
-    ckpt_path = path / "last.npz" if path.is_dir() else path
-    ckpt = ckpt_io.load(ckpt_path)
-    if ckpt.h_carry is None or "rng_state" not in ckpt.train_state:
-        raise ConfigError(f"'{ckpt_path}' has no training state to resume from")
-    try:
-        Config.from_dict(ckpt.config)
-    except ConfigError as e:
-        raise ConfigError(
-            f"'{ckpt_path}' holds an invalid config ({e}); it cannot be resumed, start a new run"
-        ) from None
-    return ckpt, ckpt_path.parent
-
-
 @app.command()
 def train(
+    ctx: typer.Context,
     corpus: Annotated[str, typer.Argument(help="Text file to train on (UTF-8), or - for stdin.")],
     config: Annotated[
         Path | None, typer.Option(help="YAML config file; flags override it.")
     ] = None,
-    hidden_size: Annotated[int | None, typer.Option(help="Hidden units H.")] = None,
+    cell: Annotated[
+        str | None, typer.Option(help="rnn (vanilla tanh, the default), lstm or gru.")
+    ] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Stacked recurrent layers.")] = None,
+    hidden_size: Annotated[int | None, typer.Option(help="Hidden units H per layer.")] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="Dropout on each layer's outputs in training (0 = off).")
+    ] = None,
     seq_length: Annotated[
         int | None, typer.Option(help="Characters per truncated-BPTT chunk T.")
     ] = None,
@@ -167,56 +136,21 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Train a model on a text corpus; writes config.yaml, metrics.jsonl, last.npz and best.npz."""
-    from charrnn.train import train as run_training
+    from charrnn.train import train_corpus
 
-    flags = {
-        "hidden_size": hidden_size,
-        "seq_length": seq_length,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "optimizer": optimizer,
-        "grad_clip": grad_clip,
-        "max_steps": max_steps,
-        "max_epochs": max_epochs,
-        "max_time": max_time,
-        "eval_every": eval_every,
-        "sample_every": sample_every,
-        "checkpoint_every": checkpoint_every,
-        "patience": patience,
-        "rng_seed": rng_seed,
-        "encoding": encoding,
-        "decode_errors": decode_errors,
-    }
+    # every option named like a config key is a setting (None = not given on the command line)
+    settings = {k: v for k, v in ctx.params.items() if k in DEFAULTS}
     with user_errors():
-        ckpt = None
-        if resume is not None:
-            ckpt, resume_dir = _resume_checkpoint(resume)
-            cfg = resolve_config(config, flags, set_items or [], base=ckpt.config)
-            saved = Config.from_dict(ckpt.config)
-            changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
-            if changed:
-                raise ConfigError(
-                    f"cannot change {', '.join(changed)} when resuming; start a new run instead"
-                )
-            run_dir = out or resume_dir
-        else:
-            cfg = resolve_config(config, flags, set_items or [])
-            if cfg.rng_seed is None:
-                cfg = cfg.with_seed(secrets.randbelow(2**31))
-            # record the actual worker count: the same count reproduces the same bits anywhere
-            cfg = replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers))
-            run_dir = out
-        prepared = _read_corpus(corpus, cfg.encoding, cfg.decode_errors, quiet)
-        if not quiet and not prepared.reused and prepared.source_bytes >= 32 << 20:
-            typer.echo(prepared.summary(), err=True)
-        text_corpus = prepared.corpus
-        if ckpt is not None and text_corpus.vocab != ckpt.vocab:
-            raise ConfigError(
-                "the corpus's characters differ from the checkpoint's vocabulary; "
-                "resume with the corpus the run was trained on"
-            )
-        run_dir = run_dir or new_run_dir()
-        result = run_training(cfg, text_corpus, run_dir, resume=ckpt, reporter=make_reporter(quiet))
+        result = train_corpus(
+            corpus,
+            config_file=config,
+            overrides=settings,
+            set_items=set_items or [],
+            out=out,
+            resume=resume,
+            reporter=make_reporter(quiet),
+            encode_bar=make_encode_bar(quiet, "<stdin>" if corpus == "-" else corpus),
+        )
 
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
@@ -261,8 +195,9 @@ def prepare(
             param_hint="'CORPUS'",
         )
     with user_errors():
-        Config.from_dict({"encoding": encoding, "decode_errors": decode_errors})  # train's checks
-        prepared = _read_corpus(corpus, encoding, decode_errors, quiet, force)
+        bar = make_encode_bar(quiet, corpus)
+        with bar or nullcontext():
+            prepared = cache.prepare(corpus, encoding, decode_errors, force=force, progress=bar)
     if json_out:
         typer.echo(json.dumps(prepared.to_dict()))
     elif not quiet:
@@ -403,8 +338,10 @@ def eval_text(
     """Score a text exactly: mean loss in nats per character, bits per character, perplexity."""
     from charrnn.evaluate import evaluate
 
-    if decode_errors not in ("strict", "replace"):
-        raise typer.BadParameter("must be strict or replace", param_hint="'--decode-errors'")
+    if decode_errors not in DECODE_ERRORS:
+        raise typer.BadParameter(
+            f"must be {' or '.join(DECODE_ERRORS)}", param_hint="'--decode-errors'"
+        )
     with user_errors():
         ckpt = _checkpoint(checkpoint, quiet)
         name = "<stdin>" if text == "-" else text

@@ -9,9 +9,10 @@ so the first character is scored by softmax(by), as `charrnn sample` draws it fr
 seed, and N * loss is -log of the probability the model gives the whole text. Characters not in
 the vocabulary are skipped (not fed, not scored) and counted, or are an error.
 
-Only the (1, H) x (H, H) product and the tanh run per character (in `model.run_recurrence`);
+Only the recurrent product and the cell's nonlinearities run per character (in `model.run`);
 the input lookup and the output layer run over blocks of BLOCK characters as large matrix
-products. Reading the text and the checkpoint is left to the CLI.
+products. `chunked_loss`, its faster twin for validation during training, scores many streams
+side by side. Reading the text and the checkpoint is left to the CLI.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
-from charrnn.model import Workspace, log_softmax_loss, run_recurrence
+from charrnn.model import Workspace, log_softmax_loss, run, zero_state
 from charrnn.parallel import blas_threads
 from charrnn.sample import show_chars
 
@@ -81,18 +82,52 @@ def evaluate(
 
 def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
     """Sum over t of -log p(x_t | x_1..x_{t-1}) in nats, from a zero state, in one pass."""
-    H = params["Whh"].shape[0]
     ids = np.asarray(ids, dtype=np.intp)
-    ws = Workspace()  # hs (block + 1, 1, H) and the logits (block, V) are reused block to block
-    h = np.zeros((1, H), dtype=params["Whh"].dtype)  # (1, H): the state before the block
+    ws = Workspace()  # the block's states and logits are reused block to block
+    state = zero_state(params, 1)  # (1, W): the state before the block
     total = 0.0
-    with blas_threads(1):  # a (1, H) x (H, H) product is too small to share between threads
+    with blas_threads(1):  # a (1, H) x (H, G H) product is too small to share between threads
         for start in range(0, len(ids), block):
             x = ids[start : start + block]  # (T,)
             T = len(x)
-            # hs[j] is the state before x[j] (hs[0] = h), so it predicts x[j]; hs[T] carries on
-            hs = run_recurrence(params, x[:, None], h, ws)  # (T + 1, 1, H)
-            _, _, losses = log_softmax_loss(params, hs[:T].reshape(T, H), x, ws)  # (T,)
+            # hs[j] is the top layer's output before x[j] (hs[0] from `state`), so it predicts
+            # x[j]; the state after the block carries on
+            hs, state = run(params, x[:, None], state, ws)  # (T + 1, 1, H)
+            _, _, losses = log_softmax_loss(params, hs[:T].reshape(T, -1), x, ws)  # (T,)
             total += float(losses.sum(dtype=np.float64))
-            h[...] = hs[T]
     return total
+
+
+def chunked_loss(
+    params: dict, ids: np.ndarray, n_streams: int = 64, chunk: int = 256, burn_in: int = 512
+) -> tuple[float, int]:
+    """Mean loss (nats/char) of a long id sequence scored as n_streams parallel streams: the
+    validation score of training, a fraction of `total_loss`'s time.
+
+    Stream s scores positions [s L, (s + 1) L), each character from the state after the ones
+    before it. Stream 0 starts from a zero state, like `charrnn eval`; every other stream first
+    reads the `burn_in` characters before its part, unscored, so that it starts with the state
+    the text before it gives, and the sum is close to the exact single-stream pass.
+    Returns (loss, chars_scored).
+    """
+    n = len(ids) - 1
+    S = max(1, min(n_streams, n // chunk))
+    L = n // S
+    if L < 1:
+        raise ValueError("need at least two characters to score")
+    starts = np.arange(S) * L  # (S,) first scored position of each stream
+    state = zero_state(params, S)  # (S, W)
+    warm = min(burn_in, L)  # streams 1.. read [start - warm, start) first
+    for p in range(0, warm, chunk):
+        T = min(chunk, warm - p)
+        idx = starts[None, 1:] - warm + p + np.arange(T)[:, None]  # (T, S - 1)
+        state[1:] = run(params, np.asarray(ids[idx], dtype=np.intp), state[1:])[1]
+    total = 0.0
+    for p in range(0, L, chunk):
+        T = min(chunk, L - p)
+        idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S)
+        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S, H)
+        targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)  # (T S,)
+        _, _, losses = log_softmax_loss(params, hs[1:].reshape(T * S, -1), targets)
+        total += float(losses.sum(dtype=np.float64))
+    return total / (S * L), S * L

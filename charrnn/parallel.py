@@ -3,8 +3,8 @@
 The B streams of a batch are independent until their gradients are summed, so each of n worker
 threads runs `forward` and `backward` on its own contiguous share of streams, with BLAS held to
 one thread, and the gradients are combined weighted by share. Every core then works on the
-whole step: the GEMMs, the tanh and the elementwise work alike (NumPy releases the GIL in all
-of them), instead of only inside each multi-threaded (B, H) x (H, H) product.
+whole step: the GEMMs, the nonlinearities and the elementwise work alike (NumPy releases the GIL
+in all of them), instead of only inside each multi-threaded (B, H) x (H, H) product.
 
 BLAS runs single-threaded even with one worker: the products of a step are small, and a
 multi-threaded OpenBLAS spin-waits for its second thread on every call, which costs more than it
@@ -12,71 +12,37 @@ gains at these sizes and collapses when the machine is busy (measured: 27x slowe
 batch 1 with another process on the second core).
 
 The split is fixed by `workers`, so a run is bitwise reproducible for the same number of
-workers. BLAS thread control goes through the OpenBLAS library NumPy loaded; where it cannot
-be found (another BLAS), everything runs in one worker.
+workers. BLAS threads are controlled through threadpoolctl, which knows OpenBLAS, MKL and BLIS;
+where it finds no BLAS it can control, everything runs in one worker.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from charrnn.model import Workspace, backward, forward
 
-_SETTERS = (
-    "scipy_openblas_set_num_threads64_",
-    "scipy_openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-    "openblas_set_num_threads",
-)
-_GETTERS = (
-    "scipy_openblas_get_num_threads64_",
-    "scipy_openblas_get_num_threads",
-    "openblas_get_num_threads64_",
-    "openblas_get_num_threads",
-)
-
 
 @cache
-def _openblas():
-    """(set_num_threads, get_num_threads) of the OpenBLAS in this process, or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {ln.split()[-1] for ln in f if "openblas" in ln and ".so" in ln}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, n) for n in _SETTERS if hasattr(lib, n)), None)
-        getter = next((getattr(lib, n) for n in _GETTERS if hasattr(lib, n)), None)
-        if setter is not None and getter is not None:
-            setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
-            return setter, getter
-    return None
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _blas_controllable() -> bool:
+    return bool(_controller().select(user_api="blas").lib_controllers)
 
 
 @contextmanager
 def blas_threads(n: int):
-    """Run the block with BLAS limited to n threads (no-op when OpenBLAS is not found)."""
-    blas = _openblas()
-    if blas is None:
+    """Run the block with BLAS limited to n threads (no-op when no known BLAS is loaded)."""
+    with _controller().limit(limits=n, user_api="blas"):
         yield
-        return
-    setter, getter = blas
-    before = getter()
-    setter(n)
-    try:
-        yield
-    finally:
-        setter(before)
 
 
 def cpu_count() -> int:
@@ -87,15 +53,16 @@ def cpu_count() -> int:
 
 
 def auto_workers(batch_size: int, requested: int = 0) -> int:
-    """`requested` workers (0 = one per CPU core), never more than streams, 1 without OpenBLAS."""
+    """`requested` workers (0 = one per CPU core), never more than streams, 1 when BLAS threads
+    cannot be limited (each worker would start a full set of BLAS threads)."""
     n = requested or cpu_count()
-    if _openblas() is None:
+    if not _blas_controllable():
         n = 1
     return max(1, min(n, batch_size))
 
 
 class GradientWorkers:
-    """Computes (loss, grads, h_last) of a batch with its streams shared among n threads."""
+    """Computes (loss, grads, state_last) of a batch with its streams shared among n threads."""
 
     def __init__(self, batch_size: int, workers: int):
         self.n = workers
@@ -105,18 +72,19 @@ class GradientWorkers:
         self.workspaces = [Workspace() for _ in self.shares]
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
-    def __call__(self, params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray):
-        if self.pool is None:
-            with blas_threads(1):
-                loss, cache, h_last = forward(params, X, Y, h0, self.workspaces[0])
-                return loss, backward(params, cache), h_last
+    def __call__(self, params: dict, X: np.ndarray, Y: np.ndarray, state0: np.ndarray, keep=None):
+        """X, Y (T, B) ids, state0 (B, W) the carried state, keep None or dropout masks
+        (L, T, B, H): each worker takes its columns of all of them."""
 
         def part(i: int):
             s = self.shares[i]
-            loss, cache, h_last = forward(params, X[:, s], Y[:, s], h0[s], self.workspaces[i])
-            return loss, backward(params, cache), h_last
+            k = None if keep is None else keep[:, :, s]
+            loss, cache, state = forward(params, X[:, s], Y[:, s], state0[s], self.workspaces[i], k)
+            return loss, backward(params, cache), state
 
         with blas_threads(1):
+            if self.pool is None:
+                return part(0)
             results = list(self.pool.map(part, range(self.n)))
         # each share's loss is a mean over its own characters: weight by share to get the mean
         # over the batch, and the same for the gradients
@@ -127,8 +95,8 @@ class GradientWorkers:
         for w, (_, g_i, _) in zip(self.weights[1:], results[1:], strict=True):
             for k, g in grads.items():
                 g += w * g_i[k]
-        h_last = np.concatenate([r[2] for r in results], axis=0)  # (B, H)
-        return loss, grads, h_last
+        state_last = np.concatenate([r[2] for r in results], axis=0)  # (B, W)
+        return loss, grads, state_last
 
     def close(self) -> None:
         if self.pool is not None:

@@ -12,21 +12,25 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from charrnn import cache, optim
 from charrnn import checkpoint as ckpt_io
-from charrnn import optim
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import CheckpointError, TrainingError
-from charrnn.model import chunked_loss, init_params
+from charrnn.errors import TrainingError
+from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
-from charrnn.runs import RunLock
+from charrnn.runs import RunLock, new_run_dir
 from charrnn.sample import generate
+from charrnn.state import TrainState, load_for_resume, new_config, resume_config
 
 LN2 = math.log(2.0)
 
@@ -69,7 +73,6 @@ class NullReporter:
     def start(self, info: dict) -> None: ...
     def step(self, metrics: dict) -> None: ...
     def sample(self, step: int, text: str) -> None: ...
-    def message(self, text: str) -> None: ...
     def end(self) -> None: ...
 
 
@@ -128,52 +131,54 @@ def _write_atomic(path: Path, text: str) -> None:
     replace_atomically(path, lambda f: f.write(text.encode()))
 
 
-def _resume_state(resume: ckpt_io.Checkpoint, cfg: Config, V: int) -> dict:
-    """The training state saved in `resume`, checked against the config it is resumed with."""
-    H, B, dtype = cfg.hidden_size, cfg.batch_size, np.dtype(cfg.dtype)
-    ts = resume.train_state
-    problem = None
-    if (
-        resume.params["Whh"].shape != (H, H)
-        or resume.params["by"].shape != (V,)
-        or resume.params["Whh"].dtype != dtype
-    ):
-        problem = f"its weights do not match hidden_size {H}, {V} characters and dtype {dtype}"
-    elif resume.h_carry is None or resume.h_carry.shape != (B, H):
-        problem = f"'h_carry' is missing or not ({B}, {H}) for batch_size {B}"
-    elif set(resume.opt_state) != set(optim.init_state(cfg.optimizer, resume.params)):
-        problem = f"its optimizer state is not {cfg.optimizer}'s"
-    elif not all(
-        isinstance(ts.get(k, 0), int) and not isinstance(ts.get(k, 0), bool) and ts.get(k, 0) >= 0
-        for k in ("bad_evals", "chars_seen")
-    ) or not isinstance(ts.get("best_val_loss"), (int, float, type(None))):
-        problem = "its train_state has values of the wrong type"
-    rng = np.random.default_rng()
-    if problem is None:
-        try:
-            rng.bit_generator.state = ts["rng_state"]
-        except (KeyError, TypeError, ValueError):
-            problem = "its saved random-generator state is invalid"
-    if problem is not None:
-        raise CheckpointError(f"cannot resume from the checkpoint: {problem}; start a new run")
-    best_val = ts.get("best_val_loss")
-    return {
-        "rng": rng,
-        "best_val": math.inf if best_val is None else float(best_val),
-        "bad_evals": ts.get("bad_evals", 0),
-        "chars_seen": ts.get("chars_seen", resume.step * B * cfg.seq_length),
-    }
+def train_corpus(
+    source: str,
+    *,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: Iterable[str] = (),
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    reporter=None,
+    encode_bar=None,
+) -> TrainResult:
+    """Everything `charrnn train` does: settle the config (a new run's, or a resumed run's with
+    every compatibility check), read the corpus through its cache, and train.
+
+    `overrides` are command-line settings (None = not given); `encode_bar` is an optional
+    progress callback and context manager shown while a large corpus is encoded.
+    """
+    ckpt = None
+    if resume is not None:
+        ckpt, resume_dir = load_for_resume(Path(resume))
+        cfg = resume_config(ckpt, config_file, overrides or {}, set_items)
+        out = out or resume_dir
+    else:
+        cfg = new_config(config_file, overrides or {}, set_items)
+    with encode_bar or nullcontext():
+        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
+    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
+    encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
+    return train(
+        cfg,
+        prepared.corpus,
+        out or new_run_dir(),
+        state=state,
+        reporter=reporter,
+        notice=prepared.summary() if encoded else None,
+    )
 
 
 def train(
     cfg: Config,
     corpus: Corpus,
-    run_dir: Path,
+    run_dir: str | Path,
     *,
-    resume: ckpt_io.Checkpoint | None = None,
+    state: TrainState | None = None,
     reporter=None,
+    notice: str | None = None,
 ) -> TrainResult:
-    """Train a model on corpus into run_dir; continue from `resume` when given.
+    """Train a model on corpus into run_dir; continue from `state` (a resumed run) when given.
 
     The run folder is locked before anything in it is written, so a second training pointed at
     the same folder refuses without touching the first one's files.
@@ -189,7 +194,7 @@ def train(
         # single-threaded BLAS: the step's products are small; parallel.py shares the cores
         with RunLock(run_dir), blas_threads(1):
             ckpt_io.remove_temp_files(run_dir)  # left by a save that a kill cut short
-            return _train(cfg, corpus, run_dir, resume, reporter or NullReporter())
+            return _train(cfg, corpus, run_dir, state, reporter or NullReporter(), notice)
     except BrokenPipeError:
         raise
     except OSError as e:  # checkpoint saves say this themselves; this is config/metrics/lock
@@ -204,107 +209,134 @@ def train(
         ) from None
 
 
-def _train(
-    cfg: Config, corpus: Corpus, run_dir: Path, resume: ckpt_io.Checkpoint | None, reporter
-) -> TrainResult:
-    dtype = np.dtype(cfg.dtype)
-    V, H, B, T = len(corpus.vocab), cfg.hidden_size, cfg.batch_size, cfg.seq_length
+@dataclass
+class _Limits:
+    """Which limit, if any, stops the run: max_steps, max_epochs (as a step count), max_time."""
 
-    train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
-    batches = Batches(train_ids, B, T)
-    val_ids = val_ids[: cfg.val_max_chars + 1]
-    validate = cfg.eval_every > 0 and len(val_ids) >= 2
+    max_steps: int | None
+    epoch_steps: int | None
+    max_time: float
 
-    # --- initial state: fresh, or everything the checkpoint saved -----------------------------
-    if resume is None:
-        rng = np.random.default_rng(cfg.rng_seed)
-        params = init_params(V, H, rng, dtype, cfg.init_scale)
-        opt_state = optim.init_state(cfg.optimizer, params)
-        h = np.zeros((B, H), dtype=dtype)  # (B, H) carried hidden state
-        step, best_val, bad_evals, chars_seen = 0, math.inf, 0, 0
-    else:
-        saved = _resume_state(resume, cfg, V)
-        rng = saved["rng"]
-        params = {k: np.ascontiguousarray(v) for k, v in resume.params.items()}
-        opt_state = {k: np.array(v) for k, v in resume.opt_state.items()}
-        h = np.array(resume.h_carry)
-        step = resume.step
-        best_val, bad_evals, chars_seen = saved["best_val"], saved["bad_evals"], saved["chars_seen"]
+    @classmethod
+    def of(cls, cfg: Config, steps_per_epoch: int) -> _Limits:
+        epoch_steps = math.ceil(cfg.max_epochs * steps_per_epoch) if cfg.max_epochs else None
+        return cls(cfg.max_steps or None, epoch_steps, cfg.max_time)
 
-    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
-    last_path, best_path = run_dir / "last.npz", run_dir / "best.npz"
-    last_saved = resume.step if resume is not None and last_path.exists() else None
+    @property
+    def steps(self) -> int | None:
+        """The step the run stops at, if a step or epoch limit is set."""
+        limits = [n for n in (self.max_steps, self.epoch_steps) if n is not None]
+        return min(limits) if limits else None
 
-    def diverged(what: str, at_step: int) -> TrainingError:
+    def reached(self, step: int, elapsed: float) -> str | None:
+        if self.epoch_steps is not None and step >= self.epoch_steps:
+            return "max_epochs"
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        if self.max_time and elapsed >= self.max_time:
+            return "max_time"
+        return None
+
+
+class _Checkpoints:
+    """Writes last.npz and best.npz of a run, and words the error when training diverges."""
+
+    def __init__(self, run_dir: Path, cfg: Config, vocab: list[str], last_saved: int | None):
+        self.last, self.best = run_dir / "last.npz", run_dir / "best.npz"
+        self.cfg, self.vocab = cfg, vocab
+        self.last_saved = last_saved  # step of the last.npz on disk, None when there is none
+
+    def save(self, s: TrainState, path: Path) -> None:
+        # an update can overflow the weights while its loss was still finite: never write them
+        # over the last good checkpoint (load would refuse the file)
+        if not s.is_finite():
+            raise self.diverged("weights became NaN or infinite", s.step)
+        ckpt_io.save(s.to_checkpoint(self.cfg, self.vocab), path)
+        if path == self.last:
+            self.last_saved = s.step
+
+    def diverged(self, what: str, at_step: int) -> TrainingError:
+        cfg = self.cfg
         clip = f"a lower --grad-clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "--grad-clip 5"
         kept = (
             "no checkpoint was written"
-            if last_saved is None
-            else f"last.npz from step {last_saved} is kept"
+            if self.last_saved is None
+            else f"last.npz from step {self.last_saved} is kept"
         )
         return TrainingError(
             f"the {what} at step {at_step}: training diverged; lower "
             f"--learning-rate (now {cfg.learning_rate:g}) or set {clip}; {kept}"
         )
 
-    def save(path: Path) -> None:
-        nonlocal last_saved
-        # an update can overflow the weights while its loss was still finite: never write them
-        # over the last good checkpoint (load would refuse the file)
-        if not all(np.isfinite(a).all() for a in (*params.values(), *opt_state.values(), h)):
-            raise diverged("weights became NaN or infinite", step)
-        state = {
-            "rng_state": rng.bit_generator.state,
-            "best_val_loss": _finite_or_none(best_val),
-            "bad_evals": bad_evals,
-            "chars_seen": chars_seen,
-        }
-        ckpt_io.save(
-            ckpt_io.Checkpoint(
-                params=params,
-                vocab=corpus.vocab,
-                config=cfg.to_dict(),
-                step=step,
-                h_carry=h,
-                opt_state=opt_state,
-                train_state=state,
-            ),
-            path,
-        )
-        if path == last_path:
-            last_saved = step
 
-    def preview() -> str:
-        # its own generator, so previews never change the training's random stream
-        g = np.random.default_rng([cfg.rng_seed or 0, step])
-        ids = [
-            int(c[0])
-            for c in generate(params, train_ids[:0], cfg.sample_length, g, temperature=0.8)
-        ]
-        return "".join(corpus.vocab[i] for i in ids)
+def _reset_streams(s: TrainState, cfg: Config, new_epoch: bool) -> None:
+    """Zero the carried state of every stream when an epoch starts (the streams restart), and
+    otherwise of each stream with probability reset_prob, so the model learns to start well
+    from a zero state as `sample` and `eval` do."""
+    if new_epoch:
+        s.carry[...] = 0
+    elif cfg.reset_prob > 0:
+        s.carry[s.rng.random(len(s.carry)) < cfg.reset_prob] = 0
 
-    max_steps = cfg.max_steps or None
-    if cfg.max_epochs:
-        epoch_steps = math.ceil(cfg.max_epochs * batches.steps_per_epoch)
-        max_steps = min(max_steps or epoch_steps, epoch_steps)
+
+def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | None:
+    """Inverted-dropout keep masks (L, T, B, H) for one step: 0, or 1 / (1 - p) for the units
+    kept, so the expected output of a layer is the same in training and inference."""
+    if cfg.dropout == 0:
+        return None
+    dtype = s.carry.dtype
+    keep = s.rng.random((cfg.num_layers, T, B, cfg.hidden_size), dtype=dtype)  # (L, T, B, H)
+    kept = keep >= cfg.dropout
+    keep.fill(0)
+    keep[kept] = 1.0 / (1.0 - cfg.dropout)
+    return keep
+
+
+def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
+    # its own generator, so previews never change the training's random stream
+    g = np.random.default_rng([cfg.rng_seed or 0, s.step])
+    steps = generate(s.params, np.zeros(0, np.intp), cfg.sample_length, g, temperature=0.8)
+    return "".join(vocab[int(ids[0])] for ids in steps)
+
+
+def _train(
+    cfg: Config,
+    corpus: Corpus,
+    run_dir: Path,
+    state: TrainState | None,
+    reporter,
+    notice: str | None,
+) -> TrainResult:
+    B, T = cfg.batch_size, cfg.seq_length
+    train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
+    batches = Batches(train_ids, B, T)
+    val_ids = val_ids[: cfg.val_max_chars + 1]
+    validate = cfg.eval_every > 0 and len(val_ids) >= 2
+    resumed = state is not None
+    s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab))
+    limits = _Limits.of(cfg, batches.steps_per_epoch)
+
+    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+    on_disk = resumed and (run_dir / "last.npz").exists()
+    ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None)
     reporter.start(
         {
             "run_dir": str(run_dir),
-            "start_step": step,
-            "max_steps": max_steps,
+            "start_step": s.step,
+            "max_steps": limits.steps,
             "steps_per_epoch": batches.steps_per_epoch,
-            "vocab_size": V,
+            "vocab_size": len(corpus.vocab),
             "train_chars": len(train_ids),
             "val_chars": len(val_ids),
             "max_time": cfg.max_time or None,
+            "notice": notice,
         }
     )
-
     loss_and_grads = GradientWorkers(B, auto_workers(B, cfg.workers))
-    metrics_out = _metrics_file(run_dir, step if resume is not None else None)
+    metrics_out = _metrics_file(run_dir, s.step if resumed else None)
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
-    stopped_by, val_loss = "max_steps", None
+    stopped_by, val_loss = None, None
     try:
         with _Signals() as signals, warnings.catch_warnings():
             # overflow is caught by the finiteness checks below; numpy's warnings about it (from
@@ -312,53 +344,41 @@ def _train(
             warnings.filterwarnings("ignore", "overflow|invalid value", RuntimeWarning)
             while True:
                 # --- stop? -----------------------------------------------------------------
-                if signals.received is not None:
-                    stopped_by = "signal"
-                    break
-                if max_steps is not None and step >= max_steps:
-                    stopped_by = (
-                        "max_epochs" if cfg.max_epochs and step >= epoch_steps else "max_steps"
-                    )
-                    break
-                if cfg.max_time and time.perf_counter() - start >= cfg.max_time:
-                    stopped_by = "max_time"
+                stopped_by = "signal" if signals.received is not None else None
+                stopped_by = stopped_by or limits.reached(s.step, time.perf_counter() - start)
+                if stopped_by:
                     break
 
                 # --- forward, backward, update ---------------------------------------------
                 t0 = time.perf_counter()
-                lr = optim.learning_rate(cfg, step)
-                if batches.starts_epoch(step):
-                    h = np.zeros((B, H), dtype=dtype)  # a new epoch: streams restart
-                X, Y = batches.get(step)
-                loss, grads, h_next = loss_and_grads(params, X, Y, h)
+                lr = optim.learning_rate(cfg, s.step)
+                X, Y = batches.get(s.step)  # (T, B) inputs and targets
+                _reset_streams(s, cfg, batches.starts_epoch(s.step))
+                keep = _dropout_masks(s, cfg, T, B)
+                loss, grads, carry = loss_and_grads(s.params, X, Y, s.carry, keep)
                 norm = optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
-                if not math.isfinite(loss):
-                    raise diverged(f"loss became {loss}", step + 1)
-                if not math.isfinite(norm):
-                    raise diverged(f"gradient norm became {norm}", step + 1)
-                optim.update(cfg, params, grads, opt_state, step, lr)
-                h = h_next
-                step += 1
-                chars_seen += B * T
+                for what, value in (("loss", loss), ("gradient norm", norm)):
+                    if not math.isfinite(value):
+                        raise ckpts.diverged(f"{what} became {value}", s.step + 1)
+                optim.update(cfg, s.params, grads, s.opt_state, s.step, lr)
+                s.carry = carry
+                s.step += 1
+                s.chars_seen += B * T
                 dt = time.perf_counter() - t0
                 step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
 
                 # --- evaluate --------------------------------------------------------------
                 val_loss, improved = None, False
-                if validate and step % cfg.eval_every == 0:
-                    val_loss, _ = chunked_loss(params, val_ids)
-                    improved = val_loss < best_val
-                    if improved:
-                        best_val, bad_evals = val_loss, 0
-                    else:
-                        bad_evals += 1
+                if validate and s.step % cfg.eval_every == 0:
+                    val_loss, _ = chunked_loss(s.params, val_ids)
+                    improved = s.record_validation(val_loss)
 
                 # --- log, then checkpoint ---------------------------------------------------
                 # in this order, after a kill metrics.jsonl has every step up to last.npz's
                 # (a resume drops the lines past it)
                 record = {
-                    "step": step,
-                    "epoch": round(step / batches.steps_per_epoch, 4),
+                    "step": s.step,
+                    "epoch": round(s.step / batches.steps_per_epoch, 4),
                     "train_loss": loss,
                     "val_loss": val_loss,
                     "val_bpc": None if val_loss is None else val_loss / LN2,
@@ -369,33 +389,33 @@ def _train(
                 }
                 metrics_out.write(json.dumps(record) + "\n")
                 if improved:
-                    save(best_path)
-                if step % cfg.checkpoint_every == 0:
-                    save(last_path)
+                    ckpts.save(s, ckpts.best)
+                if s.step % cfg.checkpoint_every == 0:
+                    ckpts.save(s, ckpts.last)
                     if not validate:
-                        save(best_path)
+                        ckpts.save(s, ckpts.best)
                 reporter.step(record)
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    reporter.sample(step, preview())
+                if cfg.sample_every and s.step % cfg.sample_every == 0:
+                    reporter.sample(s.step, _preview(cfg, s, corpus.vocab))
 
                 # --- early stopping --------------------------------------------------------
-                if cfg.patience and bad_evals >= cfg.patience:
+                if cfg.patience and s.bad_evals >= cfg.patience:
                     stopped_by = "patience"
                     break
 
             # --- the end: a last validation and checkpoint -------------------------------------
-            if validate and (val_loss is None or step % cfg.eval_every != 0) and step > 0:
-                val_loss, _ = chunked_loss(params, val_ids)
-                if val_loss < best_val:
-                    best_val = val_loss
-                    save(best_path)
+            if validate and (val_loss is None or s.step % cfg.eval_every != 0) and s.step > 0:
+                val_loss, _ = chunked_loss(s.params, val_ids)
+                if val_loss < s.best_val:
+                    s.best_val = val_loss
+                    ckpts.save(s, ckpts.best)
                 metrics_out.write(
-                    json.dumps({"step": step, "val_loss": val_loss, "val_bpc": val_loss / LN2})
+                    json.dumps({"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2})
                     + "\n"
                 )
-            save(last_path)
-            if not validate or not best_path.exists():
-                save(best_path)
+            ckpts.save(s, ckpts.last)
+            if not validate or not ckpts.best.exists():
+                ckpts.save(s, ckpts.best)
     finally:
         loss_and_grads.close()
         metrics_out.close()
@@ -403,14 +423,14 @@ def _train(
 
     return TrainResult(
         run_dir=run_dir,
-        steps=step,
-        chars_seen=chars_seen,
+        steps=s.step,
+        chars_seen=s.chars_seen,
         seconds=time.perf_counter() - start,
         stopped_by=stopped_by,
         final_val_loss=val_loss if validate else None,
-        best_val_loss=_finite_or_none(best_val),
-        last_checkpoint=last_path,
-        best_checkpoint=best_path,
+        best_val_loss=_finite_or_none(s.best_val),
+        last_checkpoint=ckpts.last,
+        best_checkpoint=ckpts.best,
         signal=signals.received,
     )
 

@@ -1,0 +1,199 @@
+"""The state of a training run: everything that changes from one step to the next, in one object.
+
+A `TrainState` is made fresh from a config, or from a checkpoint, and turned back into one. Every
+check that a checkpoint can be resumed with a config lives here, in `resume_config` (the settings)
+and `TrainState.from_checkpoint` (the arrays and counters), so the training loop only reads and
+updates the state.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charrnn import checkpoint as ckpt_io
+from charrnn import optim
+from charrnn.config import Config, resolve_config
+from charrnn.errors import CheckpointError, ConfigError
+from charrnn.model import architecture, init_params, zero_state
+from charrnn.parallel import auto_workers
+
+# keys that fix the model's shape or the meaning of its saved state: a resumed run keeps them
+FIXED_ON_RESUME = (
+    "cell",
+    "num_layers",
+    "hidden_size",
+    "batch_size",
+    "seq_length",
+    "dtype",
+    "optimizer",
+    "val_fraction",
+    "encoding",
+    "decode_errors",
+)
+
+
+@dataclass
+class TrainState:
+    params: dict[str, np.ndarray]  # the model's weights
+    opt_state: dict[str, np.ndarray]  # the optimizer's slots, keyed "slot.param"
+    carry: np.ndarray  # (B, W): the state carried into the next chunk (model.zero_state)
+    rng: np.random.Generator  # every random draw of training comes from here
+    step: int = 0  # updates done
+    chars_seen: int = 0  # training characters read
+    best_val: float = math.inf  # best validation loss so far
+    bad_evals: int = 0  # validations since the last improvement
+
+    @classmethod
+    def fresh(cls, cfg: Config, vocab_size: int) -> TrainState:
+        rng = np.random.default_rng(cfg.rng_seed)
+        dtype = np.dtype(cfg.dtype)
+        params = init_params(
+            vocab_size,
+            cfg.hidden_size,
+            rng,
+            dtype,
+            cfg.init_scale,
+            cell=cfg.cell,
+            num_layers=cfg.num_layers,
+        )
+        carry = zero_state(params, cfg.batch_size, dtype)
+        return cls(params, optim.init_state(cfg.optimizer, params), carry, rng)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: ckpt_io.Checkpoint, cfg: Config, vocab: list[str]) -> TrainState:
+        """The state saved in ckpt, checked against the config and the corpus's vocabulary it
+        is resumed with (CheckpointError or ConfigError saying what does not fit)."""
+        if vocab != ckpt.vocab:
+            raise ConfigError(
+                "the corpus's characters differ from the checkpoint's vocabulary; "
+                "resume with the corpus the run was trained on"
+            )
+        arch = architecture(ckpt.params)
+        ts = ckpt.train_state
+        B, dtype = cfg.batch_size, np.dtype(cfg.dtype)
+        problem = None
+        if (arch.cell, arch.num_layers, arch.hidden_size) != (
+            cfg.cell,
+            cfg.num_layers,
+            cfg.hidden_size,
+        ) or ckpt.params["Whh"].dtype != dtype:
+            problem = (
+                f"its weights are not a {cfg.num_layers}-layer {cfg.cell} of hidden_size "
+                f"{cfg.hidden_size} in {dtype}"
+            )
+        elif ckpt.h_carry is None or ckpt.h_carry.shape != (B, arch.state_width):
+            problem = f"'h_carry' is missing or not ({B}, {arch.state_width}) for batch_size {B}"
+        elif set(ckpt.opt_state) != set(optim.init_state(cfg.optimizer, ckpt.params)):
+            problem = f"its optimizer state is not {cfg.optimizer}'s"
+        elif not all(_count(ts.get(k, 0)) for k in ("bad_evals", "chars_seen")) or not (
+            ts.get("best_val_loss") is None or _number(ts["best_val_loss"])
+        ):
+            problem = "its train_state has values of the wrong type"
+        rng = np.random.default_rng()
+        if problem is None:
+            try:
+                rng.bit_generator.state = ts["rng_state"]
+            except (KeyError, TypeError, ValueError, OverflowError):
+                problem = "its saved random-generator state is invalid"
+        if problem is not None:
+            raise CheckpointError(f"cannot resume from the checkpoint: {problem}; start a new run")
+        best_val = ts.get("best_val_loss")
+        return cls(
+            params={k: np.ascontiguousarray(v) for k, v in ckpt.params.items()},
+            opt_state={k: np.array(v) for k, v in ckpt.opt_state.items()},
+            carry=np.array(ckpt.h_carry),
+            rng=rng,
+            step=ckpt.step,
+            chars_seen=ts.get("chars_seen", ckpt.step * B * cfg.seq_length),
+            best_val=math.inf if best_val is None else float(best_val),
+            bad_evals=ts.get("bad_evals", 0),
+        )
+
+    def to_checkpoint(self, cfg: Config, vocab: list[str]) -> ckpt_io.Checkpoint:
+        return ckpt_io.Checkpoint(
+            params=self.params,
+            vocab=vocab,
+            config=cfg.to_dict(),
+            step=self.step,
+            h_carry=self.carry,
+            opt_state=self.opt_state,
+            train_state={
+                "rng_state": self.rng.bit_generator.state,
+                "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+                "bad_evals": self.bad_evals,
+                "chars_seen": self.chars_seen,
+            },
+        )
+
+    def is_finite(self) -> bool:
+        """False once an update has overflowed the weights, the optimizer state or the carry."""
+        arrays = (*self.params.values(), *self.opt_state.values(), self.carry)
+        return all(np.isfinite(a).all() for a in arrays)
+
+    def record_validation(self, loss: float) -> bool:
+        """Count a validation loss toward early stopping; True when it is the best so far."""
+        if loss < self.best_val:
+            self.best_val, self.bad_evals = loss, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
+    """The checkpoint that --resume names (a run folder: its last.npz) and its run folder."""
+    path = Path(path)
+    ckpt_path = path / "last.npz" if path.is_dir() else path
+    ckpt = ckpt_io.load(ckpt_path)
+    if ckpt.h_carry is None or "rng_state" not in ckpt.train_state:
+        raise ConfigError(f"'{ckpt_path}' has no training state to resume from")
+    try:
+        Config.from_dict(ckpt.config)
+    except ConfigError as e:
+        raise ConfigError(
+            f"'{ckpt_path}' holds an invalid config ({e}); it cannot be resumed, start a new run"
+        ) from None
+    return ckpt, ckpt_path.parent
+
+
+def resume_config(
+    ckpt: ckpt_io.Checkpoint,
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any],
+    set_items: Iterable[str],
+) -> Config:
+    """The checkpoint's config with the new settings on top; the keys that fix the model or the
+    meaning of the saved state may not change."""
+    cfg = resolve_config(config_file, overrides, set_items, base=ckpt.config)
+    saved = Config.from_dict(ckpt.config)
+    changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
+    if changed:
+        raise ConfigError(
+            f"cannot change {', '.join(changed)} when resuming; start a new run instead"
+        )
+    return cfg
+
+
+def new_config(
+    config_file: str | Path | None, overrides: Mapping[str, Any], set_items: Iterable[str]
+) -> Config:
+    """A new run's config, with a random seed drawn when none is given and the actual worker
+    count recorded: the same seed and count reproduce the same bits anywhere."""
+    cfg = resolve_config(config_file, overrides, set_items)
+    if cfg.rng_seed is None:
+        cfg = cfg.with_seed(secrets.randbelow(2**31))
+    return replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers))
