@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench bench-scale clean
+.PHONY: setup demo test test-all lint bench bench-scale bench-quality clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
+
+# how well a model starts from a zero state: make bench-quality CHECKPOINT=runs/x/best.npz
+bench-quality: $(STAMP)
+	@test -n "$(CHECKPOINT)" || { echo "usage: make bench-quality CHECKPOINT=runs/x/best.npz"; exit 2; }
+	$(BIN)/python benchmarks/bench_quality.py $(CHECKPOINT) $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,10 +1,13 @@
 """PyTorch reference for the training-speed benchmark: the same model and training step as
 charrnn, written idiomatically in PyTorch on the CPU, timed in chars/s.
 
-Model: one-hot input -> nn.RNN (tanh, one layer) -> nn.Linear(H, V); cross-entropy averaged over
-all B*T characters; Adam (lr 2e-3); gradient norm clipped to 5; truncated BPTT with the hidden
-state carried between chunks and detached. nn.RNN has two bias vectors (b_ih, b_hh) where charrnn
-has one: H extra parameters, no measurable cost.
+Model: one-hot input -> nn.RNN (tanh), nn.LSTM or nn.GRU (`cell`, `num_layers` stacked) ->
+nn.Linear(H, V); cross-entropy averaged over all B*T characters; Adam (lr 2e-3); gradient norm
+clipped to 5; truncated BPTT with the hidden state (and the LSTM's cell state) carried between
+chunks and detached. torch's cells have two bias vectors (b_ih, b_hh) where charrnn has one:
+G H extra parameters per layer, no measurable cost; for the GRU, b_hn sits inside the reset
+gate's product, where charrnn has no bias (the same arithmetic otherwise: both apply the reset
+gate after the recurrent product).
 
 Batches: the ids are split into B contiguous streams of L = len(ids) // B chars; step k reads
 positions [c*T, (c+1)*T) of every stream (c = k mod number of whole chunks) and the next char as
@@ -14,7 +17,7 @@ Threads: torch is left at its default of one intra-op thread per core (2 on the 
 machine), as NumPy's BLAS is. torch is an optional benchmark dependency (pip install
 torch==2.13.0); importing this module does not need it.
 
-    python benchmarks/torch_reference.py --hidden 512 --batch 64 --seq-length 100 --steps 20
+    python benchmarks/torch_reference.py --cell lstm --hidden 512 --batch 64 --seq-length 100
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def torch_train_chars_per_sec(
     steps: int,
     warmup: int = 3,
     seed: int = 0,
+    cell: str = "rnn",
+    num_layers: int = 1,
 ) -> float:
     """Train the reference model for `warmup` + `steps` steps; return the steady-state speed,
     batch * seq_length * steps / seconds of the last `steps` steps. The timed loop is one-hot
@@ -76,26 +81,39 @@ def torch_train_chars_per_sec(
     x_np, y_np, period = stream_chunks(ids, batch, seq_length, warmup + steps)
     xs, ys = torch.from_numpy(x_np), torch.from_numpy(y_np)
 
-    rnn = nn.RNN(vocab_size, hidden, nonlinearity="tanh", batch_first=False)
+    if cell == "rnn":
+        rnn = nn.RNN(vocab_size, hidden, num_layers, nonlinearity="tanh", batch_first=False)
+    elif cell in ("lstm", "gru"):
+        rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(vocab_size, hidden, num_layers)
+    else:
+        raise ValueError(f"unknown cell {cell!r}: rnn, lstm or gru")
     head = nn.Linear(hidden, vocab_size)
     params = [*rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=2e-3)
-    h = torch.zeros(1, batch, hidden)
+
+    def zero_state():
+        h = torch.zeros(num_layers, batch, hidden)
+        return (h, torch.zeros_like(h)) if cell == "lstm" else h
+
+    state = zero_state()
 
     def train_step(k: int) -> None:
-        nonlocal h
+        nonlocal state
         chunk = k % period
         if chunk == 0:
-            h = torch.zeros(1, batch, hidden)
+            state = zero_state()
         x = F.one_hot(xs[chunk], vocab_size).to(torch.float32)  # (T, B, V)
-        out, h_next = rnn(x, h)
+        out, state_next = rnn(x, state)
         logits = head(out)
         loss = F.cross_entropy(logits.view(-1, vocab_size), ys[chunk].view(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         optimizer.step()
-        h = h_next.detach()
+        if cell == "lstm":
+            state = tuple(s.detach() for s in state_next)
+        else:
+            state = state_next.detach()
 
     for k in range(warmup):
         train_step(k)
@@ -118,6 +136,8 @@ def load_corpus(path: Path) -> tuple[np.ndarray, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="PyTorch reference training speed (chars/s).")
     parser.add_argument("--data", type=Path, default=DEFAULT_CORPUS, help="UTF-8 text corpus")
+    parser.add_argument("--cell", choices=("rnn", "lstm", "gru"), default="rnn")
+    parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-length", type=int, default=100)
@@ -127,11 +147,18 @@ def main() -> None:
     ids, vocab = load_corpus(args.data)
     torch = _import_torch()
     cps = torch_train_chars_per_sec(
-        ids, len(vocab), args.hidden, args.batch, args.seq_length, args.steps
+        ids,
+        len(vocab),
+        args.hidden,
+        args.batch,
+        args.seq_length,
+        args.steps,
+        cell=args.cell,
+        num_layers=args.num_layers,
     )
     print(
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) "
-        f"hidden={args.hidden} batch={args.batch} seq_length={args.seq_length} "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads) {args.cell} "
+        f"x{args.num_layers} hidden={args.hidden} batch={args.batch} seq_length={args.seq_length} "
         f"vocab={len(vocab)} steps={args.steps}: {cps:,.0f} chars/s"
     )
 

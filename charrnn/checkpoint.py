@@ -1,14 +1,19 @@
 """Checkpoints: one self-contained .npz file, written atomically and loaded without pickle.
 
-Arrays in a checkpoint (format_version 1):
-    Wxh (H, V), Whh (H, H), bh (H,), Why (V, H), by (V,)     the model, float32 or float64
+Arrays in a checkpoint (format_version 2; the README's "Checkpoint format" has the details):
+    Wxh, Whh, bh          layer 0's weights, gate blocks stacked in rows: (G H, V), (G H, H), (G H,)
+    Wxh_l, Whh_l, bh_l    layer l >= 1's: (G H, H), (G H, H), (G H,)
+    Why (V, H), by (V,)   the output layer; all weights float32 or all float64
+    cell (), num_layers ()  "rnn", "lstm" or "gru" (G = 1, 4, 3) and the number of layers
     vocab (V,)            the characters in id order, a unicode array (NUL is stored as "")
     config ()             the resolved training config, a JSON string
     format_version ()     int64
     step ()               int64, updates done
-    h_carry (B, H)        the hidden state carried into the next training chunk
+    h_carry (B, W)        the state carried into the next training chunk (model.zero_state)
     opt.<slot>.<param>    optimiser state (e.g. opt.m.Whh)
     train_state ()        JSON string: rng state, best validation loss, patience count, ...
+
+Format 1 (charrnn 0.1) had no `cell` and `num_layers`: a one-layer vanilla RNN, read as such.
 
 A save writes a temporary file in the same folder, fsyncs it and renames it over the target,
 so a reader sees either the old complete file or the new complete one.
@@ -24,9 +29,10 @@ import numpy as np
 
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.errors import CheckpointError
-from charrnn.model import PARAM_NAMES
+from charrnn.model import CELLS, Arch, architecture, param_shapes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BASE_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # in every checkpoint, of any format
 
 
 @dataclass
@@ -44,6 +50,9 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
     """Write ckpt to path atomically; on failure the previous file at path is untouched."""
     path = Path(path)
     arrays = dict(ckpt.params)
+    arch = architecture(ckpt.params)
+    arrays["cell"] = np.array(arch.cell)
+    arrays["num_layers"] = np.array(arch.num_layers, dtype=np.int64)
     arrays["vocab"] = np.array(ckpt.vocab if ckpt.vocab else [], dtype="<U1")
     arrays["config"] = np.array(json.dumps(ckpt.config))
     arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
@@ -158,7 +167,7 @@ def _valid_text(a: np.ndarray) -> bool:
 
 def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     where = f"checkpoint '{path}'"
-    missing = [n for n in (*PARAM_NAMES, "vocab", "config", "format_version") if n not in arrays]
+    missing = [n for n in (*BASE_NAMES, "vocab", "config", "format_version") if n not in arrays]
     if missing:
         raise CheckpointError(
             f"'{path}' is not a charrnn checkpoint: it has no "
@@ -186,25 +195,26 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     if not vocab or vocab != sorted(set(vocab)):
         raise _damaged(f"{where}: 'vocab' is empty or not sorted distinct characters")
 
-    params = {k: arrays[k] for k in PARAM_NAMES}
-    V = len(vocab)
-    Whh_shape = params["Whh"].shape
-    if len(Whh_shape) != 2 or Whh_shape[0] != Whh_shape[1] or Whh_shape[0] < 1:
-        raise _damaged(f"{where}: 'Whh' has shape {Whh_shape}, expected a square (H, H)")
-    H = Whh_shape[0]
-    want = {"Wxh": (H, V), "Whh": (H, H), "bh": (H,), "Why": (V, H), "by": (V,)}
+    arch = _architecture(arrays, version, len(vocab), where)
+    want = param_shapes(arch)
+    absent = [k for k in want if k not in arrays]
+    if absent:
+        raise _damaged(
+            f"{where}: a {arch.num_layers}-layer {arch.cell} needs '{absent[0]}', which is missing"
+        )
+    params = {k: arrays[k] for k in want}
     for k, shape in want.items():
         if params[k].shape != shape:
             raise _damaged(
-                f"{where}: '{k}' has shape {params[k].shape}, expected {shape} "
-                f"for hidden size {H} and {V} characters"
+                f"{where}: '{k}' has shape {params[k].shape}, expected {shape} for a "
+                f"{arch.cell} of hidden size {arch.hidden_size} and {arch.vocab_size} characters"
             )
-    dtypes = {params[k].dtype for k in PARAM_NAMES}
+    dtypes = {p.dtype for p in params.values()}
     dtype = dtypes.pop()
     if dtypes or dtype not in (np.float32, np.float64):
         raise _damaged(f"{where}: weights must all be float32 or all float64")
-    for k in PARAM_NAMES:
-        if not np.isfinite(params[k]).all():
+    for k, p in params.items():
+        if not np.isfinite(p).all():
             raise _damaged(f"{where}: '{k}' contains NaN or infinite values")
 
     try:
@@ -223,11 +233,12 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     if not 0 <= step < 2**62:
         raise _damaged(f"{where} has an invalid step {step}")
     h_carry = arrays.get("h_carry")
+    W = arch.state_width
     if h_carry is not None and (
-        h_carry.ndim != 2 or h_carry.shape[1] != H or h_carry.shape[0] < 1 or h_carry.dtype != dtype
+        h_carry.ndim != 2 or h_carry.shape[1] != W or h_carry.shape[0] < 1 or h_carry.dtype != dtype
     ):
         raise _damaged(
-            f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, expected {dtype} (B, {H})"
+            f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, expected {dtype} (B, {W})"
         )
     if h_carry is not None and not np.isfinite(h_carry).all():
         raise _damaged(f"{where}: 'h_carry' contains NaN or infinite values")
@@ -247,3 +258,21 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
         opt_state=opt_state,
         train_state=train_state,
     )
+
+
+def _architecture(arrays: dict, version: int, V: int, where: str) -> Arch:
+    """Cell, layers and sizes as the file declares them (format 1: a one-layer vanilla RNN)."""
+    cell, num_layers = "rnn", 1
+    if version >= 2:
+        for name in ("cell", "num_layers"):
+            if name not in arrays:
+                raise _damaged(f"{where}: format 2 needs '{name}', which is missing")
+        cell = _scalar(arrays, "cell", "U", where)
+        num_layers = _scalar(arrays, "num_layers", "iu", where)
+        if cell not in CELLS or not 1 <= num_layers <= 1024:
+            raise _damaged(f"{where}: unknown cell {cell[:20]!r} or bad num_layers {num_layers}")
+    Whh, G = arrays["Whh"].shape, Arch(cell, 1, 1, V).gates
+    if len(Whh) != 2 or Whh[-1] < 1 or Whh[0] != G * Whh[-1]:
+        want = "a square (H, H)" if G == 1 else f"({G} H, H)"
+        raise _damaged(f"{where}: 'Whh' has shape {Whh}, expected {want} for a {cell}")
+    return Arch(cell=cell, num_layers=int(num_layers), hidden_size=Whh[1], vocab_size=V)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from charrnn.data import DECODE_ERRORS, text_codec
 from charrnn.errors import ConfigError
 
 # ---- rules: one per field ----
@@ -34,26 +35,34 @@ class _Rule:
     none_ok: bool = False  # None is a valid value (rng_seed)
 
 
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+# keyword bound -> (how errors say it, the check)
+_BOUNDS = {
+    "gt": (">", operator.gt),
+    "ge": (">=", operator.ge),
+    "lt": ("<", operator.lt),
+    "le": ("<=", operator.le),
+}
 
 
-def _within(bounds: tuple[str, ...]) -> Callable[[Any], bool]:
-    """(">= 0", "< 1") -> a predicate that checks every bound."""
-    checks = [(_OPS[op], float(limit)) for op, limit in (b.split() for b in bounds)]
-    return lambda v: all(op(v, limit) for op, limit in checks)
+def _within(bounds: dict[str, float]) -> tuple[str, Callable[[Any], bool]]:
+    """{"ge": 0, "lt": 1} -> (">= 0 and < 1", a predicate that checks both)."""
+    said = " and ".join(f"{_BOUNDS[k][0]} {limit}" for k, limit in bounds.items())
+    return said, lambda v: all(_BOUNDS[k][1](v, limit) for k, limit in bounds.items())
 
 
 def _rule(default: Any, rule: _Rule) -> Any:
     return field(default=default, metadata={"rule": rule})
 
 
-def _integer(default: int | None, *bounds: str, none_ok: bool = False) -> Any:
-    expected = "an integer " + " and ".join(bounds) + (" or null" if none_ok else "")
-    return _rule(default, _Rule(int, expected, _within(bounds), none_ok))
+def _integer(default: int | None, *, none_ok: bool = False, **bounds: int) -> Any:
+    said, ok = _within(bounds)
+    expected = f"an integer {said}" + (" or null" if none_ok else "")
+    return _rule(default, _Rule(int, expected, ok, none_ok))
 
 
-def _number(default: float, *bounds: str) -> Any:
-    return _rule(default, _Rule(float, "a number " + " and ".join(bounds), _within(bounds)))
+def _number(default: float, **bounds: float) -> Any:
+    said, ok = _within(bounds)
+    return _rule(default, _Rule(float, f"a number {said}", ok))
 
 
 def _one_of(*choices: str) -> Any:
@@ -62,19 +71,9 @@ def _one_of(*choices: str) -> Any:
     return _rule(choices[0], rule)
 
 
-def _is_text_codec(name: str) -> bool:
-    """A codec that decodes bytes to str (codecs.lookup alone also accepts base64, zlib...)."""
-    try:
-        b"x".decode(name)  # b"" would skip the codec lookup
-    except LookupError:
-        return False
-    except UnicodeError:  # e.g. utf-16 needs two bytes: a text codec all the same
-        pass
-    return True
-
-
 def _codec(default: str) -> Any:
-    return _rule(default, _Rule(str, "a text encoding Python knows, such as utf-8", _is_text_codec))
+    expected = "a text encoding Python knows, such as utf-8"
+    return _rule(default, _Rule(str, expected, lambda v: text_codec(v) is not None))
 
 
 # ---- the config ----
@@ -85,42 +84,48 @@ class Config:
     """All settings of a training run. Build with `Config.from_dict` or `resolve_config`."""
 
     # model
-    hidden_size: int = _integer(128, ">= 1")  # hidden units H
-    seq_length: int = _integer(100, ">= 1")  # truncated-BPTT chunk length T
-    batch_size: int = _integer(32, ">= 1")  # parallel streams B
-    init_scale: float = _number(0.01, "> 0")  # std of the normal init of Wxh, Why
+    cell: str = _one_of("rnn", "lstm", "gru")  # the recurrent cell: vanilla tanh, LSTM or GRU
+    num_layers: int = _integer(1, ge=1)  # stacked recurrent layers
+    hidden_size: int = _integer(128, ge=1)  # hidden units H (per layer)
+    dropout: float = _number(0.0, ge=0, lt=1)  # on each layer's outputs in training
+    seq_length: int = _integer(100, ge=1)  # truncated-BPTT chunk length T
+    batch_size: int = _integer(32, ge=1)  # parallel streams B
+    init_scale: float = _number(0.01, gt=0)  # std of the normal init of Wxh, Why
     dtype: str = _one_of("float32", "float64")
-    workers: int = _integer(0, ">= 0")  # threads sharing a step's streams; 0 = one per core
+    workers: int = _integer(0, ge=0)  # threads sharing a step's streams; 0 = one per core
     # optimizer
-    learning_rate: float = _number(2e-3, "> 0")
+    learning_rate: float = _number(2e-3, gt=0)
     optimizer: str = _one_of("adam", "rmsprop", "adagrad", "sgd")
-    momentum: float = _number(0.9, ">= 0", "< 1")  # sgd
-    beta1: float = _number(0.9, ">= 0", "< 1")  # adam
-    beta2: float = _number(0.999, ">= 0", "< 1")  # adam
-    rmsprop_decay: float = _number(0.99, ">= 0", "< 1")
-    eps: float = _number(1e-8, "> 0")
+    momentum: float = _number(0.9, ge=0, lt=1)  # sgd
+    beta1: float = _number(0.9, ge=0, lt=1)  # adam
+    beta2: float = _number(0.999, ge=0, lt=1)  # adam
+    rmsprop_decay: float = _number(0.99, ge=0, lt=1)
+    eps: float = _number(1e-8, gt=0)
     lr_decay: str = _one_of("none", "step", "exponential")
-    lr_decay_rate: float = _number(0.5, "> 0", "<= 1")
-    lr_decay_steps: int = _integer(1000, ">= 1")  # step: every N steps; exponential: rate**(s/N)
-    grad_clip: float = _number(5.0, ">= 0")  # 0 = no clipping
+    lr_decay_rate: float = _number(0.5, gt=0, le=1)
+    lr_decay_steps: int = _integer(1000, ge=1)  # step: every N steps; exponential: rate**(s/N)
+    grad_clip: float = _number(5.0, ge=0)  # 0 = no clipping
     clip_mode: str = _one_of("norm", "value")
     # when to stop (0 = no limit)
-    max_steps: int = _integer(2000, ">= 0")
-    max_epochs: float = _number(0.0, ">= 0")  # a float so 0.5 epochs works
-    max_time: float = _number(0.0, ">= 0")  # seconds
-    patience: int = _integer(0, ">= 0")  # validations without improvement; 0 = off
+    max_steps: int = _integer(2000, ge=0)
+    max_epochs: float = _number(0.0, ge=0)  # a float so 0.5 epochs works
+    max_time: float = _number(0.0, ge=0)  # seconds
+    patience: int = _integer(0, ge=0)  # validations without improvement; 0 = off
     # what to do along the way (0 = never)
-    eval_every: int = _integer(200, ">= 0")
-    sample_every: int = _integer(0, ">= 0")
-    sample_length: int = _integer(200, ">= 1")
-    checkpoint_every: int = _integer(200, ">= 1")
+    eval_every: int = _integer(200, ge=0)
+    sample_every: int = _integer(0, ge=0)
+    sample_length: int = _integer(200, ge=1)
+    checkpoint_every: int = _integer(200, ge=1)
+    # a stream's carried state is zeroed with this probability before each chunk, so that the
+    # model learns to start well from a zero state, as sample and eval do
+    reset_prob: float = _number(0.0, ge=0, le=1)
     # randomness
-    rng_seed: int | None = _integer(None, ">= 0", none_ok=True)  # None = pick one at random
+    rng_seed: int | None = _integer(None, ge=0, none_ok=True)  # None = pick one at random
     # data
-    val_fraction: float = _number(0.05, ">= 0", "< 1")
-    val_max_chars: int = _integer(1_000_000, ">= 1")
+    val_fraction: float = _number(0.05, ge=0, lt=1)
+    val_max_chars: int = _integer(1_000_000, ge=1)
     encoding: str = _codec("utf-8")
-    decode_errors: str = _one_of("strict", "replace")
+    decode_errors: str = _one_of(*DECODE_ERRORS)
 
     def __post_init__(self) -> None:
         for f in fields(self):

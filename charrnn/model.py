@@ -1,25 +1,130 @@
-"""The vanilla tanh RNN: parameters, forward pass, backward pass (BPTT) and one-step inference.
+"""The network: stacked recurrent layers, dropout between them, the output layer and the loss;
+its forward pass, backward pass (BPTT) and one-step inference.
 
 Everything here is plain functions over a dict of named arrays, in the column-vector convention
-of the equations in the README:
+of the equations in the README. For the one-layer vanilla RNN, the default:
 
-    h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)        Wxh (H, V), Whh (H, H), bh (H,)
+    a_t = Wxh x_t + Whh h_{t-1} + bh              Wxh (H, V), Whh (H, H), bh (H,)
+    h_t = tanh(a_t)
     y_t = Why h_t + by                            Why (V, H), by (V,)
     p_t = softmax(y_t)
     loss = -(1/N) sum_t log p_t[target_t]         mean over all N = T * B characters
 
+Each layer's recurrence is a cell (charrnn/cells: rnn, lstm, gru) with G gate blocks stacked in
+the rows of its weights. Layer 0 reads the characters and is named `Wxh` (G H, V), `Whh`
+(G H, H), `bh` (G H,); layer l >= 1 reads layer l - 1's outputs and is named `Wxh_l` (G H, H),
+`Whh_l`, `bh_l`; the output layer reads the top layer's. With dropout, each layer's output h_t
+is multiplied by a keep mask (0 or 1 / (1 - p), drawn by the caller) before the layer above and
+the output layer read it.
+
 A batch holds B streams side by side, so hidden states are rows: `h` has shape (B, H) and the
 products above are computed as `h @ Whh.T`. Inputs are character ids, never one-hot matrices:
-`Wxh x_t` for a one-hot `x_t` is column `x_t` of `Wxh`, a lookup.
+`Wxh x_t` for a one-hot `x_t` is column `x_t` of `Wxh`, a lookup. The state the network
+carries from one chunk to the next is one array (B, W), W = L S H: the S states (h, and c for
+the LSTM) of each of the L layers side by side, so splitting, resetting and saving it are
+operations on rows.
 
 Optimisers, clipping, data and checkpoints live in other modules.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
+from charrnn.cells import CELLS as _CELL_MODULES
+
+CELLS = ("rnn", "lstm", "gru")
+PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # the one-layer vanilla RNN's, in order
+
+
+# ---- architecture: what the arrays of a model are called and how big they are ----
+
+
+@dataclass(frozen=True)
+class Arch:
+    cell: str  # one of CELLS
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+
+    @property
+    def gates(self) -> int:
+        return _CELL_MODULES[self.cell].GATES
+
+    @property
+    def states(self) -> int:
+        return _CELL_MODULES[self.cell].STATES
+
+    @property
+    def state_width(self) -> int:
+        """Columns W of the carried state (B, W): L layers of S states of H units."""
+        return self.num_layers * self.states * self.hidden_size
+
+
+def layer_names(layer: int) -> tuple[str, str, str]:
+    """Names of layer l's (Wxh, Whh, bh): bare for layer 0, suffixed `_l` above it."""
+    suffix = f"_{layer}" if layer else ""
+    return f"Wxh{suffix}", f"Whh{suffix}", f"bh{suffix}"
+
+
+def param_names(arch: Arch) -> tuple[str, ...]:
+    """Every array of the model, layer by layer from the bottom, then Why, by."""
+    layers = (name for layer in range(arch.num_layers) for name in layer_names(layer))
+    return (*layers, "Why", "by")
+
+
+def param_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every array of a model of this architecture."""
+    GH, H, V = arch.gates * arch.hidden_size, arch.hidden_size, arch.vocab_size
+    shapes = {}
+    for layer in range(arch.num_layers):
+        Wxh, Whh, bh = layer_names(layer)
+        shapes[Wxh] = (GH, V if layer == 0 else H)
+        shapes[Whh] = (GH, H)
+        shapes[bh] = (GH,)
+    shapes["Why"], shapes["by"] = (V, H), (V,)
+    return shapes
+
+
+def architecture(params: dict) -> Arch:
+    """The architecture the arrays describe; ValueError saying what is wrong if they do not
+    describe one: the cell from the gate blocks of Whh (G H, H), the layers from the names."""
+    for name in ("Whh", "Why"):
+        if name not in params:
+            raise ValueError(f"the model has no '{name}' array")
+    Whh, Why = np.shape(params["Whh"]), np.shape(params["Why"])
+    by_gates = {_CELL_MODULES[c].GATES: c for c in CELLS}
+    if len(Whh) != 2 or Whh[1] < 1 or Whh[0] % Whh[1] or Whh[0] // Whh[1] not in by_gates:
+        raise ValueError(
+            f"'Whh' has shape {Whh}, expected (G H, H) with G gate blocks: "
+            + ", ".join(f"{g} for {c}" for g, c in sorted(by_gates.items()))
+        )
+    if len(Why) != 2:
+        raise ValueError(f"'Why' has shape {Why}, expected (V, H)")
+    num_layers = 1
+    while f"Whh_{num_layers}" in params:
+        num_layers += 1
+    arch = Arch(by_gates[Whh[0] // Whh[1]], num_layers, Whh[1], Why[0])
+    expected = param_shapes(arch)
+    described = f"a {num_layers}-layer {arch.cell} of hidden size {arch.hidden_size}"
+    missing = [k for k in expected if k not in params]
+    extra = sorted(k for k in params if k not in expected)
+    problems = [
+        f"{what} {', '.join(names)}"
+        for what, names in (("missing", missing), ("unexpected", extra))
+        if names
+    ]
+    if problems:
+        raise ValueError(f"the arrays do not form {described}: {'; '.join(problems)}")
+    for name, shape in expected.items():
+        if np.shape(params[name]) != shape:
+            raise ValueError(
+                f"'{name}' has shape {np.shape(params[name])}, expected {shape} for {described} "
+                f"over {arch.vocab_size} characters"
+            )
+    return arch
 
 
 def init_params(
@@ -28,24 +133,47 @@ def init_params(
     rng: np.random.Generator,
     dtype=np.float32,
     init_scale: float = 0.01,
+    cell: str = "rnn",
+    num_layers: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Small random input/output weights, an orthogonal recurrent matrix, zero biases.
-
-    An orthogonal Whh keeps every singular value at 1, so at the start a hidden state neither
-    explodes nor vanishes as it is multiplied by Whh step after step; gradients flowing back
-    through time start out well scaled too.
-    """
+    """Each layer as its cell initialises it (orthogonal Whh blocks, small Wxh, zero biases but
+    the LSTM's forget gate), then small Why, zero by; drawn from rng in that order. For the
+    one-layer rnn the draws are the same as they always were: Whh, Wxh, Why."""
+    if cell not in CELLS or num_layers < 1:
+        raise ValueError(f"need a cell in {CELLS} and num_layers >= 1")
     V, H = vocab_size, hidden_size
-    q, r = np.linalg.qr(rng.standard_normal((H, H)))
-    q *= np.sign(np.diag(r))  # makes the draw uniform over orthogonal matrices
-    params = {
-        "Wxh": rng.standard_normal((H, V)) * init_scale,  # (H, V)
-        "Whh": q,  # (H, H)
-        "bh": np.zeros(H),  # (H,)
-        "Why": rng.standard_normal((V, H)) * init_scale,  # (V, H)
-        "by": np.zeros(V),  # (V,)
-    }
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    params = {}
+    for layer in range(num_layers):
+        w = _CELL_MODULES[cell].init_layer(V if layer == 0 else H, H, rng, dtype, init_scale)
+        Wxh, Whh, bh = layer_names(layer)
+        params[Wxh], params[Whh], params[bh] = w["Wxh"], w["Whh"], w["bh"]
+    params["Why"] = np.ascontiguousarray(rng.standard_normal((V, H)) * init_scale, dtype=dtype)
+    params["by"] = np.zeros(V, dtype=dtype)  # (V,)
+    return params
+
+
+def zero_state(params_or_arch, batch: int, dtype=None) -> np.ndarray:
+    """The carried state (batch, W) of zeros, in dtype or the params' (float32 for an Arch)."""
+    if isinstance(params_or_arch, Arch):
+        arch, default = params_or_arch, np.float32
+    else:
+        arch, default = architecture(params_or_arch), params_or_arch["Whh"].dtype
+    return np.zeros((batch, arch.state_width), dtype=dtype or default)
+
+
+def _state_columns(arch: Arch, layer: int, k: int) -> slice:
+    """Columns of layer l's k-th state (0 h, 1 c) in the carried state (B, W)."""
+    start = (layer * arch.states + k) * arch.hidden_size
+    return slice(start, start + arch.hidden_size)
+
+
+def top_output(params: dict, state: np.ndarray) -> np.ndarray:
+    """The top layer's h (B, H) in a carried state (B, W): what the output layer reads next."""
+    arch = architecture(params)
+    return state[:, _state_columns(arch, arch.num_layers - 1, 0)]
+
+
+# ---- buffers ----
 
 
 class Workspace:
@@ -73,28 +201,71 @@ class _Fresh:
         return np.empty(shape, dtype)
 
 
-def run_recurrence(params: dict, X: np.ndarray, h0: np.ndarray, ws=_Fresh):
-    """Hidden states for inputs X (T, B) of ids from h0 (B, H): hs (T + 1, B, H) with hs[0] = h0.
+class _Scoped:
+    """One layer's view of a workspace: its buffer `hs` is the workspace's `2.hs`."""
 
-    The input term `Wxh x_t + bh` does not depend on the recurrence, so it is gathered for all
-    T * B positions at once; the loop does only the (B, H) x (H, H) product, an add and the tanh.
-    """
+    def __init__(self, ws, layer: int):
+        self.ws, self.prefix = ws, f"{layer}."
+
+    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        return self.ws.get(self.prefix + name, shape, dtype)
+
+
+# ---- forward ----
+
+
+@dataclass
+class _Layer:
+    """What one layer's forward leaves for its backward."""
+
+    ws: _Scoped
+    x_in: np.ndarray | None  # (T, B, H) the layer's input for l >= 1 (layer 0 reads X)
+    hs: np.ndarray  # (T + 1, B, H) its hidden states, hs[0] = h_0
+    out: np.ndarray  # (T, B, H) what the layer above reads: hs[1:], after dropout
+    cell_cache: object
+
+
+def _layers(params: dict, arch: Arch, X: np.ndarray, state0: np.ndarray, ws, keep):
+    """Every layer's forward over ids X (T, B): ([_Layer] bottom to top, state_last (B, W))."""
     T, B = X.shape
-    Whh = params["Whh"]
-    H, dtype = Whh.shape[0], Whh.dtype
-    Whh_T = Whh.T  # a view: BLAS reads it transposed, nothing is copied
-    hs = ws.get("hs", (T + 1, B, H), dtype)  # (T + 1, B, H)
-    rec = ws.get("rec", (B, H), dtype)  # (B, H) scratch for Whh h_{t-1}
-    hs[0] = h0
-    # row c of the table is Wxh x + bh for character c: the input term is a lookup
-    table = params["Wxh"].T + params["bh"]  # (V, H)
-    np.take(table, X, axis=0, out=hs[1:], mode="clip")  # (T, B, H): Wxh x_t + bh
-    for t in range(T):
-        h = hs[t + 1]
-        np.matmul(hs[t], Whh_T, out=rec)  # Whh h_{t-1}, for the B rows at once
-        h += rec
-        np.tanh(h, out=h)  # h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)
-    return hs
+    cell = _CELL_MODULES[arch.cell]
+    GH, dtype = arch.gates * arch.hidden_size, params["Whh"].dtype
+    state_last = np.empty((B, arch.state_width), dtype)  # (B, W)
+    layers: list[_Layer] = []
+    x_in = None
+    for layer in range(arch.num_layers):
+        Wxh, Whh, bh = (params[k] for k in layer_names(layer))
+        lws = _Scoped(ws, layer)
+        ax = lws.get("ax", (T, B, GH), dtype)  # (T, B, G H): Wxh x_t + bh for every position
+        if layer == 0:
+            # row c of the table is Wxh x + bh for character c: the input term is a lookup
+            table = Wxh.T + bh  # (V, G H)
+            np.take(table, X, axis=0, out=ax, mode="clip")
+        else:
+            np.matmul(x_in.reshape(T * B, arch.hidden_size), Wxh.T, out=ax.reshape(T * B, GH))
+            ax += bh
+        s0 = tuple(state0[:, _state_columns(arch, layer, k)] for k in range(cell.STATES))
+        hs, s_last, cell_cache = cell.forward(Whh, ax, s0, lws)
+        for k, s in enumerate(s_last):
+            state_last[:, _state_columns(arch, layer, k)] = s
+        out = hs[1:]  # (T, B, H)
+        if keep is not None:  # inverted dropout on what the layer above reads
+            out = np.multiply(out, keep[layer], out=lws.get("out", (T, B, arch.hidden_size), dtype))
+        layers.append(_Layer(lws, x_in, hs, out, cell_cache))
+        x_in = out
+    return layers, state_last
+
+
+def run(params: dict, X: np.ndarray, state0: np.ndarray, ws=_Fresh):
+    """Inference over ids X (T, B) from state0 (B, W), no dropout: (hs, state_last), hs
+    (T + 1, B, H) the top layer's outputs with hs[0] its h_0, state_last a new (B, W) array."""
+    layers, state_last = _layers(params, architecture(params), X, state0, ws, None)
+    return layers[-1].hs, state_last
+
+
+def run_recurrence(params: dict, X: np.ndarray, h0: np.ndarray, ws=_Fresh) -> np.ndarray:
+    """`run`'s hs alone; for a one-layer rnn, hs[T] is also the state to carry on with."""
+    return run(params, X, h0, ws)[0]
 
 
 def log_softmax_loss(params: dict, H_flat: np.ndarray, y: np.ndarray, ws=_Fresh):
@@ -116,63 +287,69 @@ def log_softmax_loss(params: dict, H_flat: np.ndarray, y: np.ndarray, ws=_Fresh)
     return float(losses.mean(dtype=np.float64)), probs, losses
 
 
-def forward(params: dict, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws=_Fresh):
-    """Loss of one chunk: X, Y (T, B) input and target ids, h0 (B, H) the carried state.
+def forward(params: dict, X: np.ndarray, Y: np.ndarray, state0: np.ndarray, ws=_Fresh, keep=None):
+    """Loss of one chunk: X, Y (T, B) input and target ids, state0 (B, W) the carried state,
+    keep None or the dropout masks (L, T, B, H) for each layer's output.
 
-    Returns (loss, cache, h_last); `cache` holds what `backward` needs.
+    Returns (loss, cache, state_last); `cache` holds what `backward` needs.
     """
+    arch = architecture(params)
     T, B = X.shape
-    hs = run_recurrence(params, X, h0, ws)  # (T + 1, B, H)
-    H_flat = hs[1:].reshape(T * B, -1)  # (N, H)
-    loss, probs, _ = log_softmax_loss(params, H_flat, Y.reshape(-1), ws)
-    cache = {"X": X, "Y": Y, "hs": hs, "probs": probs, "ws": ws}
-    return loss, cache, hs[T].copy()
+    layers, state_last = _layers(params, arch, X, state0, ws, keep)
+    top = layers[-1].out.reshape(T * B, -1)  # (N, H)
+    loss, probs, _ = log_softmax_loss(params, top, Y.reshape(-1), ws)
+    cache = {"arch": arch, "X": X, "Y": Y, "keep": keep, "layers": layers, "probs": probs}
+    return loss, cache, state_last
+
+
+# ---- backward ----
 
 
 def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
     """Backpropagation through time over the chunk; returns grads with the keys of params.
 
     Consumes the cache (its `probs` buffer is reused for dlogits). The output layer's gradients
-    and dWhh, dbh, dWxh are computed over all T * B positions at once; only
-    `dh_{t-1} = Whh^T dpre_t` stays inside the time loop.
+    and each layer's dWhh, dbh, dWxh and gradient to the layer below are computed over all
+    T * B positions at once; only the recurrence's own backward (the cell's) loops over time.
     """
-    X, Y, hs, dlogits, ws = cache["X"], cache["Y"], cache["hs"], cache["probs"], cache["ws"]
+    arch, X, Y, keep, layers = (cache[k] for k in ("arch", "X", "Y", "keep", "layers"))
+    dlogits = cache["probs"]  # (N, V)
     T, B = X.shape
-    N = T * B
-    Whh, Why = params["Whh"], params["Why"]
-    H, dtype = Whh.shape[0], Whh.dtype
-    H_flat = hs[1:].reshape(N, H)  # (N, H)
+    N, H, GH = T * B, arch.hidden_size, arch.gates * arch.hidden_size
+    cell = _CELL_MODULES[arch.cell]
+    grads = {}
 
     # loss = -(1/N) sum log p[target]  =>  dloss/dy_t = (p_t - onehot(target_t)) / N
-    dlogits[np.arange(N), Y.reshape(-1)] -= 1.0  # (N, V)
+    dlogits[np.arange(N), Y.reshape(-1)] -= 1.0
     dlogits *= 1.0 / N
-    dWhy = dlogits.T @ H_flat  # (V, H)
-    dby = dlogits.sum(axis=0)  # (V,)
+    grads["Why"] = dlogits.T @ layers[-1].out.reshape(N, H)  # (V, H): sum_t dy_t h_t^T
+    grads["by"] = dlogits.sum(axis=0)  # (V,)
 
-    # dh_t = Why^T dy_t + dh_next;  dpre_t = (1 - h_t^2) * dh_t;  dh_next = Whh^T dpre_t
-    dpre = ws.get("dpre", (T, B, H), dtype)  # (T, B, H)
-    np.matmul(dlogits, Why, out=dpre.reshape(N, H))  # starts as Why^T dy_t
-    dtanh = ws.get("dtanh", (T, B, H), dtype)  # (T, B, H)
-    np.multiply(hs[1:], hs[1:], out=dtanh)
-    np.subtract(1.0, dtanh, out=dtanh)  # tanh'(pre_t) = 1 - h_t^2
-    rec = ws.get("rec", (B, H), dtype)  # (B, H) scratch for Whh^T dpre_t
-    for t in range(T - 1, -1, -1):
-        d = dpre[t]  # (B, H): holds dh_t once the step after it has added dh_next
-        d *= dtanh[t]  # dpre_t
-        if t > 0:
-            np.matmul(d, Whh, out=rec)  # Whh^T dpre_t, as rows
-            dpre[t - 1] += rec  # dh_next for step t - 1
-
-    dpre_flat = dpre.reshape(N, H)  # (N, H)
-    H_prev = hs[:-1].reshape(N, H)  # (N, H): h_{t-1} for every position
-    dWhh = dpre_flat.T @ H_prev  # (H, H): sum_t dpre_t h_{t-1}^T
-    dbh = dpre_flat.sum(axis=0)  # (H,)
-    dWxh = input_grad(dpre_flat, X.reshape(-1), params["Wxh"].shape[1], ws)  # (H, V)
-    return {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby}
+    # dh_t from above for the top layer: Why^T dy_t
+    dout = layers[-1].ws.get("dhs", (T, B, H), dlogits.dtype)  # (T, B, H)
+    np.matmul(dlogits, params["Why"], out=dout.reshape(N, H))
+    for layer in range(arch.num_layers - 1, -1, -1):
+        lay = layers[layer]
+        Wxh, Whh, bh = layer_names(layer)
+        dhs = dout  # (T, B, H): dloss/d(out_t), then dloss/dh_t
+        if keep is not None:
+            dhs *= keep[layer]  # out_t = keep ⊙ h_t
+        dax, dah = cell.backward(params[Whh], lay.cell_cache, dhs, lay.ws)  # (T, B, G H) each
+        dax_flat = dax.reshape(N, GH)  # (N, G H)
+        H_prev = lay.hs[:-1].reshape(N, H)  # (N, H): h_{t-1} for every position
+        grads[Whh] = dah.reshape(N, GH).T @ H_prev  # (G H, H): sum_t dah_t h_{t-1}^T
+        grads[bh] = dax_flat.sum(axis=0)  # (G H,)
+        if layer == 0:
+            grads[Wxh] = input_grad(dax_flat, X.reshape(-1), arch.vocab_size, lay.ws)
+        else:
+            grads[Wxh] = dax_flat.T @ lay.x_in.reshape(N, H)  # (G H, H): sum_t dax_t x_t^T
+            dout = layers[layer - 1].ws.get("dhs", (T, B, H), dlogits.dtype)
+            np.matmul(dax_flat, params[Wxh], out=dout.reshape(N, H))  # Wxh^T dax_t
+    return grads
 
 
 def input_grad(dpre_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) -> np.ndarray:
-    """dWxh (H, V) = sum over positions of dpre_t x_t^T: add each row of dpre into column x_t.
+    """dWxh (G H, V) = sum over positions of dax_t x_t^T: add each row of dax into column x_t.
 
     Written as one product with the (N, V) one-hot matrix of the inputs: a GEMM is many times
     faster than a scatter-add (np.add.at) or a sort and reduceat.
@@ -181,7 +358,33 @@ def input_grad(dpre_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh)
     onehot = ws.get("onehot", (N, vocab_size), dpre_flat.dtype)  # (N, V)
     onehot.fill(0)
     onehot[np.arange(N), x] = 1.0
-    return dpre_flat.T @ onehot  # (H, V)
+    return dpre_flat.T @ onehot  # (G H, V)
+
+
+# ---- one step, for sampling ----
+
+
+def step(params: dict, ids: np.ndarray, state: np.ndarray):
+    """One character for M streams: ids (M,), state (M, W) -> (h_top (M, H), new_state (M, W))."""
+    arch = architecture(params)
+    cell = _CELL_MODULES[arch.cell]
+    new_state = np.empty_like(state)  # (M, W)
+    x = None
+    for layer in range(arch.num_layers):
+        Wxh, Whh, bh = (params[k] for k in layer_names(layer))
+        if layer == 0:
+            ax_t = Wxh[:, ids].T + bh  # (M, G H): column x_t of Wxh, a lookup
+        else:
+            ax_t = x @ Wxh.T + bh  # (M, G H)
+        s = tuple(state[:, _state_columns(arch, layer, k)] for k in range(cell.STATES))
+        s = cell.step(Whh, ax_t, s)
+        for k, s_k in enumerate(s):
+            new_state[:, _state_columns(arch, layer, k)] = s_k
+        x = s[0]
+    return x, new_state
+
+
+# ---- validation loss (moving to evaluate.py) ----
 
 
 def chunked_loss(
@@ -191,37 +394,27 @@ def chunked_loss(
 
     Stream s scores positions [s L, (s + 1) L). Stream 0 starts from a zero state, like
     `charrnn eval`; every other stream first reads the `burn_in` characters before its part,
-    unscored, so that it starts with the state the text before it gives. Without that, each
-    stream would begin from a zero state the model never sees in training (training carries its
-    states), and the first characters after such a start are scored badly. The result is then
-    close to the exact single-stream pass of `charrnn eval` at a fraction of its time: used for
-    validation during training. Returns (loss, chars_scored).
-
-    A model trained with carried states can also, from a zero state at an unlucky place, fall
-    into a regime it never leaves (seen on one stream in 64 of a 10-minute Shakespeare model);
-    fewer zero starts make that rarer, none of them rules it out, and `eval` shares the risk.
+    unscored, so that it starts with the state the text before it gives. Returns
+    (loss, chars_scored).
     """
     n = len(ids) - 1
     S = max(1, min(n_streams, n // chunk))
     L = n // S
     if L < 1:
         raise ValueError("need at least two characters to score")
-    H = params["Whh"].shape[0]
     starts = np.arange(S) * L  # (S,) first scored position of each stream
-    h = np.zeros((S, H), dtype=params["Whh"].dtype)  # (S, H)
+    state = zero_state(params, S)  # (S, W)
     warm = min(burn_in, L)  # streams 1.. read [start - warm, start) first
     for p in range(0, warm, chunk):
         T = min(chunk, warm - p)
         idx = starts[None, 1:] - warm + p + np.arange(T)[:, None]  # (T, S - 1)
-        h[1:] = run_recurrence(params, np.asarray(ids[idx], dtype=np.intp), h[1:])[T]
+        state[1:] = run(params, np.asarray(ids[idx], dtype=np.intp), state[1:])[1]
     total = 0.0
     for p in range(0, L, chunk):
         T = min(chunk, L - p)
         idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S)
-        hs = run_recurrence(params, np.asarray(ids[idx], dtype=np.intp), h)
-        _, _, losses = log_softmax_loss(
-            params, hs[1:].reshape(T * S, H), np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)
-        )
+        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S, H)
+        targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)
+        _, _, losses = log_softmax_loss(params, hs[1:].reshape(T * S, -1), targets)
         total += float(losses.sum(dtype=np.float64))
-        h = hs[T]
     return total / (S * L), S * L

@@ -1,13 +1,16 @@
 """Generating text: warm the hidden state on a prime text, then draw one character per step.
 
-Several samples are drawn together as one batch: their hidden states are the rows of one
-(M, H) matrix, so M samples cost one (M, H) x (H, H + V) product per character, not M loops.
+Several samples are drawn together as one batch: their states are the rows of one (M, W)
+matrix, so M samples cost one (M, H) x (H, G H) product per layer and one (M, H) x (H, V) output
+product per character, not M loops.
 
 Drawing uses the Gumbel-max trick: argmax(logits + g) with g = -log(-log(u)) for uniform u is
 an exact draw from softmax(logits). The noise is drawn from the Generator in large blocks,
 before the steps that use it, so a step makes no RNG call and needs no exp, no normalisation
 and no cumulative sum: one add and one argmax. Temperature is folded into a scaled copy of
 Why and by, made once; top-k and top-p set the logits they exclude to -inf before the argmax.
+The recurrence itself is `model.run` (the prime) and `model.step` (each drawn character), the
+same for every cell.
 
 Reading checkpoints and printing are left to the CLI; encoding text to ids to `data`.
 """
@@ -21,10 +24,10 @@ import numpy as np
 
 from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
-from charrnn.model import Workspace, run_recurrence
+from charrnn.model import Workspace, run, step, top_output, zero_state
 from charrnn.parallel import blas_threads
 
-WARM_BLOCK = 4096  # prime characters per run_recurrence call: bounds memory for long primes
+WARM_BLOCK = 4096  # prime characters per model.run call: bounds memory for long primes
 NOISE_BLOCK = 1 << 18  # Gumbel values drawn per RNG call (steps * M * V): 1 MB in float32
 FLUSH_EVERY = 64  # streamed output is flushed at each newline and at least every 64 chars
 
@@ -52,14 +55,13 @@ def show_chars(chars: list[str], limit: int = 20) -> str:
 
 
 def warm_state(params: dict, prime_ids: np.ndarray, num_samples: int = 1) -> np.ndarray:
-    """Hidden state (M, H) after reading prime_ids from a zero state (zeros if prime is empty)."""
-    H = params["Whh"].shape[0]
-    h = np.zeros((1, H), dtype=params["Whh"].dtype)  # (1, H)
+    """The state (M, W) after reading prime_ids from a zero state (zeros if prime is empty)."""
+    state = zero_state(params, 1)  # (1, W)
     prime = np.asarray(prime_ids, dtype=np.intp)
-    ws = Workspace()  # one (block + 1, 1, H) buffer for every block of a long prime
+    ws = Workspace()  # one set of buffers for every block of a long prime
     for start in range(0, len(prime), WARM_BLOCK):
-        h = run_recurrence(params, prime[start : start + WARM_BLOCK, None], h, ws)[-1].copy()
-    return np.repeat(h, num_samples, axis=0)
+        state = run(params, prime[start : start + WARM_BLOCK, None], state, ws)[1]
+    return np.repeat(state, num_samples, axis=0)
 
 
 def generate(
@@ -87,28 +89,25 @@ def generate(
     if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
         raise ValueError("need top_k >= 1 and 0 < top_p <= 1")
     rng = np.random.default_rng(rng)
-    Whh, Why = params["Whh"], params["Why"]
-    (V, H), M, dtype = Why.shape, num_samples, Whh.dtype
+    Why = params["Why"]
+    V, M, dtype = Why.shape[0], num_samples, Why.dtype
     greedy = argmax or top_k == 1
     scale = 1.0 if greedy else 1.0 / temperature
     top_k = None if top_k is None or top_k >= V else top_k
     top_p = None if top_p is None or top_p >= 1.0 else top_p
 
-    # One product per step gives both Whh h (for the next state) and Why h / T (the logits).
-    W = np.concatenate([Whh, Why * scale]).astype(dtype, copy=False)  # (H + V, H)
-    W_T = W.T  # a view: BLAS reads it transposed
+    Why_T = (Why * scale).astype(dtype, copy=False).T  # (H, V): Why / T, read transposed
     by = (params["by"] * scale).astype(dtype, copy=False)  # (V,)
-    emb = (params["Wxh"].T + params["bh"]).astype(dtype)  # (V, H): Wxh x + bh for each char
-    h = warm_state(params, prime_ids, M)  # (M, H)
-    out = np.empty((M, H + V), dtype=dtype)  # (M, H + V)
-    pre, logits = out[:, :H], out[:, H:]  # Whh h_t (M, H) and Why h_t / T (M, V), views
+    state = warm_state(params, prime_ids, M)  # (M, W)
+    h = top_output(params, state)  # (M, H): the top layer's h_t, read by the output layer
+    logits = np.empty((M, V), dtype=dtype)  # (M, V): Why h_t / T
     scores = np.empty((M, V), dtype=dtype)  # (M, V)
     block = max(1, NOISE_BLOCK // (M * V))  # steps of noise per RNG call
     noise = scores[None]  # replaced at step 0 of every block
 
     with blas_threads(1):  # small products: a second BLAS thread costs more than it gives
         for i in range(length):
-            np.matmul(h, W_T, out=out)
+            np.matmul(h, Why_T, out=logits)
             if greedy:
                 np.add(logits, by, out=scores)
             else:
@@ -121,8 +120,7 @@ def generate(
             ids = scores.argmax(axis=1)  # (M,)
             yield ids
             if i + 1 < length:
-                pre += emb[ids[0]] if M == 1 else emb[ids]  # + Wxh x_t + bh (one: a view)
-                np.tanh(pre, out=h)  # h_{t+1} = tanh(Whh h_t + Wxh x_t + bh)
+                h, state = step(params, ids, state)  # h_{t+1} from x_t = ids and the state
 
 
 def gumbel(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:

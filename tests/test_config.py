@@ -53,7 +53,7 @@ def test_to_dict_is_plain_json_and_yaml_round_trips():
     cfg = Config(hidden_size=64, rng_seed=7, eps=1e-6)
     assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     text = config_to_yaml(cfg)
-    assert text.splitlines()[0] == "hidden_size: 64"  # field order, not sorted
+    assert text.splitlines()[0] == "cell: rnn"  # field order, not sorted
     assert Config.from_dict(yaml.safe_load(text)) == cfg
 
 
