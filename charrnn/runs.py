@@ -1,20 +1,28 @@
-"""Run directories: naming a new one, finding the latest, and locking one while it is trained.
+"""Run directories: naming a new one, choosing the checkpoint that sample, eval and
+`charrnn.load` use, locking one while it is trained, and never replacing one by accident.
 
 A run directory holds config.yaml, metrics.jsonl, last.npz, best.npz and a `.lock` file. The
 lock is an flock on that file: the kernel drops it when the process dies, even by SIGKILL, so a
-killed run never leaves a directory locked.
+killed run never leaves a directory locked. A folder that holds any of the four files holds a
+run: a new training refuses it unless told to continue it (--resume) or to start over
+(--overwrite), so a batch job that runs a script twice never destroys the first results.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 
-from charrnn.errors import CheckpointError, RunLockedError
+from charrnn.atomic import remove_quietly
+from charrnn.errors import CheckpointError, RunLockedError, TrainingError
 
 RUNS_DIR = "runs"
+CHECKPOINT_ENV = "CHARRNN_CHECKPOINT"  # pins the checkpoint used when none is given
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.npz", "best.npz")
+LOCK = ".lock"
 
 
 def new_run_dir(base: str | Path = RUNS_DIR) -> Path:
@@ -31,6 +39,96 @@ def new_run_dir(base: str | Path = RUNS_DIR) -> Path:
     raise CheckpointError(f"could not create a new run folder under '{base}'")
 
 
+def make_run_dir(path: str | Path | None) -> tuple[Path, list[Path]]:
+    """The run folder `path` (None: a new one under runs/), created with any missing parents;
+    and the folders this call created, innermost first, for `remove_unused` (OSError when it
+    cannot be created)."""
+    target = Path(RUNS_DIR) if path is None else Path(path)
+    made = [p for p in (target, *target.parents) if p != Path(".") and not os.path.lexists(p)]
+    if path is None:
+        return (run_dir := new_run_dir()), [run_dir, *made]
+    target.mkdir(parents=True, exist_ok=True)
+    return target, made
+
+
+def remove_unused(made: list[Path]) -> None:
+    """Delete the folders a run created (innermost first) when it failed before writing
+    anything: the run folder if it holds only its lock, then each parent left empty. Called
+    under the run's lock, so no other training can be using the folder."""
+    if not made or [p.name for p in made[0].iterdir()] not in ([LOCK], []):
+        return
+    remove_quietly(made[0] / LOCK)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run was made beside it): keep it and its parents
+            return
+
+
+def run_files(run_dir: str | Path) -> list[str]:
+    """The files of a run (RUN_FILES) that run_dir holds; any one of them makes it a run."""
+    return [name for name in RUN_FILES if os.path.lexists(Path(run_dir) / name)]
+
+
+def existing_run(run_dir: str | Path) -> TrainingError | None:
+    """The error a new training into run_dir raises when the folder already holds a run: it
+    names --resume (when there is a last.npz to continue from) and --overwrite."""
+    found = run_files(run_dir)
+    if not found:
+        return None
+    if "last.npz" in found:
+        return TrainingError(
+            f"run folder '{run_dir}' already holds a run ({', '.join(found)}); continue it "
+            f"with --resume {run_dir}, or pass --overwrite to delete it and start over"
+        )
+    return TrainingError(
+        f"run folder '{run_dir}' already holds a run ({', '.join(found)}) with no last.npz to "
+        "--resume from; pass --overwrite to delete it and start over, or another --out"
+    )
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run's files (RUN_FILES) from run_dir, for --overwrite; anything else in the
+    folder stays. The caller holds the run's lock; a file that cannot be deleted is an OSError,
+    so an old file is never left to mix with the new run's."""
+    for name in RUN_FILES:
+        try:
+            os.unlink(run_dir / name)
+        except FileNotFoundError:
+            pass
+
+
+def special_file(path: str | Path) -> str | None:
+    """What path is when it names neither a regular file nor a folder ("a FIFO (named pipe)",
+    "a character device", ...), else None (a missing path too: opening it says so). Reading one
+    of those never ends or never starts: opening a FIFO waits for a writer, /dev/zero never
+    ends, so a command refuses them before it opens one."""
+    try:
+        mode = os.stat(path).st_mode  # a stat never blocks, even on a FIFO
+    except (OSError, ValueError):
+        return None
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((what for test, what in kinds.items() if test(mode)), None)
+
+
+def checkpoint_file(path: str | Path, in_folder: str = "best.npz") -> Path:
+    """The checkpoint a path names: the file itself, or `in_folder` of a run folder; a FIFO,
+    device or socket is a CheckpointError (see special_file)."""
+    path = Path(path)
+    file = path / in_folder if path.is_dir() else path
+    what = special_file(file)
+    if what is not None:
+        raise CheckpointError(
+            f"checkpoint '{file}' is {what}, not a file; give a .npz file or a run folder"
+        )
+    return file
+
+
 def latest_checkpoint(base: str | Path = RUNS_DIR, name: str = "best.npz") -> Path:
     """The most recently written `name` under base/*/; an error naming what to do if none."""
     found = [p for p in Path(base).glob(f"*/{name}") if p.is_file()]
@@ -42,11 +140,30 @@ def latest_checkpoint(base: str | Path = RUNS_DIR, name: str = "best.npz") -> Pa
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
+def choose_checkpoint(
+    path: str | Path | None = None, base: str | Path = RUNS_DIR, environ=os.environ
+) -> tuple[Path, str]:
+    """The checkpoint file to use and why: `path` if given ("given"); else the one that
+    $CHARRNN_CHECKPOINT names ("env"); else the most recently written best.npz under base/*/
+    ("latest"). A run folder, given or named, stands for its best.npz."""
+    why = "given"
+    if path is None and environ.get(CHECKPOINT_ENV):
+        path, why = Path(environ[CHECKPOINT_ENV]), "env"
+        if not path.exists():
+            raise CheckpointError(
+                f"{CHECKPOINT_ENV} names '{path}', which does not exist; "
+                "point it at a checkpoint or run folder, or unset it"
+            )
+    if path is None:
+        return latest_checkpoint(base), "latest"
+    return checkpoint_file(path), why
+
+
 class RunLock:
     """Exclusive lock on a run directory for the life of a training process."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / LOCK
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:

@@ -1,0 +1,208 @@
+"""The Python API: train a model, load one, sample from it and score text with it.
+
+    import charrnn
+    result = charrnn.train("corpus.txt", hidden_size=256, max_time=60, out="runs/nb")
+    model = charrnn.load("runs/nb")              # a run folder or a .npz
+    print(model.sample("ROMEO:", length=200, temperature=0.8, rng_seed=1))
+    print(model.evaluate(open("held_out.txt").read()).bpc)
+
+The `train`, `sample` and `eval` commands are thin layers over these functions. Nothing here
+prints unless asked (`train(..., quiet=False)` draws the command line's progress on stderr);
+problems are the library's own exceptions (charrnn.errors, base class CharRNNError). The loop
+itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.config import Config
+from charrnn.data import encode
+from charrnn.errors import ConfigError
+from charrnn.evaluate import BLOCK, EvalResult, evaluate
+from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
+from charrnn.parallel import blas_threads
+from charrnn.runs import choose_checkpoint, special_file
+from charrnn.sample import collect, encode_prime, generate, write_samples
+from charrnn.train import TrainResult, train_corpus
+
+LN2 = math.log(2.0)
+
+
+def check_setting(key: str, value: Any) -> None:
+    """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
+    check a command-line flag gets before training starts."""
+    Config.from_dict({key: value})
+
+
+def train(
+    corpus: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+    set_items: Iterable[str] = (),
+    **settings: Any,
+) -> TrainResult:
+    """Train a model on the text file `corpus` ("-": standard input), as `charrnn train` does.
+
+    settings: config keys, e.g. hidden_size=256, max_time=60 (None: not given); they override
+    the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
+    out: the run folder (default: a new runs/<date-time>/). resume: a run folder or checkpoint
+    to continue. A folder `out` that already holds a run is a TrainingError unless `resume`
+    continues it or overwrite=True deletes it first. quiet=False shows progress on stderr. A
+    bad setting raises ConfigError before anything is written.
+    """
+    for key, value in settings.items():
+        if value is not None:
+            check_setting(key, value)
+    what = None if config is None else special_file(config)
+    if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
+        raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
+    reporter = encode_bar = None
+    if not quiet:  # the command line's bar on a terminal, plain log lines otherwise
+        from charrnn.progress import make_encode_bar, make_reporter
+
+        reporter = make_reporter(quiet=False)
+        encode_bar = make_encode_bar(False, "<stdin>" if os.fspath(corpus) == "-" else corpus)
+    return train_corpus(
+        os.fspath(corpus),
+        config_file=config,
+        overrides=settings,
+        set_items=set_items,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        reporter=reporter,
+        encode_bar=encode_bar,
+    )
+
+
+def load(path: str | os.PathLike | None = None) -> Model:
+    """The model in a checkpoint (.npz) or a run folder (its best.npz). Without a path: the one
+    $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
+    file, chosen_by = choose_checkpoint(path)
+    ckpt = ckpt_io.load(file)
+    return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
+
+
+@dataclass
+class Model:
+    """A trained model: its weights, vocabulary, training config and step, as `load` found it."""
+
+    params: dict[str, np.ndarray]
+    vocab: list[str]  # the characters in id order
+    config: dict[str, Any]  # the config it was trained with
+    step: int  # updates it was trained for
+    path: Path | None = None  # the checkpoint file
+    train_state: dict = field(default_factory=dict)
+    chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+
+    @property
+    def arch(self) -> Arch:
+        """Cell, layers, hidden size and vocabulary size."""
+        return architecture(self.params)
+
+    def sample(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+        num_samples: int = 1,
+        rng_seed: int | None = None,
+        unknown: str = "error",
+        echo_seed: bool = True,
+        out: TextIO | None = None,
+    ) -> str | list[str]:
+        """Generate `length` characters after reading `seed`: the seed and its continuation
+        (only the continuation with echo_seed=False); a list of num_samples strings when
+        num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
+        vocabulary are an error (DataError), or dropped with unknown="skip". With `out` (a text
+        file such as sys.stdout) the samples are also written there as `charrnn sample` prints
+        them, the first one as it is drawn."""
+        prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        steps = generate(
+            self.params,
+            prime_ids,
+            length,
+            rng_seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            argmax=argmax,
+            num_samples=num_samples,
+        )
+        prefix = seed if echo_seed else ""
+        if out is not None:
+            drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
+            write_samples(
+                _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
+            )
+            steps = iter(drawn)
+        texts = collect(steps, self.vocab, num_samples, prefix)
+        return texts[0] if num_samples == 1 else texts
+
+    def evaluate(self, text: str, *, unknown: str = "skip", name: str = "text") -> EvalResult:
+        """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
+        Characters not in the vocabulary are skipped and counted, or with unknown="error" a
+        DataError; `name` is how that error names the text."""
+        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name)
+
+    def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
+        """For each character of text in the vocabulary (others are skipped, as `evaluate`
+        skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
+        the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
+        state as `evaluate`: the state is carried per character, the output layer runs over
+        blocks of characters as one product."""
+        ids, _ = encode(text, self.vocab)
+        k = min(top, len(self.vocab))
+        state = zero_state(self.params, 1)  # (1, W)
+        ws = Workspace()
+        # a model whose outputs overflow gives NaN scores (null in JSON), not NumPy's warnings
+        with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, len(ids), BLOCK):
+                x = ids[start : start + BLOCK]  # (T,)
+                T = len(x)
+                hs, state = run(self.params, x[:, None], state, ws)  # (T + 1, 1, H)
+                _, probs, losses = log_softmax_loss(self.params, hs[:T].reshape(T, -1), x, ws)
+                best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
+                best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
+                order = np.argsort(-best_p, axis=1, kind="stable")
+                best = np.take_along_axis(best, order, axis=1).tolist()
+                best_p = np.take_along_axis(best_p, order, axis=1).tolist()
+                for j in range(T):
+                    loss = float(losses[j])  # -ln p of x[j]
+                    yield {
+                        "char": self.vocab[x[j]],
+                        "p": _short(math.exp(-loss)),
+                        "bits": _short(loss / LN2),
+                        "top": [
+                            [self.vocab[c], _short(p)]
+                            for c, p in zip(best[j], best_p[j], strict=True)
+                        ],
+                    }
+
+
+def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
+    for ids in steps:
+        into.append(ids)
+        yield ids
+
+
+def _short(x: float) -> float:
+    """x to 6 significant digits: per-character lines stay short and still exact enough."""
+    return float(f"{x:.6g}")

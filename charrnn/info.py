@@ -1,0 +1,131 @@
+"""`charrnn info`: what a checkpoint holds, as a dict (for --json) and as a few lines of text.
+
+The architecture and size come from the weights (model.architecture), the step, characters seen
+and best validation loss from the checkpoint's train_state, the last validation from the run
+folder's metrics.jsonl when the checkpoint sits in one. Loading and checking the file is
+checkpoint.py's job; choosing it (a run folder, $CHARRNN_CHECKPOINT, the latest run) runs.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.model import architecture, param_names
+
+LN2 = math.log(2.0)
+PREVIEW_CHARS = 80  # vocabulary characters shown in the text summary
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Everything `charrnn info` reports about the checkpoint file at path."""
+    path = Path(path)
+    ckpt = ckpt_io.load(path)
+    arch = architecture(ckpt.params)
+    with np.load(path, allow_pickle=False) as z:  # load() checked it; it keeps no version
+        version = int(z["format_version"])
+    best = ckpt.train_state.get("best_val_loss")
+    info = {
+        "checkpoint": str(path),
+        "format_version": version,
+        "cell": arch.cell,
+        "num_layers": arch.num_layers,
+        "hidden_size": arch.hidden_size,
+        "parameters": sum(int(ckpt.params[k].size) for k in param_names(arch)),
+        "dtype": str(ckpt.params["Whh"].dtype),
+        "vocab_size": arch.vocab_size,
+        "vocab_preview": show_vocab(ckpt.vocab),
+        "vocab": ckpt.vocab,
+        "step": ckpt.step,
+        "chars_seen": ckpt.train_state.get("chars_seen"),
+        "best_val_bpc": None if best is None else best / LN2,
+    }
+    info.update(_run_metrics(path.parent / "metrics.jsonl"))
+    info["config"] = ckpt.config
+    return info
+
+
+def _run_metrics(metrics: Path) -> dict[str, Any]:
+    """The run's last step and last validation, from its metrics.jsonl (None without one)."""
+    last_step = last_val = last_val_step = None
+    try:
+        lines = metrics.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            continue
+        last_step = rec["step"]
+        if isinstance(rec.get("val_bpc"), (int, float)):
+            last_val, last_val_step = rec["val_bpc"], rec["step"]
+    return {"run_steps": last_step, "last_val_bpc": last_val, "last_val_step": last_val_step}
+
+
+def show_vocab(vocab: list[str], limit: int = PREVIEW_CHARS) -> str:
+    """The first `limit` characters side by side, newlines, tabs, quotes, backslashes and other
+    control or invisible characters escaped (\\n, \\t, \\", \\x00, \\u200b)."""
+    return "".join(_escape(c) for c in vocab[:limit])
+
+
+def _escape(c: str) -> str:
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    # control, format, surrogate, private and unassigned characters, and separators but space
+    if c != " " and unicodedata.category(c)[0] in "CZ":
+        n = ord(c)
+        return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+    return c
+
+
+def summary(info: dict[str, Any]) -> str:
+    """The text of `charrnn info`: one labelled line per fact, the config wrapped at the end."""
+
+    def bpc(x):
+        return "none" if x is None else f"{x:.4f} bpc"
+
+    seen = info["chars_seen"]
+    hidden = info["vocab_size"] - len(info["vocab"][:PREVIEW_CHARS])
+    more = f" and {hidden:,} more" if hidden else ""
+    val = f"best {bpc(info['best_val_bpc'])}"
+    if info["last_val_step"] is not None:
+        val += f"; last {bpc(info['last_val_bpc'])} at step {info['last_val_step']:,}"
+    trained = f"{info['step']:,} steps" + ("" if seen is None else f", {seen:,} characters seen")
+    if info["run_steps"] is not None and info["run_steps"] != info["step"]:
+        trained += f" (the run went on to step {info['run_steps']:,})"
+    config = " ".join(f"{k}={v}" for k, v in info["config"].items())
+    rows = [
+        ("checkpoint", f"{info['checkpoint']} (format {info['format_version']})"),
+        (
+            "model",
+            f"{info['num_layers']}-layer {info['cell']}, hidden size {info['hidden_size']}, "
+            f"{info['parameters']:,} parameters, {info['dtype']}",
+        ),
+        ("vocabulary", f'{info["vocab_size"]} characters: "{info["vocab_preview"]}"{more}'),
+        ("trained", trained),
+        ("validation", val),
+        ("config", _wrap(config) or "(none saved)"),
+    ]
+    return "\n".join(f"{label:<11} {text}" for label, text in rows)
+
+
+def _wrap(text: str, width: int = 100, indent: int = 12) -> str:
+    """text wrapped at spaces only (not inside "utf-8"), lines after the first indented."""
+    lines = textwrap.wrap(
+        text,
+        width - indent,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    return ("\n" + " " * indent).join(lines)

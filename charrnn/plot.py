@@ -1,0 +1,166 @@
+"""Loss curves of training runs: train and validation bits per character against steps, training
+characters or seconds, read from each run's metrics.jsonl.
+
+Drawn as an image file through matplotlib (the optional `plot` extra; the Agg canvas, so no
+display is needed and no global backend is changed) or as a compact text chart, a rich `Text`
+that the command line prints. Reading metrics is tolerant of a last line cut short by a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.text import Text
+
+from charrnn.config import load_config_file
+from charrnn.errors import CharRNNError, DataError
+
+LN2 = math.log(2.0)
+X_AXES = {"steps": "step", "chars": "training characters", "time": "seconds of training"}
+MARKERS = "●◆▲■★✚"  # validation points of runs 1, 2, ... in the text chart
+COLORS = ("cyan", "magenta", "yellow", "green", "red", "blue")
+
+
+@dataclass
+class Curves:
+    """One run's curves, x in the unit asked for."""
+
+    label: str
+    train_x: np.ndarray  # (n,)
+    train_bpc: np.ndarray  # (n,) a trailing moving average over 1% of the steps
+    val_x: np.ndarray  # (m,)
+    val_bpc: np.ndarray  # (m,)
+
+
+def read_curves(run: str | Path, x: str = "steps") -> Curves:
+    """The curves of a run folder (or of a metrics.jsonl file) against x: steps, chars, time."""
+    run = Path(run)
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    if not metrics.is_file():
+        raise DataError(
+            f"'{run}' has no metrics.jsonl; give a run folder that 'charrnn train' wrote"
+        )
+    records = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            records.append(rec)
+    per_step = _chars_per_step(metrics.parent) if x == "chars" else 1
+    train_x, train_bpc, val_x, val_bpc = [], [], [], []
+    elapsed = 0.0  # the last line (a closing validation) has no elapsed of its own
+    for rec in records:
+        elapsed = rec.get("elapsed", elapsed)
+        where = elapsed if x == "time" else rec["step"] * per_step
+        if isinstance(rec.get("train_loss"), (int, float)):
+            train_x.append(where)
+            train_bpc.append(rec["train_loss"] / LN2)
+        if isinstance(rec.get("val_bpc"), (int, float)):
+            val_x.append(where)
+            val_bpc.append(rec["val_bpc"])
+    if not train_x and not val_x:
+        raise DataError(f"'{metrics}' holds no training steps yet; nothing to plot")
+    return Curves(
+        str(run),
+        np.array(train_x, dtype=float),
+        _smooth(np.array(train_bpc, dtype=float)),
+        np.array(val_x, dtype=float),
+        np.array(val_bpc, dtype=float),
+    )
+
+
+def _chars_per_step(run_dir: Path) -> int:
+    try:
+        cfg = load_config_file(run_dir / "config.yaml")
+        return int(cfg["batch_size"]) * int(cfg["seq_length"])
+    except (CharRNNError, KeyError, TypeError, ValueError):
+        raise DataError(
+            f"--x chars needs batch_size and seq_length from '{run_dir / 'config.yaml'}'; "
+            "plot against --x steps instead"
+        ) from None
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Trailing moving average over max(1, n // 100) points: the trend of a noisy loss."""
+    w = max(1, len(y) // 100)
+    if w == 1:
+        return y
+    sums = np.cumsum(np.concatenate([[0.0], y]))  # (n + 1,)
+    start = np.maximum(np.arange(1, len(y) + 1) - w, 0)  # (n,) first index of each window
+    return (sums[1:] - sums[start]) / (np.arange(1, len(y) + 1) - start)
+
+
+def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
+    """Draw the runs' curves into an image file (PNG, or SVG/PDF by its suffix)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CharRNNError(
+            "drawing an image needs matplotlib, which is not installed: "
+            "pip install 'charrnn[plot]' (or leave out -o for a text chart)"
+        ) from None
+    fig = Figure(figsize=(9, 5), dpi=110, layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.plot(c.train_x, c.train_bpc, color=color, lw=1, alpha=0.55, label=f"{c.label} train")
+        ax.plot(c.val_x, c.val_bpc, color=color, lw=2, marker="o", ms=3, label=f"{c.label} val")
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel("bits per character")
+    ax.set_title("train (moving average) and validation bits per character")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    try:
+        fig.savefig(out)
+    except ValueError as e:  # an unknown suffix
+        raise DataError(f"cannot write '{out}': {e}; name a .png, .svg or .pdf file") from None
+
+
+def text_chart(curves: list[Curves], x: str = "steps", width: int = 64, height: int = 14) -> Text:
+    """The curves as a text chart: train as dots, validation as one marker per run, y in bpc."""
+    ys = np.concatenate([a for c in curves for a in (c.train_bpc, c.val_bpc)])
+    xs = np.concatenate([a for c in curves for a in (c.train_x, c.val_x)])
+    lo, hi = float(ys.min()), float(ys.max())
+    hi = hi if hi > lo else lo + 1.0
+    x_hi = float(xs.max()) or 1.0
+    grid = [[(" ", "")] * width for _ in range(height)]  # (char, style) per cell
+
+    def put(px: np.ndarray, py: np.ndarray, mark: str, style: str, over: bool) -> None:
+        cols = np.rint(px / x_hi * (width - 1)).astype(int)
+        rows = np.rint((hi - py) / (hi - lo) * (height - 1)).astype(int)
+        for r, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            if over or grid[r][col][0] == " ":
+                grid[r][col] = (mark, style)
+
+    for i, c in enumerate(curves):  # train first, so validation markers are drawn over it
+        put(c.train_x, c.train_bpc, "·", COLORS[i % len(COLORS)], over=False)
+    for i, c in enumerate(curves):
+        put(c.val_x, c.val_bpc, MARKERS[i % len(MARKERS)], f"bold {COLORS[i % len(COLORS)]}", True)
+
+    out = Text()
+    for r, row in enumerate(grid):
+        value = hi - (hi - lo) * r / (height - 1)
+        out.append(f"{value:7.3f} ┤" if r in (0, height // 2, height - 1) else " " * 8 + "│")
+        for mark, style in row:
+            out.append(mark, style=style or None)
+        out.append("\n")
+    out.append(" " * 8 + "└" + "─" * width + "\n")
+    right = f"{x_hi:,.0f}" if x_hi >= 100 else f"{x_hi:.3g}"
+    title = f"{X_AXES[x]} (y: bits per character)"
+    gap = max(1, width - 1 - len(right) - len(title))
+    out.append(" " * 9 + "0" + " " * (gap // 2) + title + " " * (gap - gap // 2) + right + "\n")
+    for i, c in enumerate(curves):
+        color = COLORS[i % len(COLORS)]
+        out.append(f"  {MARKERS[i % len(MARKERS)]} ", style=f"bold {color}")
+        out.append(f"{c.label} val   ")
+        out.append("·", style=color)
+        out.append(" train\n")
+    return out
