@@ -21,7 +21,8 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import optim
 from charrnn.config import Config, resolve_config
 from charrnn.errors import CheckpointError, ConfigError
-from charrnn.model import architecture, init_params, zero_state
+from charrnn.memory import memory_limit, show_bytes
+from charrnn.model import INIT_SCALE, Arch, architecture, init_params, param_shapes, zero_state
 from charrnn.parallel import auto_workers
 
 # keys that fix the model's shape or the meaning of its saved state: a resumed run keeps them
@@ -52,6 +53,7 @@ class TrainState:
 
     @classmethod
     def fresh(cls, cfg: Config, vocab_size: int) -> TrainState:
+        check_memory(cfg, vocab_size)
         rng = np.random.default_rng(cfg.rng_seed)
         dtype = np.dtype(cfg.dtype)
         params = init_params(
@@ -146,6 +148,46 @@ class TrainState:
         return False
 
 
+def estimate_bytes(cfg: Config, vocab_size: int) -> tuple[int, int]:
+    """(model bytes, step bytes): about what training a new model of cfg over vocab_size
+    characters holds, a little more rather than less. The model: weights, optimizer slots,
+    each worker's gradients, the update's temporaries (two copies) and drawing the weights. A
+    step: every layer's activations and their gradients for the T x B positions (about 3 G + 8
+    arrays of (T, B, H) with G gate blocks, the dropout masks among them), the output layer's
+    probabilities and one-hot inputs (2 of (T, B, V)) and the carried state."""
+    arch = Arch(cfg.cell, cfg.num_layers, cfg.hidden_size, vocab_size)
+    L, H, V, G = arch.num_layers, arch.hidden_size, vocab_size, arch.gates
+    P = sum(math.prod(shape) for shape in param_shapes(arch).values())
+    slots = len(optim.init_state(cfg.optimizer, {"p": np.zeros(0)}))  # per parameter
+    n = auto_workers(cfg.batch_size, cfg.workers)
+    N = cfg.seq_length * cfg.batch_size  # positions of a step
+    size = np.dtype(cfg.dtype).itemsize
+    model = size * (P * (3 + slots + n) + n * V * G * H)  # n V G H: each worker's input table
+    # drawing a layer (cells/weights.py) holds float64 copies: its G orthogonal blocks twice,
+    # numpy's QR of one (3 H^2) and Wxh
+    model += 8 * (2 * G * H * H + 3 * H * H + G * H * max(V, H))
+    step = size * (N * L * H * (3 * G + 8) + 2 * N * V + 2 * cfg.batch_size * arch.state_width)
+    return model, step + 16 * N  # 16 N: the (T, B) ids of inputs and targets
+
+
+def check_memory(cfg: Config, vocab_size: int) -> None:
+    """ConfigError saying what training needs and what to lower, when that is more memory than
+    this process can have: before anything is allocated, not a MemoryError minutes in."""
+    model, step = estimate_bytes(cfg, vocab_size)
+    limit = memory_limit()
+    if model + step <= limit:
+        return
+    lower = "hidden_size or num_layers" if model >= step else "batch_size or seq_length"
+    if cfg.dtype == "float64":
+        lower += ", or dtype float32"
+    raise ConfigError(
+        f"training a {cfg.num_layers}-layer {cfg.cell} of hidden_size {cfg.hidden_size} with "
+        f"batch_size {cfg.batch_size} and seq_length {cfg.seq_length} over {vocab_size} "
+        f"characters needs about {show_bytes(model + step)} of memory, more than the "
+        f"{show_bytes(limit)} this process can use; lower {lower}"
+    )
+
+
 def _count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -191,9 +233,11 @@ def resume_config(
 def new_config(
     config_file: str | Path | None, overrides: Mapping[str, Any], set_items: Iterable[str]
 ) -> Config:
-    """A new run's config, with a random seed drawn when none is given and the actual worker
-    count recorded: the same seed and count reproduce the same bits anywhere."""
+    """A new run's config, with a random seed drawn when none is given, the cell's own
+    init_scale when none is given, and the actual worker count recorded: config.yaml then holds
+    every value the run used, and the same seed and count reproduce the same bits anywhere."""
     cfg = resolve_config(config_file, overrides, set_items)
     if cfg.rng_seed is None:
         cfg = cfg.with_seed(secrets.randbelow(2**31))
-    return replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers))
+    init_scale = INIT_SCALE[cfg.cell] if cfg.init_scale is None else cfg.init_scale
+    return replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers), init_scale=init_scale)
