@@ -1,15 +1,17 @@
 """Training, sampling and eval speed of charrnn, against a PyTorch reference, in one run.
 
-    make bench                        # the full table (about 10 minutes on 2 cores)
-    python benchmarks/bench_speed.py --quick
+    make bench                        # the full table, every cell (about 15 minutes on 2 cores)
+    python benchmarks/bench_speed.py --quick --cells lstm
 
-For each (hidden, batch, seq_length) it trains charrnn through `charrnn.train.train` (the real
-loop: batches, forward, backward, clipping, Adam, logging) and reads the steady-state speed from
-the run's metrics.jsonl, excluding warm-up steps, startup and data loading. When torch is
-installed (`pip install torch==2.13.0`, the `bench` extra) it trains the same model written in
-PyTorch (benchmarks/torch_reference.py) for the same number of steps and prints the ratio.
-Figures are medians of --repeats repetitions; charrnn and torch alternate within a repetition so
-that both see the same machine load. A JSON copy goes to benchmarks/results/speed.json.
+For each cell (rnn, lstm, gru) and (hidden, batch, seq_length) it trains charrnn through
+`charrnn.train.train` (the real loop: batches, forward, backward, clipping, Adam, logging) and
+reads the steady-state speed from the run's metrics.jsonl, excluding warm-up steps, startup and
+data loading. When torch is installed (`pip install torch==2.13.0`, the `bench` extra) it
+trains the same model written in PyTorch (benchmarks/torch_reference.py: nn.RNN, nn.LSTM or
+nn.GRU) for the same number of steps and prints the ratio. Sampling and exact eval speeds per
+cell close the table. Figures are medians of --repeats repetitions; charrnn and torch alternate
+within a repetition so that both see the same machine load. A JSON copy goes to
+benchmarks/results/speed.json.
 """
 
 from __future__ import annotations
@@ -41,17 +43,23 @@ CORPUS = HERE.parent / "data" / "shakespeare.txt"
 FULL_GRID = [(h, b, 100) for h in (128, 256, 512, 1024) for b in (1, 32, 64, 128)]
 FULL_GRID.insert(FULL_GRID.index((256, 64, 100)), (256, 32, 64))
 QUICK_GRID = [(128, 32, 100), (256, 32, 64), (512, 64, 100), (1024, 64, 100), (128, 1, 100)]
+# the gated cells cost 3-4x the vanilla one per character: a smaller table, the same sizes
+GATED_GRID = [(128, 32, 100), (256, 32, 100), (256, 64, 100), (512, 32, 100), (512, 64, 100)]
+GATED_GRID += [(1024, 64, 100), (128, 1, 100)]
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 WARMUP = 3
 
 
-def flops_per_char(hidden: int, vocab: int) -> float:
-    """Forward 2(H^2 + HV), backward 4(H^2 + HV): the GEMM arithmetic of one training step."""
-    return 6.0 * (hidden * hidden + hidden * vocab)
+def flops_per_char(hidden: int, vocab: int, gates: int = 1) -> float:
+    """Forward 2(G H^2 + HV), backward 4(G H^2 + HV): the GEMM arithmetic of one training step
+    (G gate blocks: 1 rnn, 4 lstm, 3 gru)."""
+    return 6.0 * (gates * hidden * hidden + hidden * vocab)
 
 
-def charrnn_train_speed(corpus, hidden, batch, seq_length, steps) -> float:
+def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn") -> float:
     """Steady-state chars/s of the real training loop, from metrics.jsonl's elapsed column."""
     cfg = Config(
+        cell=cell,
         hidden_size=hidden,
         batch_size=batch,
         seq_length=seq_length,
@@ -70,10 +78,10 @@ def charrnn_train_speed(corpus, hidden, batch, seq_length, steps) -> float:
     return batch * seq_length * steps / seconds
 
 
-def calibrate_steps(corpus, hidden, batch, seq_length, seconds: float) -> int:
+def calibrate_steps(corpus, hidden, batch, seq_length, seconds: float, cell="rnn") -> int:
     """Enough steps for about `seconds` of charrnn training (at least 3, at most 300)."""
     t0 = time.perf_counter()
-    charrnn_train_speed(corpus, hidden, batch, seq_length, 2)
+    charrnn_train_speed(corpus, hidden, batch, seq_length, 2, cell)
     per_step = (time.perf_counter() - t0) / (WARMUP + 2)
     return int(min(300, max(3, seconds / per_step)))
 
@@ -103,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.5, help="target time of one measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    ap.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells to measure")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
     args = ap.parse_args()
 
@@ -131,45 +140,15 @@ def main() -> None:
 
     rows = []
     header = (
-        f"{'hidden':>6} {'batch':>5} {'seq':>4} {'workers':>7} {'charrnn c/s':>12} "
+        f"{'cell':>4} {'hidden':>6} {'batch':>5} {'seq':>4} {'workers':>7} {'charrnn c/s':>12} "
         f"{'GFLOP/s':>8} {'% peak':>6} {'torch c/s':>10} {'ratio':>6}"
     )
     print(header + "\n" + "-" * len(header), flush=True)
-    for hidden, batch, seq in QUICK_GRID if args.quick else FULL_GRID:
-        steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds)
-        ours, theirs = [], []
-        for rep in range(args.repeats):
-            ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps))
-            if have_torch:
-                theirs.append(
-                    torch_train_chars_per_sec(
-                        corpus.ids, V, hidden, batch, seq, steps, warmup=WARMUP, seed=rep
-                    )
-                )
-        cps = statistics.median(ours)
-        gflops = cps * flops_per_char(hidden, V) / 1e9
-        row = {
-            "hidden": hidden,
-            "batch": batch,
-            "seq_length": seq,
-            "steps": steps,
-            "workers": auto_workers(batch),
-            "charrnn_chars_per_sec": cps,
-            "charrnn_runs": ours,
-            "gflops": gflops,
-            "pct_peak": 100 * gflops / peak,
-        }
-        tcol = rcol = "-"
-        if theirs:
-            tcps = statistics.median(theirs)
-            row.update(torch_chars_per_sec=tcps, torch_runs=theirs, ratio=cps / tcps)
-            tcol, rcol = f"{tcps:,.0f}", f"{cps / tcps:.2f}x"
-        rows.append(row)
-        print(
-            f"{hidden:>6} {batch:>5} {seq:>4} {row['workers']:>7} {cps:>12,.0f} "
-            f"{gflops:>8.1f} {row['pct_peak']:>5.0f}% {tcol:>10} {rcol:>6}",
-            flush=True,
-        )
+    cells = args.cells.split(",")
+    for cell in cells:
+        grid = QUICK_GRID if args.quick else FULL_GRID if cell == "rnn" else GATED_GRID
+        for hidden, batch, seq in grid:
+            rows.append(measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak))
 
     end_peak = measure_gemm_peak()
     if end_peak > peak:
@@ -188,17 +167,19 @@ def main() -> None:
     )
 
     # sampling and eval at hidden 512 (random weights: speed does not depend on training)
-    params = init_params(V, 512, np.random.default_rng(0))
-    one = statistics.median(sampling_speed(params, V, 4000, 1) for _ in range(args.repeats))
-    many = statistics.median(sampling_speed(params, V, 1000, 64) for _ in range(args.repeats))
     text = read_text(CORPUS)[:1_000_000]
-    ev = [eval_speed(params, corpus.vocab, text) for _ in range(args.repeats)]
-    ev_cps = statistics.median(ev)
-    print(
-        f"\nsampling, hidden 512: {one:,.0f} chars/s (1 stream), "
-        f"{many:,.0f} chars/s (--num-samples 64, all streams)"
-    )
-    print(f"eval, hidden 512, 1 MB text: {ev_cps:,.0f} chars/s (exact single-stream pass)")
+    inference = {}
+    print()
+    for cell in cells:
+        params = init_params(V, 512, np.random.default_rng(0), cell=cell)
+        one = statistics.median(sampling_speed(params, V, 4000, 1) for _ in range(args.repeats))
+        many = statistics.median(sampling_speed(params, V, 1000, 64) for _ in range(args.repeats))
+        ev = statistics.median(eval_speed(params, corpus.vocab, text) for _ in range(args.repeats))
+        inference[cell] = {"sample_1": one, "sample_64": many, "eval": ev}
+        print(
+            f"{cell}, hidden 512: sampling {one:,.0f} chars/s (1 stream), {many:,.0f} chars/s "
+            f"(--num-samples 64, all streams); eval of 1 MB {ev:,.0f} chars/s (exact pass)"
+        )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -209,15 +190,53 @@ def main() -> None:
                 "torch": torch_info,
                 "repeats": args.repeats,
                 "train": rows,
-                "sample_chars_per_sec_1": one,
-                "sample_chars_per_sec_64": many,
-                "eval_chars_per_sec": ev_cps,
+                "inference_hidden_512": inference,
                 "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             },
             indent=2,
         )
     )
     print(f"results: {args.out}")
+
+
+def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dict:
+    """One row of the table: charrnn and torch alternating, medians of args.repeats."""
+    V = len(corpus.vocab)
+    steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds, cell)
+    ours, theirs = [], []
+    for rep in range(args.repeats):
+        ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps, cell))
+        if have_torch:
+            theirs.append(
+                torch_train_chars_per_sec(
+                    corpus.ids, V, hidden, batch, seq, steps, warmup=WARMUP, seed=rep, cell=cell
+                )
+            )
+    cps = statistics.median(ours)
+    gflops = cps * flops_per_char(hidden, V, GATES[cell]) / 1e9
+    row = {
+        "cell": cell,
+        "hidden": hidden,
+        "batch": batch,
+        "seq_length": seq,
+        "steps": steps,
+        "workers": auto_workers(batch),
+        "charrnn_chars_per_sec": cps,
+        "charrnn_runs": ours,
+        "gflops": gflops,
+        "pct_peak": 100 * gflops / peak,
+    }
+    tcol = rcol = "-"
+    if theirs:
+        tcps = statistics.median(theirs)
+        row.update(torch_chars_per_sec=tcps, torch_runs=theirs, ratio=cps / tcps)
+        tcol, rcol = f"{tcps:,.0f}", f"{cps / tcps:.2f}x"
+    print(
+        f"{cell:>4} {hidden:>6} {batch:>5} {seq:>4} {row['workers']:>7} {cps:>12,.0f} "
+        f"{gflops:>8.1f} {row['pct_peak']:>5.0f}% {tcol:>10} {rcol:>6}",
+        flush=True,
+    )
+    return row
 
 
 if __name__ == "__main__":

@@ -16,23 +16,35 @@ stdin and pipes can be read only once: pass 1 copies them to a temporary file fo
 The cache folder `corpus.txt.charrnn-cache/` (nothing in it is pickled):
     ids.npy    the ids, a standard .npy file: `np.load(path, mmap_mode="r")` reads it
     meta.json  format_version, source {path, size, mtime_ns, ctime_ns, inode, trusted},
-               encoding, decode_errors, n_chars, vocab (code points). Written last, atomically:
-               a folder without it holds no cache (a killed build), and is rebuilt.
+               encoding, decode_errors, n_chars, vocab (code points), and checksum: the SHA-256
+               of the rest (json.dumps with sorted keys). Written last, atomically: a folder
+               without it holds no cache (a killed build), and is rebuilt.
     lock       flock'ed: exclusively while a cache is built, shared while one is opened, so a
                second `train` on the same corpus waits for the build instead of reading half.
 A rebuild deletes meta.json first and writes ids.npy as a new file, so a process still training
 on the old ids keeps reading them.
 
-When a cache is reused: its format_version, encoding and decode_errors match, and the corpus's
-size, mtime_ns, ctime_ns and inode are the ones recorded. Anything else rebuilds it. ctime
-cannot be set by `touch`, so even an edit that restores the old mtime is noticed. A cache built
-less than a second after the corpus was last written serves that run but is not trusted by the
-next: a second write within the same clock tick could leave those four numbers unchanged.
+When a cache is reused: its format_version, encoding and decode_errors match, the corpus's size,
+mtime_ns, ctime_ns and inode are the ones recorded, and the cache passes a check of its own
+contents that costs far less than a build: meta.json's checksum, a vocabulary of sorted distinct
+code points, an ids.npy of the recorded length and type, every id below the vocabulary's size
+(a max over the memory map, a block at a time). Anything else rebuilds it: a cache edited or
+damaged on disk is never trained on. ctime cannot be set by `touch`, so even an edit that
+restores the old mtime is noticed. A cache built less than a second after the corpus was last
+written (the older of its mtime and ctime: an mtime in the future does not count) serves that
+run but is not trusted by the next: a second write within the same clock tick could leave those
+four numbers unchanged.
 
-Where it lives: beside the corpus; when that folder is not writable, in $CHARRNN_CACHE_DIR, else
-$XDG_CACHE_HOME/charrnn (~/.cache/charrnn), else <tmp>/charrnn-cache, under a name that adds a
-hash of the corpus's absolute path. The ids of stdin ("-") and pipes go to a temporary folder in
-$TMPDIR that is deleted at once; the memory map keeps them until the process ends.
+Where it lives: in $CHARRNN_CACHE_DIR when it is set; otherwise beside the corpus, or when that
+folder is not writable (or the name would be too long) in $XDG_CACHE_HOME/charrnn
+(~/.cache/charrnn), else <tmp>/charrnn-cache. Away from the corpus its name is the start of the
+corpus's name and a hash of its absolute path. The ids of stdin ("-") and pipes go to a folder
+<tmp>/charrnn-stream-* that is deleted once they are mapped; the memory map keeps them until the
+process ends.
+
+Leftovers of a build killed by a signal (SIGTERM, SIGHUP, SIGKILL: no handler runs) are removed
+by the next prepare that takes their lock: an ids.npy without meta.json and temporary files in a
+cache folder, and a whole charrnn-stream-* folder, which is locked for as long as its build runs.
 
 Progress goes to an optional callback `progress(phase, done, total)`, in corpus bytes: phase
 "read" for pass 1 (total None for a pipe), "write" for pass 2. Drawing it is left to the CLI.
@@ -44,9 +56,11 @@ import codecs
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import mmap
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -71,13 +85,18 @@ from charrnn.data import (
 )
 from charrnn.errors import DataError
 
-FORMAT_VERSION = 2  # 1 was a single file of our own format, replaced by the folder below
+FORMAT_VERSION = 3  # 1: a single file of our own format; 2: this folder without a checksum
 SUFFIX = ".charrnn-cache"
 IDS, META, LOCK = "ids.npy", "meta.json", "lock"
 BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time; the encoder's working memory is at most
 # ~25x this (text beyond Latin-1: the str, its UTF-32 copy, the ids), ~4x for ASCII
 N_CODE_POINTS = 0x110000
 TRUST_AFTER_NS = 1_000_000_000  # a corpus written less than this before its scan: not trusted
+MAX_META_BYTES = 32 << 20  # meta.json of the largest vocabulary is about 8 MB
+CHECK_BLOCK = 16 << 20  # ids checked at a time, then unmapped: resident memory stays bounded
+NAME_BYTES = 100  # of the corpus's name kept in a cache's name away from it (255 is the limit)
+STREAM_PREFIX = "charrnn-stream-"
+STALE_AFTER_S = 60  # a stream folder that never got its lock this long after it was made
 
 Progress = Callable[[str, int, "int | None"], None]  # (phase "read" | "write", done, total)
 
@@ -170,13 +189,17 @@ def _prepare_file(
         "source": {
             **signature,
             "path": str(path.resolve()),
-            "trusted": time.time_ns() - st.st_mtime_ns >= TRUST_AFTER_NS,
+            # by the older of mtime and ctime: a corpus whose mtime is in the future (`touch -d
+            # tomorrow`, an archive from a clock ahead) is trusted once its ctime, which the
+            # kernel sets, is old enough
+            "trusted": time.time_ns() - min(st.st_mtime_ns, st.st_ctime_ns) >= TRUST_AFTER_NS,
         },
         "encoding": codec,
         "decode_errors": reader.errors,
         "n_chars": n_chars,
         "vocab": vocab.tolist(),
     }
+    meta["checksum"] = _checksum(meta)
     for folder in folders:
         try:
             with _locked(folder, exclusive=True):
@@ -188,6 +211,12 @@ def _prepare_file(
                 return folder, Corpus(ids=ids, vocab=_chars(vocab)), False
         except _FolderNotWritable:
             continue
+    chosen = os.environ.get("CHARRNN_CACHE_DIR")
+    if chosen:
+        raise DataError(
+            f"cannot write the cache of '{path}' in CHARRNN_CACHE_DIR '{chosen}'; "
+            "point it at a writable folder"
+        )
     raise DataError(
         f"no writable folder for the cache of '{path}'; set CHARRNN_CACHE_DIR to a writable folder"
     )
@@ -197,10 +226,16 @@ def _prepare_file(
 
 
 def _cache_folders(path: Path) -> list[Path]:
-    """Beside the corpus first, then the user cache folder, then the temp folder."""
+    """$CHARRNN_CACHE_DIR alone when it is set; else beside the corpus first, then the user
+    cache folder, then the temp folder."""
     digest = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
-    elsewhere = f"{path.name}-{digest[:16]}{SUFFIX}"
-    user = os.environ.get("CHARRNN_CACHE_DIR") or os.path.join(
+    name = path.name.encode("utf-8", "surrogateescape")[:NAME_BYTES]
+    name = name.decode("utf-8", "ignore")  # a character cut in two is dropped
+    elsewhere = f"{name}-{digest[:16]}{SUFFIX}"
+    chosen = os.environ.get("CHARRNN_CACHE_DIR")
+    if chosen:
+        return [Path(chosen) / elsewhere]
+    user = os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "charrnn",
     )
@@ -246,41 +281,103 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
 
 
 def _write_error(e: OSError, folder: Path) -> Exception:
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG):
         return _FolderNotWritable()  # try the next folder
-    return DataError(
-        f"could not write the cache in '{folder}': {e.strerror or e}; "
-        "free disk space or set CHARRNN_CACHE_DIR"
-    )
+    if os.environ.get("CHARRNN_CACHE_DIR"):
+        what = "free disk space there or point CHARRNN_CACHE_DIR at another folder"
+    else:
+        what = "free disk space or set CHARRNN_CACHE_DIR to a folder with more"
+    return DataError(f"could not write the cache in '{folder}': {e.strerror or e}; {what}")
 
 
 def _open_cache(folder: Path, signature: dict, codec: str, errors: str) -> Corpus | None:
     try:
         with _locked(folder, exclusive=False):
+            if not (folder / META).exists():  # a build was killed: nothing here is of use
+                _remove_leftovers(folder)
             return _read_cache(folder, signature, codec, errors)
     except OSError:  # no folder or no lock file: no cache
         return None
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Delete what a killed build left: ids.npy without meta.json, and atomic's temporary
+    files. Only under the folder's lock, shared or exclusive: no build is running then."""
+    if not (folder / META).exists():
+        remove_quietly(folder / IDS)
+    for tmp in folder.glob(".*.tmp"):  # atomic.replace_atomically's names
+        remove_quietly(tmp)
+
+
 def _read_cache(folder: Path, signature: dict, codec: str, errors: str) -> Corpus | None:
-    """The cache in folder as a Corpus if it is complete and matches the corpus; else None.
-    The caller holds the folder's lock."""
+    """The cache in folder as a Corpus if it is complete, intact and matches the corpus; else
+    None. The caller holds the folder's lock."""
     try:
-        meta = json.loads((folder / META).read_bytes())
-        ids = np.load(folder / IDS, mmap_mode="r")  # never a pickle: allow_pickle is off
-        source, vocab = meta["source"], _chars(meta["vocab"])
+        meta = _read_meta(folder / META)
+        if meta is None:
+            return None
+        source, code_points = meta["source"], meta["vocab"]
         same = (
             meta["format_version"] == FORMAT_VERSION
             and source["trusted"] is True
             and all(source[k] == v for k, v in signature.items())
             and (meta["encoding"], meta["decode_errors"]) == (codec, errors)
-            and ids.shape == (meta["n_chars"],)
-            and ids.dtype == id_dtype(len(vocab))
-            and len(ids) > 0
+            and _sorted_code_points(code_points)
         )
-    except (OSError, EOFError, ValueError, KeyError, TypeError, OverflowError):
-        return None  # missing, half written or not ours: rebuild
-    return Corpus(ids=ids, vocab=vocab) if same else None
+        if not same:
+            return None
+        ids = np.load(folder / IDS, mmap_mode="r")  # never a pickle: allow_pickle is off
+        intact = (
+            ids.shape == (meta["n_chars"],)
+            and ids.dtype == id_dtype(len(code_points))
+            and len(ids) > 0
+            and _ids_below(ids, len(code_points))
+        )
+    except (OSError, EOFError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        return None  # missing, half written, damaged or not ours: rebuild
+    return Corpus(ids=ids, vocab=_chars(code_points)) if intact else None
+
+
+def _checksum(meta: dict) -> str:
+    """SHA-256 of meta without its checksum, as JSON with sorted keys."""
+    rest = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _read_meta(path: Path) -> dict | None:
+    """meta.json if it is a JSON object whose checksum matches; else None."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_META_BYTES + 1)
+    meta = json.loads(raw) if len(raw) <= MAX_META_BYTES else None
+    if not isinstance(meta, dict) or meta.get("checksum") != _checksum(meta):
+        return None
+    return meta
+
+
+def _sorted_code_points(vocab) -> bool:
+    """A non-empty list of distinct code points in increasing order, as pass 1 writes it."""
+    return (
+        isinstance(vocab, list)
+        and len(vocab) > 0
+        and all(type(c) is int for c in vocab)
+        and 0 <= vocab[0]
+        and vocab[-1] < N_CODE_POINTS
+        and all(a < b for a, b in itertools.pairwise(vocab))
+    )
+
+
+def _ids_below(ids: np.ndarray, vocab_size: int) -> bool:
+    """Every id is below vocab_size: the max of the memory-mapped ids, a block at a time, each
+    block unmapped after it is read (it stays in the page cache for training)."""
+    if vocab_size > np.iinfo(ids.dtype).max:  # every value of the type is an id
+        return True
+    release = isinstance(ids.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
+    for start in range(0, len(ids), CHECK_BLOCK):
+        if int(ids[start : start + CHECK_BLOCK].max()) >= vocab_size:
+            return False
+        if release:
+            ids.base.madvise(mmap.MADV_DONTNEED)
+    return True
 
 
 def _chars(code_points: Iterable[int]) -> list[str]:
@@ -339,7 +436,7 @@ def _build(
     """Pass 2 of the corpus f into folder (whose lock the caller holds), then meta.json.
     `signature`: the corpus's when pass 1 began; any change since then is an error."""
     remove_quietly(folder / META)  # from here until it is written again, the folder holds no cache
-    remove_quietly(folder / IDS)  # a new file: a process still reading the old one keeps it
+    _remove_leftovers(folder)  # ids.npy: a new file, a process still reading the old keeps it
     try:
         f.seek(0)
         ids = _write_ids(reader, f, signature["size"], folder / IDS, vocab, meta["n_chars"])
@@ -361,11 +458,11 @@ def _prepare_stream(reader: _Reader, f: BinaryIO, start: float) -> PreparedCorpu
     temporary folder that is deleted on return (the memory map keeps the file until exit)."""
     tmp = tempfile.gettempdir()
     try:
-        with tempfile.TemporaryFile(dir=tmp) as spool, tempfile.TemporaryDirectory(dir=tmp) as out:
+        with tempfile.TemporaryFile(dir=tmp) as spool, _stream_folder(tmp) as out:
             vocab, n_chars = _scan(reader, f, None, copy=spool)
             n_bytes = spool.tell()
             spool.seek(0)
-            ids = _write_ids(reader, spool, n_bytes, Path(out) / IDS, vocab, n_chars)
+            ids = _write_ids(reader, spool, n_bytes, out / IDS, vocab, n_chars)
     except OSError as e:
         raise DataError(
             f"could not write a temporary cache for '{reader.name}' in '{tmp}': "
@@ -373,6 +470,51 @@ def _prepare_stream(reader: _Reader, f: BinaryIO, start: float) -> PreparedCorpu
         ) from None
     corpus = Corpus(ids=ids, vocab=_chars(vocab))
     return PreparedCorpus(corpus, reader.name, None, False, n_bytes, time.perf_counter() - start)
+
+
+@contextmanager
+def _stream_folder(tmp: str) -> Iterator[Path]:
+    """A new folder <tmp>/charrnn-stream-*, locked from before it has that name until it is
+    deleted after the block. First deletes the folders of earlier streams whose lock is free:
+    their process was killed before it could delete them."""
+    _remove_dead_streams(Path(tmp))
+    made = Path(tempfile.mkdtemp(prefix=".charrnn-new-", dir=tmp))
+    folder = made
+    try:
+        fd = os.open(made / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # renamed only once locked, so no other process can find it unlocked
+            folder = made.with_name(STREAM_PREFIX + made.name.removeprefix(".charrnn-new-"))
+            os.rename(made, folder)
+            yield folder
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_dead_streams(tmp: Path) -> None:
+    for folder in tmp.glob(STREAM_PREFIX + "*"):
+        try:
+            fd = os.open(folder / LOCK, os.O_RDONLY)
+        except OSError:  # gone already, or another user's
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # in use
+            continue
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+    for made in tmp.glob(".charrnn-new-*"):  # killed between mkdtemp and rename: microseconds
+        try:
+            stale = time.time() - made.stat().st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _scan(

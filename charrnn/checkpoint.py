@@ -17,22 +17,41 @@ Format 1 (charrnn 0.1) had no `cell` and `num_layers`: a one-layer vanilla RNN, 
 
 A save writes a temporary file in the same folder, fsyncs it and renames it over the target,
 so a reader sees either the old complete file or the new complete one.
+
+A load bounds its work before doing it. It reads each member's .npy header first (a few hundred
+bytes, never the data) and checks what the headers declare against the file and against each
+other: every member's size against the bytes the zip holds for it, each shape against the
+architecture and vocabulary the others declare, the total against the memory this process may
+use. Only then are the arrays it uses read, and their values checked (finite weights, a sorted
+vocabulary, JSON fields). Members it does not use are never read. A file crafted to declare
+terabytes, or to decompress to gigabytes, is refused in milliseconds. Whether train_state's
+values can be resumed from is left to the resume (`train_state_problem` names a bad one): sample
+and eval need none of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from charrnn.atomic import remove_quietly, replace_atomically
+from charrnn.config import MAX_LAYERS
 from charrnn.errors import CheckpointError
+from charrnn.memory import memory_limit, show_bytes
 from charrnn.model import CELLS, Arch, architecture, param_shapes
 
 FORMAT_VERSION = 2
 BASE_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # in every checkpoint, of any format
+MAX_MEMBERS = 20_000  # arrays in a file: 1,024 layers of 3 weights with 2 optimizer slots each
+MAX_TEXT = 1 << 16  # characters of 'config', 'train_state' or 'cell': a real one has hundreds
+MAX_RATIO = 1100  # deflate shrinks data at most 1032 times: a member claiming more is crafted
+N_CODE_POINTS = 0x110000  # a vocabulary of distinct characters has at most this many
 
 
 @dataclass
@@ -111,24 +130,225 @@ def load(path: str | Path) -> Checkpoint:
         f"checkpoint '{path}' is truncated or corrupt ({{}}); use the run's other "
         "checkpoint (last.npz or best.npz) or train again"
     )
+    pickled = (
+        f"{bad}: it holds pickled Python objects, which are refused "
+        f"because loading them can run code; {ours}"
+    )
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
+            return _read(z, path)
+    except CheckpointError:
+        raise
+    except _Pickled:
+        raise CheckpointError(pickled) from None
+    except _NotArray as e:  # np.load would hand back a member that is not an .npy as bytes
+        raise CheckpointError(f"{bad}: its '{e}' is not a NumPy array; {ours}") from None
     except ValueError as e:
         if "allow_pickle" in str(e):  # numpy refused before unpickling anything
-            raise CheckpointError(
-                f"{bad}: it holds pickled Python objects, which are refused "
-                f"because loading them can run code; {ours}"
-            ) from None
+            raise CheckpointError(pickled) from None
         raise CheckpointError(corrupt.format(_brief(e))) from None
+    except MemoryError:
+        raise CheckpointError(
+            f"not enough memory to load checkpoint '{path}'; close other programs or load it "
+            "on a machine with more memory"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
     except Exception as e:  # zipfile, zlib and numpy raise a zoo of types on corrupt members
         raise CheckpointError(corrupt.format(_brief(e))) from None
-    not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
-    if not_arrays:  # np.load hands back a member that is not an .npy as raw bytes
-        raise CheckpointError(f"{bad}: its '{not_arrays[0]}' is not a NumPy array; {ours}")
-    return _from_arrays(arrays, path)
+
+
+class _Pickled(Exception):
+    """A member's header declares an object array: reading it would unpickle."""
+
+
+class _NotArray(Exception):
+    """A member that is not an .npy file (its name is the message)."""
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What a member's .npy header declares: enough to check it without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize  # a Python int: never overflows
+
+
+def _read(z, path: Path) -> Checkpoint:
+    """The checkpoint in the open .npz z: headers and sizes checked (_declared, _layout), then
+    only the arrays it uses read, then their values checked (_from_arrays)."""
+    declared = _declared(z.zip, path)
+    names, param_names = _layout(z, declared, path)
+    need = sum(declared[n].nbytes for n in names)
+    limit = memory_limit()
+    if need > limit:
+        raise CheckpointError(
+            f"checkpoint '{path}' needs {show_bytes(need)} of memory to load, more than the "
+            f"{show_bytes(limit)} this process can use; load it on a machine with more memory"
+        )
+    return _from_arrays({n: z[n] for n in names}, param_names, path)
+
+
+def _declared(zf: zipfile.ZipFile, path: Path) -> dict[str, _Member]:
+    """{array name: its header} for every member, after checking that each member's declared
+    sizes fit the file: compressed sizes within the file, the uncompressed size no more than
+    deflate can give and exactly what the header declares."""
+    where = f"checkpoint '{path}'"
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _damaged(f"{where} has {len(infos):,} members, more than a checkpoint holds")
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise _NotArray(_cut(info.filename))
+    if sum(i.compress_size for i in infos) > path.stat().st_size:
+        raise _damaged(f"{where}: its members declare more bytes than the file holds")
+    declared = {}
+    for name in dict.fromkeys(i.filename for i in infos):  # a repeated name: zip reads the last
+        info = zf.getinfo(name)
+        if info.compress_type == zipfile.ZIP_STORED:
+            fits = info.file_size == info.compress_size
+        else:  # np.savez_compressed: deflated
+            fits = info.compress_type == zipfile.ZIP_DEFLATED and (
+                info.file_size <= MAX_RATIO * info.compress_size + 4096
+            )
+        if not fits:
+            raise _damaged(f"{where}: member '{_cut(name)}' declares a size its data cannot have")
+        member, header_bytes = _header(zf, info)
+        if header_bytes + member.nbytes != info.file_size:
+            raise _damaged(
+                f"{where}: array '{_cut(name[:-4])}' declares {_said(member)}, which is not the "
+                f"{info.file_size - header_bytes:,} bytes it holds"
+            )
+        declared[name[:-4]] = member
+    return declared
+
+
+def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[_Member, int]:
+    """(what the .npy header of a member declares, the header's length in bytes); reads the
+    header only (numpy caps it at 10,000 bytes), never the data."""
+    with zf.open(info) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns about headers written by Python 2
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"an .npy format version {version} that charrnn does not write")
+        if dtype.hasobject:
+            raise _Pickled
+        return _Member(tuple(shape), dtype), f.tell()
+
+
+def _cut(name: str) -> str:
+    """A member's name as messages show it: a zip allows 65,535 bytes."""
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _said(m: _Member) -> str:
+    shape = m.shape if sum(len(str(n)) for n in m.shape) < 60 else f"a {m.ndim}-D shape"
+    return f"{m.dtype.str} {shape}"
+
+
+def _layout(z, declared: dict[str, _Member], path: Path) -> tuple[list[str], list[str]]:
+    """Check the shapes and types the headers declare against each other. Returns the names of
+    the arrays the checkpoint is made of (to be read) and those of its weights. Reads only the
+    scalars it needs (format version, cell, layer count), once their headers say they are."""
+    where = f"checkpoint '{path}'"
+    missing = [n for n in (*BASE_NAMES, "vocab", "config", "format_version") if n not in declared]
+    if missing:
+        raise CheckpointError(
+            f"'{path}' is not a charrnn checkpoint: it has no "
+            f"{', '.join(missing)}; give a .npz that 'charrnn train' wrote"
+        )
+
+    def scalar(name: str, kind: str, max_chars: int = 0):
+        m = declared[name]
+        size = 4 * max_chars if kind == "U" else 8  # an int64 at most
+        if m.shape != () or m.dtype.kind not in kind or m.dtype.itemsize > size:
+            raise _damaged(f"{where}: array '{name}' has the wrong type or shape")
+        return _scalar({name: z[name]}, name, kind, where)
+
+    version = scalar("format_version", "iu")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where} has format_version {version}, newer than this charrnn reads "
+            f"({FORMAT_VERSION}); upgrade charrnn"
+        )
+    if version < 1:
+        raise _damaged(f"{where} has an invalid format_version {version}")
+
+    vocab = declared["vocab"]
+    if vocab.ndim != 1 or vocab.dtype.kind != "U" or vocab.dtype.itemsize > 4:
+        raise _damaged(f"{where}: 'vocab' must be a 1-D array of single characters")
+    V = vocab.shape[0]
+    if V == 0:
+        raise _damaged(f"{where}: 'vocab' is empty or not sorted distinct characters")
+    if V > N_CODE_POINTS:
+        raise _damaged(f"{where}: 'vocab' declares {V:,} characters, more than Unicode has")
+
+    cell, num_layers = "rnn", 1
+    if version >= 2:
+        for name in ("cell", "num_layers"):
+            if name not in declared:
+                raise _damaged(f"{where}: format 2 needs '{name}', which is missing")
+        cell = scalar("cell", "U", max_chars=8)
+        num_layers = scalar("num_layers", "iu")
+        if cell not in CELLS or not 1 <= num_layers <= MAX_LAYERS:
+            raise _damaged(f"{where}: unknown cell {cell[:20]!r} or bad num_layers {num_layers}")
+    arch = _architecture(declared, cell, int(num_layers), V, where)
+    want = param_shapes(arch)
+    absent = [k for k in want if k not in declared]
+    if absent:
+        raise _damaged(
+            f"{where}: a {arch.num_layers}-layer {arch.cell} needs '{absent[0]}', which is missing"
+        )
+    for k, shape in want.items():
+        if declared[k].shape != shape:
+            raise _damaged(
+                f"{where}: '{k}' has shape {_said(declared[k]).split(' ', 1)[1]}, expected "
+                f"{shape} for a {arch.cell} of hidden size {arch.hidden_size} and "
+                f"{arch.vocab_size} characters"
+            )
+    dtypes = {declared[k].dtype for k in want}
+    dtype = dtypes.pop()
+    if dtypes or dtype not in (np.float32, np.float64):
+        raise _damaged(f"{where}: weights must all be float32 or all float64")
+
+    for name in ("config", "train_state"):
+        m = declared.get(name)
+        if m is not None and (m.shape != () or m.dtype.kind != "U"):
+            raise _damaged(f"{where}: array '{name}' has the wrong type or shape")
+        if m is not None and m.dtype.itemsize > 4 * MAX_TEXT:
+            raise _damaged(f"{where}: '{name}' is longer than {MAX_TEXT:,} characters")
+    step = declared.get("step")
+    if step is not None and (step.shape != () or step.dtype.kind not in "iu"):
+        raise _damaged(f"{where}: array 'step' has the wrong type or shape")
+    h_carry = declared.get("h_carry")
+    W = arch.state_width
+    if h_carry is not None and (
+        h_carry.ndim != 2 or h_carry.shape[1] != W or h_carry.shape[0] < 1 or h_carry.dtype != dtype
+    ):
+        raise _damaged(
+            f"{where}: 'h_carry' is {h_carry.dtype} {_said(h_carry).split(' ', 1)[1]}, "
+            f"expected {dtype} (B, {W})"
+        )
+    opt = [n for n in declared if n.startswith("opt.")]
+    for n in opt:  # "opt.slot.param", shaped like the parameter
+        param = n[4:].partition(".")[2]
+        m = declared[n]
+        if param not in want or m.shape != want[param] or m.dtype != dtype:
+            raise _damaged(f"{where}: optimizer state '{n}' does not match the weights")
+    extra = [n for n in ("step", "h_carry", "train_state") if n in declared]
+    return [*want, "vocab", "config", "format_version", *extra, *opt], list(want)
 
 
 def _damaged(message: str) -> CheckpointError:
@@ -165,54 +385,19 @@ def _valid_text(a: np.ndarray) -> bool:
     return bool((units <= 0x10FFFF).all())
 
 
-def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
+def _from_arrays(arrays: dict, param_names: list[str], path: Path) -> Checkpoint:
+    """The checkpoint made of arrays whose shapes and types _layout has checked: the checks of
+    their values."""
     where = f"checkpoint '{path}'"
-    missing = [n for n in (*BASE_NAMES, "vocab", "config", "format_version") if n not in arrays]
-    if missing:
-        raise CheckpointError(
-            f"'{path}' is not a charrnn checkpoint: it has no "
-            f"{', '.join(missing)}; give a .npz that 'charrnn train' wrote"
-        )
-    version = _scalar(arrays, "format_version", "iu", where)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{where} has format_version {version}, newer than this charrnn reads "
-            f"({FORMAT_VERSION}); upgrade charrnn"
-        )
-    if version < 1:
-        raise _damaged(f"{where} has an invalid format_version {version}")
-
     vocab_arr = arrays["vocab"]
-    if (
-        vocab_arr.ndim != 1
-        or vocab_arr.dtype.kind != "U"
-        or vocab_arr.dtype.itemsize > 4
-        or not _valid_text(vocab_arr)
-    ):
+    if not _valid_text(vocab_arr):
         raise _damaged(f"{where}: 'vocab' must be a 1-D array of single characters")
     vocab = [c if c else "\0" for c in vocab_arr.tolist()]  # numpy stores NUL as ""
     # sorted and distinct: the ids of a text are found by binary search (data.encode)
-    if not vocab or vocab != sorted(set(vocab)):
+    if vocab != sorted(set(vocab)):
         raise _damaged(f"{where}: 'vocab' is empty or not sorted distinct characters")
 
-    arch = _architecture(arrays, version, len(vocab), where)
-    want = param_shapes(arch)
-    absent = [k for k in want if k not in arrays]
-    if absent:
-        raise _damaged(
-            f"{where}: a {arch.num_layers}-layer {arch.cell} needs '{absent[0]}', which is missing"
-        )
-    params = {k: arrays[k] for k in want}
-    for k, shape in want.items():
-        if params[k].shape != shape:
-            raise _damaged(
-                f"{where}: '{k}' has shape {params[k].shape}, expected {shape} for a "
-                f"{arch.cell} of hidden size {arch.hidden_size} and {arch.vocab_size} characters"
-            )
-    dtypes = {p.dtype for p in params.values()}
-    dtype = dtypes.pop()
-    if dtypes or dtype not in (np.float32, np.float64):
-        raise _damaged(f"{where}: weights must all be float32 or all float64")
+    params = {k: arrays[k] for k in param_names}
     for k, p in params.items():
         if not np.isfinite(p).all():
             raise _damaged(f"{where}: '{k}' contains NaN or infinite values")
@@ -233,20 +418,10 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     if not 0 <= step < 2**62:
         raise _damaged(f"{where} has an invalid step {step}")
     h_carry = arrays.get("h_carry")
-    W = arch.state_width
-    if h_carry is not None and (
-        h_carry.ndim != 2 or h_carry.shape[1] != W or h_carry.shape[0] < 1 or h_carry.dtype != dtype
-    ):
-        raise _damaged(
-            f"{where}: 'h_carry' is {h_carry.dtype} {h_carry.shape}, expected {dtype} (B, {W})"
-        )
     if h_carry is not None and not np.isfinite(h_carry).all():
         raise _damaged(f"{where}: 'h_carry' contains NaN or infinite values")
     opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
-    for k, v in opt_state.items():  # "slot.param", shaped like the parameter
-        param = k.partition(".")[2]
-        if param not in params or v.shape != params[param].shape or v.dtype != dtype:
-            raise _damaged(f"{where}: optimizer state 'opt.{k}' does not match the weights")
+    for k, v in opt_state.items():
         if not np.isfinite(v).all():
             raise _damaged(f"{where}: optimizer state 'opt.{k}' contains NaN or infinite values")
     return Checkpoint(
@@ -260,19 +435,43 @@ def _from_arrays(arrays: dict, path: Path) -> Checkpoint:
     )
 
 
-def _architecture(arrays: dict, version: int, V: int, where: str) -> Arch:
+def train_state_problem(ts: dict) -> str | None:
+    """The key of the first value of a checkpoint's train_state that a resume could not use,
+    or None. `load` leaves this to the resume (sample and eval need no train_state); each key
+    is optional, and each one present must be of its type and range, so that no hand-edited
+    value (a best loss of 10^400, a negative RNG word) fails later in a conversion."""
+
+    def count(v) -> bool:
+        return type(v) is int and 0 <= v < 2**63
+
+    best = ts.get("best_val_loss")
+    if best is not None and not (
+        (type(best) is float and math.isfinite(best)) or (type(best) is int and abs(best) < 2**63)
+    ):
+        return "best_val_loss"
+    for key in ("bad_evals", "chars_seen"):
+        if key in ts and not count(ts[key]):
+            return key
+    if "rng_state" in ts:  # numpy's PCG64 state, which default_rng uses
+        rng = ts["rng_state"]
+        words = rng.get("state") if isinstance(rng, dict) else None
+        if not (
+            isinstance(words, dict)
+            and rng.get("bit_generator") == "PCG64"
+            and all(type(words.get(k)) is int and 0 <= words[k] < 2**128 for k in ("state", "inc"))
+            and rng.get("has_uint32") in (0, 1)
+            and type(rng.get("uinteger")) is int
+            and 0 <= rng["uinteger"] < 2**32
+        ):
+            return "rng_state"
+    return None
+
+
+def _architecture(declared: dict, cell: str, num_layers: int, V: int, where: str) -> Arch:
     """Cell, layers and sizes as the file declares them (format 1: a one-layer vanilla RNN)."""
-    cell, num_layers = "rnn", 1
-    if version >= 2:
-        for name in ("cell", "num_layers"):
-            if name not in arrays:
-                raise _damaged(f"{where}: format 2 needs '{name}', which is missing")
-        cell = _scalar(arrays, "cell", "U", where)
-        num_layers = _scalar(arrays, "num_layers", "iu", where)
-        if cell not in CELLS or not 1 <= num_layers <= 1024:
-            raise _damaged(f"{where}: unknown cell {cell[:20]!r} or bad num_layers {num_layers}")
-    Whh, G = arrays["Whh"].shape, Arch(cell, 1, 1, V).gates
+    Whh, G = declared["Whh"].shape, Arch(cell, 1, 1, V).gates
     if len(Whh) != 2 or Whh[-1] < 1 or Whh[0] != G * Whh[-1]:
         want = "a square (H, H)" if G == 1 else f"({G} H, H)"
-        raise _damaged(f"{where}: 'Whh' has shape {Whh}, expected {want} for a {cell}")
-    return Arch(cell=cell, num_layers=int(num_layers), hidden_size=Whh[1], vocab_size=V)
+        shown = Whh if len(str(Whh)) < 60 else f"a {len(Whh)}-D shape"
+        raise _damaged(f"{where}: 'Whh' has shape {shown}, expected {want} for a {cell}")
+    return Arch(cell=cell, num_layers=num_layers, hidden_size=Whh[1], vocab_size=V)

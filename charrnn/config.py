@@ -3,6 +3,13 @@
 Every key is one field of the frozen `Config` dataclass, declared with its rule (type and
 range) beside it, so validation is one loop over the fields instead of one if-block per key.
 A `Config` cannot hold an invalid value: `__post_init__` checks and coerces every field.
+
+A value may be anything YAML or JSON can say, so every step is bounded whatever it is given:
+config files are read up to MAX_FILE_BYTES and parsed without aliases (`*name`, whose expansion
+can be exponential in the size of the file) or nesting deeper than MAX_DEPTH; an integer is at
+most 2**63 - 1 and its text at most MAX_NUMBER_CHARS long; and an error shows a value through
+`_show`, which never turns more than a few dozen characters of it into text.
+
 Choosing a random seed when `rng_seed` is None is left to the trainer (`Config.with_seed`);
 turning `ConfigError` into a message for the user is left to the CLI.
 """
@@ -14,6 +21,7 @@ import difflib
 import math
 import numbers
 import operator
+import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,6 +43,12 @@ class _Rule:
     none_ok: bool = False  # None is a valid value (rng_seed)
 
 
+MAX_LAYERS = 1024  # num_layers; checkpoint.load refuses more
+INT_LIMIT = 2**63  # every integer setting is below it: a step, a seed or a size fits an int64
+MAX_NUMBER_CHARS = 100  # text longer than this is never read as a number (int() is quadratic)
+MAX_FILE_BYTES = 1 << 20  # a config file is a short mapping: a few kB
+MAX_DEPTH = 32  # nesting of lists and mappings in a config file or --set value
+
 # keyword bound -> (how errors say it, the check)
 _BOUNDS = {
     "gt": (">", operator.gt),
@@ -46,8 +60,13 @@ _BOUNDS = {
 
 def _within(bounds: dict[str, float]) -> tuple[str, Callable[[Any], bool]]:
     """{"ge": 0, "lt": 1} -> (">= 0 and < 1", a predicate that checks both)."""
-    said = " and ".join(f"{_BOUNDS[k][0]} {limit}" for k, limit in bounds.items())
+    said = " and ".join(f"{_BOUNDS[k][0]} {_number_text(limit)}" for k, limit in bounds.items())
     return said, lambda v: all(_BOUNDS[k][1](v, limit) for k, limit in bounds.items())
+
+
+def _number_text(limit: float) -> str:
+    """1e12 -> '1e+12', 1_000_000 -> '1,000,000', 0.5 -> '0.5'."""
+    return f"{limit:,}" if isinstance(limit, int) else f"{limit:g}"
 
 
 def _rule(default: Any, rule: _Rule) -> Any:
@@ -60,9 +79,10 @@ def _integer(default: int | None, *, none_ok: bool = False, **bounds: int) -> An
     return _rule(default, _Rule(int, expected, ok, none_ok))
 
 
-def _number(default: float, **bounds: float) -> Any:
+def _number(default: float | None, *, none_ok: bool = False, **bounds: float) -> Any:
     said, ok = _within(bounds)
-    return _rule(default, _Rule(float, f"a number {said}", ok))
+    expected = f"a number {said}" + (" or null" if none_ok else "")
+    return _rule(default, _Rule(float, expected, ok, none_ok))
 
 
 def _one_of(*choices: str) -> Any:
@@ -73,7 +93,12 @@ def _one_of(*choices: str) -> Any:
 
 def _codec(default: str) -> Any:
     expected = "a text encoding Python knows, such as utf-8"
-    return _rule(default, _Rule(str, expected, lambda v: text_codec(v) is not None))
+    return _rule(default, _Rule(str, expected, _known_codec))
+
+
+def _known_codec(name: str) -> bool:
+    # codec names are short ASCII: codecs.lookup raises UnicodeEncodeError on a surrogate
+    return name.isascii() and len(name) <= 100 and text_codec(name) is not None
 
 
 # ---- the config ----
@@ -85,14 +110,17 @@ class Config:
 
     # model
     cell: str = _one_of("rnn", "lstm", "gru")  # the recurrent cell: vanilla tanh, LSTM or GRU
-    num_layers: int = _integer(1, ge=1)  # stacked recurrent layers
+    num_layers: int = _integer(1, ge=1, le=MAX_LAYERS)  # stacked recurrent layers
     hidden_size: int = _integer(128, ge=1)  # hidden units H (per layer)
     dropout: float = _number(0.0, ge=0, lt=1)  # on each layer's outputs in training
     seq_length: int = _integer(100, ge=1)  # truncated-BPTT chunk length T
     batch_size: int = _integer(32, ge=1)  # parallel streams B
-    init_scale: float = _number(0.01, gt=0)  # std of the normal init of Wxh, Why
+    # std of the normal init of Wxh, Why; None = the cell's own (model.INIT_SCALE)
+    init_scale: float | None = _number(None, gt=0, le=1000, none_ok=True)
     dtype: str = _one_of("float32", "float64")
-    workers: int = _integer(0, ge=0)  # threads sharing a step's streams; 0 = one per core
+    # threads sharing a step's streams; 0 = one per core. Each holds its own gradients: a few
+    # per core help, thousands would only exhaust threads and memory
+    workers: int = _integer(0, ge=0, le=1024)
     # optimizer
     learning_rate: float = _number(2e-3, gt=0)
     optimizer: str = _one_of("adam", "rmsprop", "adagrad", "sgd")
@@ -108,17 +136,18 @@ class Config:
     clip_mode: str = _one_of("norm", "value")
     # when to stop (0 = no limit)
     max_steps: int = _integer(2000, ge=0)
-    max_epochs: float = _number(0.0, ge=0)  # a float so 0.5 epochs works
+    # a float so 0.5 epochs works; bounded so that epochs x steps per epoch stays finite
+    max_epochs: float = _number(0.0, ge=0, le=1e12)
     max_time: float = _number(0.0, ge=0)  # seconds
     patience: int = _integer(0, ge=0)  # validations without improvement; 0 = off
     # what to do along the way (0 = never)
     eval_every: int = _integer(200, ge=0)
     sample_every: int = _integer(0, ge=0)
-    sample_length: int = _integer(200, ge=1)
+    sample_length: int = _integer(200, ge=1, le=1_000_000)  # a preview, held as one string
     checkpoint_every: int = _integer(200, ge=1)
     # a stream's carried state is zeroed with this probability before each chunk, so that the
     # model learns to start well from a zero state, as sample and eval do
-    reset_prob: float = _number(0.0, ge=0, le=1)
+    reset_prob: float = _number(0.03, ge=0, le=1)
     # randomness
     rng_seed: int | None = _integer(None, ge=0, none_ok=True)  # None = pick one at random
     # data
@@ -157,9 +186,9 @@ _RULES: dict[str, _Rule] = {f.name: f.metadata["rule"] for f in fields(Config)}
 def _check_keys(d: Mapping[str, Any]) -> None:
     for key in d:
         if key not in _RULES:
-            close = difflib.get_close_matches(str(key), _RULES, n=1)
+            close = isinstance(key, str) and difflib.get_close_matches(key[:100], _RULES, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see README 'Config keys'"
-            raise ConfigError(f"unknown config key {key!r} ({hint})")
+            raise ConfigError(f"unknown config key {_show(key)} ({hint})")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -168,8 +197,11 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None and rule.none_ok:
         return None
     coerced = _as_kind(value, rule.kind)
+    expected = rule.expected
+    if rule.kind is int and coerced is not None and not -INT_LIMIT < coerced < INT_LIMIT:
+        coerced, expected = None, f"{expected}, below 2**63"
     if coerced is None or not rule.ok(coerced):
-        raise ConfigError(f"config key '{name}': got {_show(value)}, expected {rule.expected}")
+        raise ConfigError(f"config key '{name}': got {_show(value)}, expected {expected}")
     return coerced
 
 
@@ -181,6 +213,8 @@ def _as_kind(value: Any, kind: type) -> Any:
     if kind is str:
         return value if isinstance(value, str) else None
     if isinstance(value, str):
+        if len(value) > MAX_NUMBER_CHARS:
+            return None
         try:
             value = kind(value)
         except ValueError:
@@ -192,13 +226,37 @@ def _as_kind(value: Any, kind: type) -> Any:
     return None
 
 
+class _Brief(reprlib.Repr):
+    """repr cut short at every level: a few items of a few levels of a list or mapping, the
+    start of a string, and an integer too long to print as its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 40, 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 4
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() <= 200:
+            return repr(x)
+        return f"an integer of about {round(x.bit_length() * math.log10(2)):,} digits"
+
+    def repr_str(self, x: str, level: int) -> str:
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+
+_BRIEF = _Brief()
+
+
 def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML, cut short if long."""
+    """A value as the user wrote it in YAML, cut short if long: at most 60 characters, made
+    from at most a few dozen characters of the value, whatever its size, depth or type."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    text = repr(value)
+    if isinstance(value, _TooLong):
+        return repr(value)
+    text = repr(value[:60]) if isinstance(value, str) else _BRIEF.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -208,18 +266,81 @@ DEFAULTS: dict[str, Any] = Config().to_dict()
 # ---- reading config files and --set items ----
 
 
+class _TooLong:
+    """A YAML integer written with more than MAX_NUMBER_CHARS characters: no setting is that
+    long, and converting it would take time (decimal) or give a number too big to print
+    (hexadecimal), so only its length is kept, to be shown in the error."""
+
+    def __init__(self, chars: int):
+        self.chars = chars
+
+    def __repr__(self) -> str:
+        return f"an integer written with {self.chars:,} characters"
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader less what a config never needs and a hostile file would use: aliases,
+    deep nesting and integers too long to be a setting. Each is refused in bounded time."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.nesting = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config", mark
+            )
+        if self.nesting >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"lists or mappings nested more than {MAX_DEPTH} deep", mark
+            )
+        self.nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_NUMBER_CHARS:
+            return _TooLong(len(node.value))
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _parse_yaml(text: str) -> Any:
+    """The value of a YAML document read with _Loader (yaml.YAMLError if it is refused)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file ({} for an empty file). Values are not validated."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # /dev/zero or a huge file: read no further
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' not found; check the --config path") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"config file '{path}' cannot be read: {e.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"config file '{path}' is larger than {MAX_FILE_BYTES >> 20} MiB; a config is a "
+            "short mapping of keys to values: check the --config path"
+        )
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8") from None
+    try:
+        data = _parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -244,24 +365,27 @@ def _kind_name(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, numbers.Number):
+    if isinstance(value, (numbers.Number, _TooLong)):
         return "a number"
     return f"a {type(value).__name__}"
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """'hidden-size=256' -> ('hidden_size', 256). The value is read as YAML; an empty
-    value is None."""
+    """'hidden-size=256' -> ('hidden_size', 256). The value is read as YAML (as a config
+    file's, without aliases); an empty value is None."""
     key, sep, raw = item.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
         raise ConfigError(
-            f"--set {item!r}: expected the form key=value, e.g. --set hidden_size=256"
+            f"--set {_show(item)}: expected the form key=value, e.g. --set hidden_size=256"
         )
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+        value = _parse_yaml(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(
+            f"--set {_show(item)}: the value is not valid YAML ({problem}); quote it"
+        ) from None
     return key, value
 
 

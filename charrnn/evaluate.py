@@ -31,23 +31,47 @@ from charrnn.sample import show_chars
 BLOCK = 4096  # characters per recurrence call and per output-layer product
 
 
+NO_SCORE = "the model's outputs overflow on this text (its weights are too large)"
+HUGE_PERPLEXITY = "perplexity, exp(loss), is larger than the largest float"
+
+
 @dataclass
 class EvalResult:
-    loss: float  # mean nats per scored character
+    loss: float  # mean nats per scored character (nan or inf: see `reason`)
     bpc: float  # bits per character: loss / ln 2
-    perplexity: float  # exp(loss)
+    perplexity: float  # exp(loss); inf beyond the largest float
     chars: int  # characters scored
     unknown_chars: int  # characters skipped because they are not in the vocabulary
 
+    @property
+    def reason(self) -> str | None:
+        """Why a value is not a finite number, or None when all are."""
+        if not math.isfinite(self.loss):
+            return NO_SCORE
+        return None if math.isfinite(self.perplexity) else HUGE_PERPLEXITY
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The result as JSON can hold it (it has no NaN or Infinity): a value that is not a
+        finite number is null, and then, only then, `reason` says why."""
+        d = asdict(self)
+        if self.reason is not None:
+            d.update({k: None for k in ("loss", "bpc", "perplexity") if not math.isfinite(d[k])})
+            d["reason"] = self.reason
+        return d
 
     def summary(self) -> str:
         n = self.unknown_chars
         skipped = f"; {n:,} unknown character{'s' * (n != 1)} skipped" if n else ""
+        if not math.isfinite(self.loss):
+            return f"no finite loss over {self.chars:,} characters{skipped}: {NO_SCORE}"
+        perplexity = (
+            f"perplexity {self.perplexity:.3f}"
+            if math.isfinite(self.perplexity)
+            else "perplexity larger than the largest float"
+        )
         return (
-            f"loss {self.loss:.4f} nats/char, {self.bpc:.4f} bpc, perplexity "
-            f"{self.perplexity:.3f} over {self.chars:,} characters{skipped}"
+            f"loss {self.loss:.4f} nats/char, {self.bpc:.4f} bpc, {perplexity} "
+            f"over {self.chars:,} characters{skipped}"
         )
 
 
@@ -69,8 +93,11 @@ def evaluate(
             f"none of the characters of '{name}' are in the model's vocabulary; "
             "nothing to score (was the model trained on another alphabet?)"
         )
-    loss = total_loss(params, ids) / len(ids)
-    perplexity = math.exp(loss) if loss < 700 else math.inf  # exp(710) overflows a float
+    loss = _mean_loss(params, ids)
+    try:
+        perplexity = math.exp(loss)
+    except OverflowError:  # exp(710) is beyond a float
+        perplexity = math.inf
     return EvalResult(
         loss=loss,
         bpc=loss / math.log(2),
@@ -78,6 +105,17 @@ def evaluate(
         chars=len(ids),
         unknown_chars=n_unknown,
     )
+
+
+def _mean_loss(params: dict, ids: np.ndarray) -> float:
+    """total_loss / N, computed again in float64 when a float32 model's outputs overflow (its
+    weights passed every check of `load`: finite, yet large enough); nan or inf only when
+    float64 overflows too. NumPy's warnings about the overflow are not shown: the score says it."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = total_loss(params, ids) / len(ids)
+        if not math.isfinite(loss) and any(v.dtype != np.float64 for v in params.values()):
+            loss = total_loss({k: v.astype(np.float64) for k, v in params.items()}, ids) / len(ids)
+    return loss
 
 
 def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:

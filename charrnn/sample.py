@@ -7,8 +7,10 @@ product per character, not M loops.
 Drawing uses the Gumbel-max trick: argmax(logits + g) with g = -log(-log(u)) for uniform u is
 an exact draw from softmax(logits). The noise is drawn from the Generator in large blocks,
 before the steps that use it, so a step makes no RNG call and needs no exp, no normalisation
-and no cumulative sum: one add and one argmax. Temperature is folded into a scaled copy of
-Why and by, made once; top-k and top-p set the logits they exclude to -inf before the argmax.
+and no cumulative sum: one add and one argmax. Temperature is folded in once, where it cannot
+overflow: argmax(z / T + g) = argmax(z + T g), so a temperature above 1 scales a copy of Why and
+by down, and one below 1 scales the noise down (1 / T of T = 1e-40 is beyond float32); top-k and
+top-p set the logits they exclude to -inf before the argmax.
 The recurrence itself is `model.run` (the prime) and `model.step` (each drawn character), the
 same for every cell.
 
@@ -92,15 +94,17 @@ def generate(
     Why = params["Why"]
     V, M, dtype = Why.shape[0], num_samples, Why.dtype
     greedy = argmax or top_k == 1
-    scale = 1.0 if greedy else 1.0 / temperature
+    # argmax(z / T + g) = argmax(z + T g): both scales are at most 1, so nothing can overflow
+    logit_scale = 1.0 if greedy else 1.0 / max(temperature, 1.0)
+    noise_scale = 1.0 if greedy else min(temperature, 1.0)
     top_k = None if top_k is None or top_k >= V else top_k
     top_p = None if top_p is None or top_p >= 1.0 else top_p
 
-    Why_T = (Why * scale).astype(dtype, copy=False).T  # (H, V): Why / T, read transposed
-    by = (params["by"] * scale).astype(dtype, copy=False)  # (V,)
+    Why_T = (Why * logit_scale).astype(dtype, copy=False).T  # (H, V): Why / max(T, 1), transposed
+    by = (params["by"] * logit_scale).astype(dtype, copy=False)  # (V,)
     state = warm_state(params, prime_ids, M)  # (M, W)
     h = top_output(params, state)  # (M, H): the top layer's h_t, read by the output layer
-    logits = np.empty((M, V), dtype=dtype)  # (M, V): Why h_t / T
+    logits = np.empty((M, V), dtype=dtype)  # (M, V): Why h_t / max(T, 1)
     scores = np.empty((M, V), dtype=dtype)  # (M, V)
     block = max(1, NOISE_BLOCK // (M * V))  # steps of noise per RNG call
     noise = scores[None]  # replaced at step 0 of every block
@@ -113,10 +117,13 @@ def generate(
             else:
                 if i % block == 0:  # by is folded into the noise: one add per step, not two
                     noise = gumbel(rng, (min(block, length - i), M, V), dtype)  # (steps, M, V)
+                    if noise_scale < 1.0:
+                        noise *= noise_scale  # T g; underflows harmlessly to 0 for a tiny T
                     noise += by
-                np.add(logits, noise[i % block], out=scores)  # Why h / T + by / T + g
+                # (Why h + by) / T + g, times min(T, 1)
+                np.add(logits, noise[i % block], out=scores)
                 if top_k is not None or top_p is not None:
-                    scores[_excluded(logits + by, top_k, top_p)] = -np.inf
+                    scores[_excluded(logits + by, top_k, top_p, noise_scale)] = -np.inf
             ids = scores.argmax(axis=1)  # (M,)
             yield ids
             if i + 1 < length:
@@ -137,14 +144,20 @@ def gumbel(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarra
     return np.negative(g, out=g)
 
 
-def _excluded(z: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
-    """Mask (M, V) of the characters that top-k, then top-p (nucleus), leave out of logits z."""
+def _excluded(
+    z: np.ndarray, top_k: int | None, top_p: float | None, temperature: float = 1.0
+) -> np.ndarray:
+    """Mask (M, V) of the characters that top-k, then top-p (nucleus), leave out of the
+    distribution softmax(z / temperature)."""
     if top_p is None:  # top-k alone: a partition, no sort
         kth = np.partition(z, -top_k, axis=1)[:, -top_k, None]  # (M, 1): the k-th largest
         return z < kth  # ties with the k-th largest are kept
     order = np.argsort(-z, axis=1)  # (M, V), most likely first
     p = np.take_along_axis(z, order, axis=1)  # (M, V): sorted logits
     p -= p[:, :1]
+    if temperature != 1.0:  # in float64; a value beyond even its range is -inf: probability 0
+        with np.errstate(over="ignore"):
+            p = p.astype(np.float64) / temperature
     np.exp(p, out=p)  # sorted probabilities, unnormalised
     if top_k is not None:
         p[:, top_k:] = 0.0

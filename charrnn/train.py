@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -25,10 +26,18 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import TrainingError
+from charrnn.errors import ConfigError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
-from charrnn.runs import RunLock, new_run_dir
+from charrnn.runs import (
+    RUNS_DIR,
+    RunLock,
+    checkpoint_file,
+    existing_run,
+    make_run_dir,
+    remove_run,
+    remove_unused,
+)
 from charrnn.sample import generate
 from charrnn.state import TrainState, load_for_resume, new_config, resume_config
 
@@ -102,20 +111,24 @@ class _Signals:
 
 def _metrics_file(run_dir: Path, resume_step: int | None):
     """Open metrics.jsonl for appending; on resume, drop lines past the checkpoint's step (and
-    a last line cut short when the run was killed)."""
+    a last line cut short when the run was killed). Returns the file and the last `elapsed` of
+    the lines kept, which the resumed run's `elapsed` continues from (0 for a new run)."""
     path = run_dir / "metrics.jsonl"
+    elapsed = 0.0
     if resume_step is not None and path.exists():
         kept = [
-            ln
+            (ln, rec)
             for ln in path.read_text(errors="replace").splitlines()
             if (rec := _json_object(ln)) is not None
             and isinstance(rec.get("step", 0), int)
             and rec.get("step", 0) <= resume_step
         ]
-        _write_atomic(path, "".join(ln + "\n" for ln in kept))
+        _write_atomic(path, "".join(ln + "\n" for ln, _ in kept))
+        times = [r["elapsed"] for _, r in kept if isinstance(r.get("elapsed"), (int, float))]
+        elapsed = float(times[-1]) if times and math.isfinite(times[-1]) else 0.0
     elif path.exists():
         path.unlink()
-    return path.open("a", buffering=1)  # line-buffered: a kill loses no finished line
+    return path.open("a", buffering=1), elapsed  # line-buffered: a kill loses no finished line
 
 
 def _json_object(line: str) -> dict | None:
@@ -139,6 +152,7 @@ def train_corpus(
     set_items: Iterable[str] = (),
     out: str | Path | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     reporter=None,
     encode_bar=None,
 ) -> TrainResult:
@@ -146,15 +160,28 @@ def train_corpus(
     every compatibility check), read the corpus through its cache, and train.
 
     `overrides` are command-line settings (None = not given); `encode_bar` is an optional
-    progress callback and context manager shown while a large corpus is encoded.
+    progress callback and context manager shown while a large corpus is encoded. A folder
+    `out` that holds a run is refused unless `resume` continues that run or `overwrite` says
+    to delete it, and refused before the corpus is read (again under the run's lock in `train`).
     """
     ckpt = None
+    continuing = False
     if resume is not None:
-        ckpt, resume_dir = load_for_resume(Path(resume))
+        ckpt, resume_dir = load_for_resume(checkpoint_file(resume, "last.npz"))
         cfg = resume_config(ckpt, config_file, overrides or {}, set_items)
         out = out or resume_dir
+        continuing = _same_folder(Path(out), resume_dir)
+        if continuing and overwrite:
+            raise ConfigError(
+                "--overwrite would delete the run that --resume continues; give one of them"
+            )
     else:
         cfg = new_config(config_file, overrides or {}, set_items)
+    existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
+    if out is not None and existing == "refuse" and (refusal := existing_run(out)) is not None:
+        with RunLock(out):  # a training that is writing it now: say that instead
+            pass
+        raise refusal
     with encode_bar or nullcontext():
         prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
     state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
@@ -162,39 +189,67 @@ def train_corpus(
     return train(
         cfg,
         prepared.corpus,
-        out or new_run_dir(),
+        out,
         state=state,
         reporter=reporter,
         notice=prepared.summary() if encoded else None,
+        existing=existing,
     )
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a does not exist yet: a new folder
+        return False
 
 
 def train(
     cfg: Config,
     corpus: Corpus,
-    run_dir: str | Path,
+    run_dir: str | Path | None = None,
     *,
     state: TrainState | None = None,
     reporter=None,
     notice: str | None = None,
+    existing: str = "refuse",
 ) -> TrainResult:
-    """Train a model on corpus into run_dir; continue from `state` (a resumed run) when given.
+    """Train a model on corpus into run_dir (None: a new folder under runs/); continue from
+    `state` (a resumed run) when given.
 
     The run folder is locked before anything in it is written, so a second training pointed at
-    the same folder refuses without touching the first one's files.
+    the same folder refuses without touching the first one's files. `existing` says what to do
+    when the folder already holds a run: "refuse" it (TrainingError naming --resume and
+    --overwrite), "overwrite" it (its files are deleted once the new run's checks pass), or
+    "continue" it (it is the run that `state` resumes). A folder this call created is removed
+    again when the run fails before writing anything in it.
     """
-    run_dir = Path(run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir, made = make_run_dir(run_dir)
     except OSError as e:
+        where = RUNS_DIR if run_dir is None else run_dir
         raise TrainingError(
-            f"cannot create run folder '{run_dir}': {e.strerror or e}; pass another --out"
+            f"cannot create run folder '{where}': {e.strerror or e}; pass another --out"
         ) from None
     try:
         # single-threaded BLAS: the step's products are small; parallel.py shares the cores
         with RunLock(run_dir), blas_threads(1):
-            ckpt_io.remove_temp_files(run_dir)  # left by a save that a kill cut short
-            return _train(cfg, corpus, run_dir, state, reporter or NullReporter(), notice)
+            try:
+                if existing == "refuse" and (refusal := existing_run(run_dir)) is not None:
+                    raise refusal
+                ckpt_io.remove_temp_files(run_dir)  # left by a save that a kill cut short
+                return _train(
+                    cfg,
+                    corpus,
+                    run_dir,
+                    state,
+                    reporter or NullReporter(),
+                    notice,
+                    overwrite=existing == "overwrite",
+                )
+            except BaseException:
+                remove_unused(made)  # a folder made for a run that failed its checks
+                raise
     except BrokenPipeError:
         raise
     except OSError as e:  # checkpoint saves say this themselves; this is config/metrics/lock
@@ -306,6 +361,7 @@ def _train(
     state: TrainState | None,
     reporter,
     notice: str | None,
+    overwrite: bool,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
@@ -316,24 +372,31 @@ def _train(
     s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab))
     limits = _Limits.of(cfg, batches.steps_per_epoch)
 
+    if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
+        remove_run(run_dir)
     _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
     on_disk = resumed and (run_dir / "last.npz").exists()
     ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None)
+    metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
     reporter.start(
         {
             "run_dir": str(run_dir),
             "start_step": s.step,
+            "resumed": resumed,
+            "reached": limits.reached(s.step, 0.0) if resumed else None,  # before any step
             "max_steps": limits.steps,
+            "max_epochs": cfg.max_epochs or None,
+            "epoch_steps": limits.epoch_steps,
             "steps_per_epoch": batches.steps_per_epoch,
             "vocab_size": len(corpus.vocab),
             "train_chars": len(train_ids),
             "val_chars": len(val_ids),
             "max_time": cfg.max_time or None,
+            "start_elapsed": elapsed0,
             "notice": notice,
         }
     )
     loss_and_grads = GradientWorkers(B, auto_workers(B, cfg.workers))
-    metrics_out = _metrics_file(run_dir, s.step if resumed else None)
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss = None, None
@@ -385,7 +448,7 @@ def _train(
                     "grad_norm": norm,
                     "lr": lr,
                     "chars_per_sec": B * T / step_time,
-                    "elapsed": round(time.perf_counter() - start, 3),
+                    "elapsed": round(elapsed0 + time.perf_counter() - start, 3),  # across resumes
                 }
                 metrics_out.write(json.dumps(record) + "\n")
                 if improved:

@@ -1,5 +1,6 @@
 """Shared fixtures. Every test runs in its own empty tmp_path as the current directory, so a
-default run folder (runs/...) or any relative path a test writes never lands in the repository."""
+default run folder (runs/...) or any relative path a test writes never lands in the repository,
+and without $CHARRNN_CHECKPOINT, so the default checkpoint is the one the test made."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ rng_seed: 1
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHARRNN_CHECKPOINT", raising=False)  # a user's pin would choose models
     return tmp_path
 
 

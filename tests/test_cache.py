@@ -9,6 +9,8 @@ import errno
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, cli, user_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +29,13 @@ from charrnn.config import Config
 from charrnn.data import Batches, build_corpus, read_text, split
 from charrnn.errors import DataError
 from charrnn.train import train
+
+
+@pytest.fixture(autouse=True)
+def no_cache_dir(monkeypatch):
+    """Caches go beside the corpus unless a test sets CHARRNN_CACHE_DIR itself."""
+    monkeypatch.delenv("CHARRNN_CACHE_DIR", raising=False)
+
 
 # multi-byte characters of every UTF-8 length (2, 3 and 4 bytes), so that tiny blocks cut
 # them at every possible byte
@@ -335,10 +345,10 @@ def not_writable(monkeypatch, folders):
 
 def test_unwritable_folder_falls_back_to_the_user_cache_dir(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
-    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     not_writable(monkeypatch, {cache_folder(tmp_path)})
     built = cache.prepare(path)
-    assert built.cache_path.parent == tmp_path / "user-cache"
+    assert built.cache_path.parent == tmp_path / "xdg" / "charrnn"
     assert built.cache_path.name.startswith("c.txt-")
     assert not cache_folder(tmp_path).exists()
     assert cache.prepare(path).reused
@@ -346,7 +356,7 @@ def test_unwritable_folder_falls_back_to_the_user_cache_dir(tmp_path, monkeypatc
 
 def test_no_writable_folder_at_all_is_a_clean_error(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
-    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     not_writable(monkeypatch, set(cache._cache_folders(path)))
     with pytest.raises(DataError, match="no writable folder for the cache of .*CHARRNN_CACHE_DIR"):
         cache.prepare(path)
@@ -529,3 +539,237 @@ def test_codec_complaint_is_a_clean_error(tmp_path, runner):
         f"Error: '{path}' cannot be read as utf-16: UTF-16 stream does not start with BOM; "
         "pass another --encoding"
     ]
+
+
+# ---- a cache's own contents are checked before use ----
+
+
+def _edit_meta(folder, change, checksum: bool):
+    """Rewrite meta.json with change(meta) applied; with its checksum made to match, or not."""
+    meta = json.loads((folder / "meta.json").read_text())
+    change(meta)
+    if checksum:
+        meta["checksum"] = cache._checksum(meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _swap_first_two(meta):
+    meta["vocab"][0], meta["vocab"][1] = meta["vocab"][1], meta["vocab"][0]
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last", "every 7th"])
+def test_ids_past_the_vocabulary_rebuild_the_cache_and_training_works(tmp_path, where):
+    """Ids overwritten on disk with values past the vocabulary (training read them as an
+    IndexError mid-run) are found before use; the cache is rebuilt, training runs."""
+    path = write(tmp_path / "c.txt", "hello world! " * 100)
+    assert cli("prepare", path).exit_code == 0
+    ids_file = cache_folder(tmp_path) / "ids.npy"
+    ids = np.load(ids_file, mmap_mode="r+")
+    n = len(ids)
+    at = {"first": [0], "middle": [n // 2], "last": [n - 1], "every 7th": slice(0, n, 7)}[where]
+    ids[at] = 200  # the vocabulary has 9 characters
+    ids.flush()
+    del ids
+
+    result = cli("train", path, *TINY, "--max-steps", 3, "--out", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    assert_same(cache.prepare(path).corpus, in_memory(path))
+    assert (
+        cli("sample", "--checkpoint", tmp_path / "run" / "last.npz", "--length", 5).exit_code == 0
+    )
+
+
+def test_uint16_ids_past_the_vocabulary_are_found(tmp_path):
+    text = "".join(chr(c) for c in range(0x100, 0x100 + 300)) * 3
+    path = write(tmp_path / "c.txt", text)
+    cache.prepare(path, block_size=64)
+    ids = np.load(cache_folder(tmp_path) / "ids.npy", mmap_mode="r+")
+    assert ids.dtype == np.uint16
+    ids[-1] = 300  # == vocabulary size
+    ids.flush()
+    del ids
+    got = cache.prepare(path, block_size=64)
+    assert not got.reused
+    assert_same(got.corpus, in_memory(path))
+
+
+def test_ids_are_checked_a_block_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "CHECK_BLOCK", 7)
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    cache.prepare(path)
+    assert cache.prepare(path).reused
+    ids = np.load(cache_folder(tmp_path) / "ids.npy", mmap_mode="r+")
+    ids[299] = 3
+    ids.flush()
+    del ids
+    assert not cache.prepare(path).reused
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["checksum stale", "checksum redone"])
+def test_swapped_vocabulary_rebuilds_and_checkpoints_load(tmp_path, checksum):
+    """Vocabulary entries swapped in meta.json made training write checkpoints that `load`
+    refuses (an unsorted vocabulary). A stale checksum finds the edit; a recomputed one still
+    leaves an unsorted vocabulary, which is found too."""
+    path = write(tmp_path / "c.txt", "hello world! " * 100)
+    assert cli("prepare", path).exit_code == 0
+    _edit_meta(cache_folder(tmp_path), _swap_first_two, checksum)
+
+    result = cli("train", path, *TINY, "--max-steps", 3, "--out", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    for name in ("last.npz", "best.npz"):
+        assert cli("sample", "--checkpoint", tmp_path / "run" / name, "--length", 5).exit_code == 0
+    assert json.loads(cli("prepare", path, "--json").stdout)["reused"] is True
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.update(vocab=m["vocab"] + m["vocab"][-1:]),  # a repeated character
+        lambda m: m.update(vocab=[-1, *m["vocab"][1:]]),
+        lambda m: m.update(vocab=[*m["vocab"][:-1], 0x110000]),  # past Unicode
+        lambda m: m.update(vocab=[float(c) for c in m["vocab"]]),
+        lambda m: m.update(vocab=[]),
+        lambda m: m.update(n_chars=m["n_chars"] + 1),
+        lambda m: m.update(format_version=2),
+    ],
+    ids=["repeated", "negative", "past Unicode", "floats", "empty", "n_chars", "format 2"],
+)
+def test_meta_that_does_not_describe_the_ids_rebuilds(tmp_path, change):
+    path = write(tmp_path / "c.txt", "hello world! " * 100)
+    cache.prepare(path)
+    for checksum in (False, True):
+        _edit_meta(cache_folder(tmp_path), change, checksum)
+        got = cache.prepare(path)
+        assert not got.reused
+        assert_same(got.corpus, in_memory(path))
+
+
+def test_a_huge_or_deep_meta_json_is_rebuilt_quickly(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "MAX_META_BYTES", 1000)
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    folder = cache.prepare(path).cache_path
+    for junk in (b" " * 2000 + b"{}", b"[" * 100_000 + b"]" * 100_000):
+        (folder / "meta.json").write_bytes(junk)
+        start = time.monotonic()
+        assert not cache.prepare(path).reused
+        assert time.monotonic() - start < 2
+
+
+# ---- what a killed prepare leaves behind ----
+
+
+def test_leftovers_of_a_killed_build_go_with_the_next_prepare(tmp_path):
+    """A build killed by a signal leaves ids.npy without meta.json, and maybe a temporary
+    meta.json; the next prepare that takes the folder's lock removes them."""
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    folder = cache.prepare(path).cache_path
+    (folder / "meta.json").unlink()
+    (folder / ".meta.json.k3j2h1.tmp").write_text("{")
+    assert cli("prepare", path).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "lock", "meta.json"]
+
+
+def test_a_read_of_a_cache_whose_build_was_killed_clears_it(tmp_path):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    folder = cache.prepare(path).cache_path
+    (folder / "meta.json").unlink()
+    (folder / ".meta.json.zz9.tmp").write_text("{")
+    assert cache._open_cache(folder, {}, "utf-8", "strict") is None
+    assert sorted(p.name for p in folder.iterdir()) == ["lock"]
+
+
+def _stream_folders(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("charrnn-stream-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_temp_files_of_a_killed_stdin_prepare_go_with_the_next_run(tmp_path, sig, monkeypatch):
+    """`train -` killed while it reads stdin leaves its temporary folder (no handler runs);
+    the next run that reads a stream, finding that folder's lock free, deletes it."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    cmd = [sys.executable, "-m", "charrnn", "train", "-", *map(str, TINY), "--out", "run", "-q"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        proc.stdin.write(b"hello world! " * 100)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not _stream_folders(tmp):  # pass 1 is waiting for the rest of stdin
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == -sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(_stream_folders(tmp)) == 1  # what the kill left
+
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+
+    result = cli("train", "-", *TINY, "--max-steps", 2, "--out", tmp_path / "r2", "-q",
+                 input="hello world! " * 100)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _stream_folders(tmp) == [] and list(tmp.iterdir()) == []
+
+
+def test_a_stream_folder_in_use_is_left_alone(tmp_path, monkeypatch):
+    tmp = tmp_path / "tmp"
+    (tmp / "charrnn-stream-live").mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"abc" * 100)))
+    with cache._locked(tmp / "charrnn-stream-live", exclusive=True):  # as a live stream holds it
+        assert cache.prepare("-").corpus.vocab == ["a", "b", "c"]
+        assert _stream_folders(tmp) == [tmp / "charrnn-stream-live"]
+
+
+# ---- CHARRNN_CACHE_DIR ----
+
+
+def test_charrnn_cache_dir_is_where_caches_go(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "caches"))
+    summary = json.loads(cli("prepare", path, "--json").stdout)
+    assert Path(summary["cache"]).parent == tmp_path / "caches"
+    assert not cache_folder(tmp_path).exists()  # though the corpus's folder is writable
+    assert json.loads(cli("prepare", path, "--json").stdout)["reused"] is True
+
+
+def test_a_corpus_name_too_long_for_a_cache_beside_it(tmp_path, monkeypatch):
+    """A 250-byte name plus the cache suffix is past the 255-byte limit: the cache goes to the
+    user cache folder, or to CHARRNN_CACHE_DIR, under a shortened name, never an error."""
+    path = write(tmp_path / ("é" * 125 + ".txt"), "abc" * 100)  # 254 bytes
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.prepare(path).cache_path.parent == tmp_path / "xdg" / "charrnn"
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "caches"))
+    built = cache.prepare(path)
+    assert built.cache_path.parent == tmp_path / "caches" and cache.prepare(path).reused
+    assert len(built.cache_path.name.encode()) < 255
+
+
+def test_cache_dir_errors_name_it_and_never_say_to_set_it(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.txt", "abc" * 100)
+    chosen = tmp_path / "caches"
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(chosen))
+    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    message = user_error(cli("prepare", path))
+    assert message == (
+        f"cannot write the cache of '{path}' in CHARRNN_CACHE_DIR '{chosen}'; "
+        "point it at a writable folder"
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(chosen))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache, "_write_ids", disk_full)
+    assert user_error(cli("prepare", path)).endswith(
+        "No space left on device; free disk space there or point CHARRNN_CACHE_DIR at another "
+        "folder"
+    )

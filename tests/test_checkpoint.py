@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import re
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,8 @@ from helpers import (
     temp_files,
     user_error,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.errors import CheckpointError
@@ -135,6 +144,155 @@ def _past_unicode(a: np.ndarray) -> np.ndarray:
     return a
 
 
+# ---- crafted files: zips that say what np.savez never writes ----
+
+
+def members(raw: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def npy_header(shape, descr: str) -> bytes:
+    """An .npy header (format 1.0) declaring shape and dtype, without any data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": tuple(shape)}
+    )
+    return buf.getvalue()
+
+
+def split_npy(npy: bytes) -> tuple[np.dtype, bytes]:
+    """(dtype, data) of an .npy file's bytes."""
+    f = io.BytesIO(npy)
+    np.lib.format.read_magic(f)
+    _, _, dtype = np.lib.format.read_array_header_1_0(f)
+    return dtype, npy[f.tell() :]
+
+
+def handmade_zip(entries) -> bytes:
+    """A zip written byte by byte, so that it can say what zipfile never writes. Entries are
+    (name, method, payload, file_size, crc) with payload the bytes as stored (deflated for
+    method 8); compress_size is len(payload) unless an entry has a sixth item."""
+    out, central = io.BytesIO(), io.BytesIO()
+    for name, method, payload, size, crc, *csize in entries:
+        csize = csize[0] if csize else len(payload)
+        offset, n = out.tell(), name.encode()
+        out.write(
+            struct.pack(
+                "<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, csize, size, len(n), 0
+            )
+        )
+        out.write(n + payload)
+        central.write(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                method,
+                0,
+                0,
+                crc,
+                csize,
+                size,
+                len(n),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )  # fmt: skip
+            + n
+        )
+    cd, start, count = central.getvalue(), out.tell(), len(entries)
+    out.write(cd + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(cd), start, 0))
+    return out.getvalue()
+
+
+def stored(parts: dict[str, bytes]) -> list[tuple]:
+    return [(name, 0, data, len(data), zlib.crc32(data)) for name, data in parts.items()]
+
+
+def declaring(name: str, shape, descr: str | None = None):
+    """The file with array `name`'s header declaring another shape (and dtype), its data kept:
+    a few bytes' edit that makes numpy allocate whatever the header says."""
+
+    def make(raw: bytes) -> bytes:
+        parts = members(raw)
+        dtype, data = split_npy(parts[name + ".npy"])
+        parts[name + ".npy"] = npy_header(shape, descr or dtype.str) + data
+        return handmade_zip(stored(parts))
+
+    return make
+
+
+def deflated_zeros(header: bytes, mib: int) -> bytes:
+    """Raw deflate of header + mib MiB of zeros, made without ever holding them: one
+    independent (fully flushed) block of a MiB of zeros, repeated. About 1 kB a MiB."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
+    zeros = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    return head + zeros * mib + c.flush()
+
+
+def bomb(name: str, mib: int, descr: str, shape_of=None):
+    """The file with array `name` replaced by a deflated one that holds what its header
+    declares, mib MiB of zeros: a few MB on disk, gigabytes once read."""
+
+    def make(raw: bytes) -> bytes:
+        parts = members(raw)
+        itemsize = np.dtype(descr).itemsize
+        count = (mib << 20) // itemsize
+        shape = shape_of(count) if shape_of else (count,)
+        header = npy_header(shape, descr)
+        payload = deflated_zeros(header, mib)
+        size = len(header) + int(np.prod(shape, dtype=object)) * itemsize  # what it declares
+        entries = stored({k: v for k, v in parts.items() if k != name + ".npy"})
+        entries.append((name + ".npy", 8, payload, size, 0))  # the CRC: never read that far
+        return handmade_zip(entries)
+
+    return make
+
+
+def lying_sizes(name: str, size: int, csize: int | None = None, method: int = 0):
+    """The file with member `name` declaring sizes (uncompressed, compressed) it does not have."""
+
+    def make(raw: bytes) -> bytes:
+        parts = members(raw)
+        entries = []
+        for k, v in parts.items():
+            if k != name + ".npy":
+                entries += stored({k: v})
+            elif method == 8:
+                payload = zlib.compress(v)[2:-4]  # raw deflate
+                entries.append((k, 8, payload, size, zlib.crc32(v)))
+            else:
+                entries.append((k, 0, v, size, zlib.crc32(v), csize))
+        return handmade_zip(entries)
+
+    return make
+
+
+def train_state_edit(**changes):
+    """An edit of the checkpoint's train_state JSON (rng_state.x: a key of the RNG state)."""
+
+    def make(a):
+        ts = json.loads(str(a["train_state"]))
+        for key, value in changes.items():
+            if key.startswith("rng_"):
+                rng = ts["rng_state"]
+                (rng["state"] if key in ("rng_state_word", "rng_inc") else rng)[
+                    {"rng_state_word": "state", "rng_inc": "inc"}.get(key, key[4:])
+                ] = value
+            else:
+                ts[key] = value
+        return np.array(json.dumps(ts))
+
+    return edit(train_state=make)
+
+
 # name: (a function of the valid file's bytes, of its arrays or of its path; what load says)
 BAD_CHECKPOINTS = {
     "missing": (elsewhere(lambda dest: dest.with_name("nope.npz")), "not found"),
@@ -182,6 +340,40 @@ BAD_CHECKPOINTS = {
     "config not JSON": (edit(config=np.array("{hidden_size: 8")), "not valid JSON"),
     "config a list": (edit(config=np.array("[1, 2]")), "must be JSON objects"),
     "weights float16": (edit(Wxh=lambda a: a["Wxh"].astype(np.float16)), "float32 or all"),
+    # crafted: checked against the file and each other before any data is read (issue 11)
+    "vocab declares 10^12 characters": (
+        declaring("vocab", (10**12,)),
+        "array 'vocab' declares <U1 (1000000000000,), which is not the ",
+    ),
+    "Whh declares 10^12 entries": (
+        declaring("Whh", (10**6, 10**6)),
+        "array 'Whh' declares <f4 (1000000, 1000000), which is not the ",
+    ),
+    "a negative dimension": (declaring("by", (-5,)), "array 'by' declares <f4 (-5,)"),
+    "a vocabulary that decompresses to 256 MB": (
+        bomb("vocab", 256, "<U1"),
+        "'vocab' declares 67,108,864 characters, more than Unicode has",
+    ),
+    "weights that decompress to 256 MB": (
+        bomb("Whh", 256, "<f4", lambda n: (int(n**0.5), int(n**0.5))),
+        "'Wxh' has shape (8, 59), expected (8192, 59)",
+    ),
+    "a member larger than deflate can make it": (
+        lying_sizes("vocab", 10**9, method=8),
+        "member 'vocab.npy' declares a size its data cannot have",
+    ),
+    "members larger than the file": (
+        lying_sizes("Why", 4 * 10**9, csize=4 * 10**9),
+        "its members declare more bytes than the file holds",
+    ),
+    "a config of 100,000 characters": (
+        edit(config=np.array(json.dumps({"x": "y" * 100_000}))),
+        "'config' is longer than 65,536 characters",
+    ),
+    "format_version an array": (
+        edit(format_version=np.zeros(3, dtype=np.int64)),
+        "array 'format_version' has the wrong type or shape",
+    ),
 }
 
 
@@ -228,3 +420,180 @@ def test_pickled_object_array_is_refused_never_unpickled(where, good_run, tmp_pa
     for command in checkpoint_commands(path, corpus, "--max-steps", 99):
         assert "refused because loading them can run code" in user_error(cli(*command))
     assert not marker.exists()
+
+
+# ---- crafted files are refused before their data is read ----
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in BAD_CHECKPOINTS if "declare" in c or "decompress" in c]
+)
+def test_crafted_sizes_are_refused_in_bounded_time_and_memory(case, good_run, tmp_path):
+    _, run = good_run
+    path = bad_file(run / "last.npz", tmp_path / "bad.npz", BAD_CHECKPOINTS[case][0])
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    start = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError):
+            ckpt_io.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20 and time.monotonic() - start < 2, (peak, time.monotonic() - start)
+
+
+def test_more_members_than_a_checkpoint_has_are_refused_unread(good_run, tmp_path, monkeypatch):
+    _, run = good_run
+    monkeypatch.setattr(ckpt_io, "MAX_MEMBERS", 10)
+    with pytest.raises(CheckpointError, match=r"has 2\d members, more than a checkpoint holds"):
+        ckpt_io.load(run / "last.npz")
+
+
+def _bounded_cli(args, memory: int, cwd: Path, timeout: float = 60):
+    """`python -m charrnn ARGS` in a process limited to `memory` bytes of address space."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "charrnn", *map(str, args)]
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, preexec_fn=limit, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_a_model_bigger_than_memory_is_refused_with_what_it_needs(good_run, tmp_path):
+    """A file whose arrays agree with each other but need more memory than the process may use
+    (here weights of hidden size 16,384: 1 GiB of deflated zeros in 1 MB) is refused, saying how
+    much it needs, not with a MemoryError after minutes."""
+    _, run = good_run
+    parts = members((run / "last.npz").read_bytes())
+    H = 16384
+    V = split_npy(parts["vocab.npy"])[1].__len__() // 4
+    shapes = {"Wxh": (H, V), "Whh": (H, H), "bh": (H,), "Why": (V, H), "by": (V,)}
+    entries = stored({k: v for k, v in parts.items() if k[:-4] not in (*shapes, "h_carry")})
+    entries = [e for e in entries if not e[0].startswith("opt.")]
+    for name, shape in shapes.items():
+        header = npy_header(shape, "<f4")
+        size = len(header) + 4 * int(np.prod(shape))
+        if name == "Whh":  # 1 GiB: made without holding it, its CRC never reached
+            entries.append((f"{name}.npy", 8, deflated_zeros(header, 1024), size, 0))
+        else:
+            data = header + bytes(size - len(header))
+            entries.append((f"{name}.npy", 8, zlib.compress(data)[2:-4], size, zlib.crc32(data)))
+    path = tmp_path / "big.npz"
+    path.write_bytes(handmade_zip(entries))
+    assert path.stat().st_size < 4 << 20
+
+    start = time.monotonic()
+    result = _bounded_cli(["sample", "--checkpoint", path, "--length", 5], 1 << 30, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"Error: checkpoint '{path}' needs 1.1 GB of memory to load")
+    assert "this process can use; load it on a machine with more memory" in result.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_a_two_gigabyte_member_through_the_cli_in_bounded_memory(good_run, tmp_path):
+    corpus, run = good_run
+    path = bad_file(run / "last.npz", tmp_path / "bomb.npz", bomb("vocab", 2048, "<U1"))
+    for command in checkpoint_commands(path, corpus, "--out", tmp_path / "r"):
+        result = _bounded_cli(command, 1 << 30, tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "'vocab' declares 536,870,912 characters, more than Unicode has" in result.stderr
+
+
+DESCRS = ["<f4", "<f8", ">f4", "<U1", "<U4", "<U100000", "<i8", "|b1", "<c8", "|S5", "|O"]
+DIMS = st.one_of(st.integers(0, 16), st.integers(10**5, 10**13), st.just(-1))
+
+
+@settings(
+    max_examples=max(1, round(60 * float(os.environ.get("CHARRNN_FUZZ_SCALE", "1")))),
+    deadline=None,
+    database=None,
+    derandomize=os.environ.get("CI") == "true",
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_any_declared_shape_is_loaded_or_refused_in_bounded_memory(data, good_run, tmp_path):
+    """A member of a valid checkpoint (or a new one) with a header declaring any shape and type,
+    its data kept, cut or made to agree with the header, stored or deflated: load returns a
+    checkpoint or refuses in one line, never holding more than the file could honestly need."""
+    _, run = good_run
+    parts = members((run / "last.npz").read_bytes())
+    name = data.draw(st.sampled_from([*sorted(parts), "extra.npy"]), label="member")
+    shape = data.draw(st.lists(DIMS, max_size=3), label="shape")
+    descr = data.draw(st.sampled_from(DESCRS), label="dtype")
+    header = npy_header(shape, descr)
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(descr).itemsize
+    old = split_npy(parts[name])[1] if name in parts else b""
+    how = data.draw(st.sampled_from(["data kept", "data cut", "as declared"]), label="data")
+    if how == "as declared" and 0 <= nbytes <= 1 << 20:
+        body = bytes(nbytes)
+    else:
+        body = old[: len(old) // 2] if how == "data cut" else old
+    parts[name] = header + body
+    entries = []
+    deflate = data.draw(st.booleans(), label="deflated")
+    for k, v in parts.items():
+        payload = zlib.compress(v)[2:-4] if deflate else v
+        entries.append((k, 8 if deflate else 0, payload, len(v), zlib.crc32(v)))
+    path = tmp_path / "crafted.npz"
+    path.write_bytes(handmade_zip(entries))
+
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        try:
+            ckpt_io.load(path)
+        except CheckpointError as e:
+            assert "\n" not in str(e)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20 and time.monotonic() - start < 5
+
+
+# ---- hand-edited train_state: a sound model, but nothing a resume can use ----
+
+# name: (the edit, the key train_state_problem names)
+TRAIN_STATE_EDITS = {
+    "a best loss of 10^400": (train_state_edit(best_val_loss=10**400), "best_val_loss"),
+    "a best loss as text": (train_state_edit(best_val_loss="1.5"), "best_val_loss"),
+    "a negative RNG state word": (train_state_edit(rng_state_word=-1), "rng_state"),
+    "an RNG state word past 128 bits": (train_state_edit(rng_inc=2**128), "rng_state"),
+    "an RNG state word of 10^400": (train_state_edit(rng_state_word=10**400), "rng_state"),
+    "another bit generator": (train_state_edit(rng_bit_generator="MT19937"), "rng_state"),
+    "has_uint32 2": (train_state_edit(rng_has_uint32=2), "rng_state"),
+    "a negative uinteger": (train_state_edit(rng_uinteger=-1), "rng_state"),
+    "negative bad_evals": (train_state_edit(bad_evals=-1), "bad_evals"),
+    "chars_seen past 2^63": (train_state_edit(chars_seen=2**64), "chars_seen"),
+}
+
+
+# until TrainState.from_checkpoint asks train_state_problem, a resume crashes on the first
+# (OverflowError) and takes the other two as they are
+NOT_YET_REFUSED_ON_RESUME = pytest.mark.xfail(
+    strict=True, reason="state.py's resume checks do not call checkpoint.train_state_problem yet"
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=NOT_YET_REFUSED_ON_RESUME)
+        if case in ("a best loss of 10^400", "has_uint32 2", "chars_seen past 2^63")
+        else case
+        for case in TRAIN_STATE_EDITS
+    ],
+)
+def test_hand_edited_train_state_is_named_and_the_model_still_samples(case, good_run, tmp_path):
+    corpus, run = good_run
+    assert ckpt_io.train_state_problem(ckpt_io.load(run / "last.npz").train_state) is None
+    how, key = TRAIN_STATE_EDITS[case]
+    path = bad_file(run / "last.npz", tmp_path / "edited.npz", how)
+    assert ckpt_io.train_state_problem(ckpt_io.load(path).train_state) == key
+    for command in checkpoint_commands(path, corpus)[1:]:  # sample, eval
+        assert cli(*command).exit_code == 0
+    result = cli("train", corpus, "--resume", path, "--out", tmp_path / "r", "-q")
+    user_error(result)

@@ -1,14 +1,18 @@
 """Tests of charrnn.config: defaults, files, precedence and every kind of error message."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn.config import (
     DEFAULTS,
     Config,
+    _show,
     config_to_yaml,
     load_config_file,
     parse_set,
@@ -292,3 +296,171 @@ def test_set_with_unknown_key_suggests():
     assert str(e.value) == (
         "unknown config key 'hiden_size' (did you mean 'hidden_size'?) (in --set)"
     )
+
+
+# ---- hostile values: every one refused in bounded time and memory (issue 11) ----
+
+BOMB = (  # 9 levels of 9 references: 387 million strings once expanded, in 300 bytes
+    "[&a [x,x,x,x,x,x,x,x,x], "
+    + ", ".join(
+        f"&{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "]"
+)
+
+
+def test_yaml_aliases_are_refused_in_files_and_set_items(tmp_path):
+    path = write(tmp_path, f"hidden_size: {BOMB}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_file(path)
+    assert str(e.value) == (
+        f"config file '{path}' is not valid YAML at line 1: aliases (*name) are not allowed "
+        "in a config; fix the file"
+    )
+    with pytest.raises(ConfigError, match=r"the value is not valid YAML \(aliases"):
+        parse_set(f"hidden_size={BOMB}")
+    # a merge key is an alias too
+    path = write(tmp_path, "base: &b {hidden_size: 8}\n<<: *b\n")
+    with pytest.raises(ConfigError, match="at line 2: aliases"):
+        load_config_file(path)
+
+
+def test_an_anchor_without_an_alias_is_harmless(tmp_path):
+    assert load_config_file(write(tmp_path, "hidden_size: &h 8\n")) == {"hidden_size": 8}
+
+
+def test_deep_nesting_is_refused_before_python_recurses(tmp_path):
+    path = write(tmp_path, "hidden_size: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="at line 1: lists or mappings nested more than 32 deep"):
+        load_config_file(path)
+    nested = "[" * 30 + "]" * 30
+    with pytest.raises(ConfigError, match=r"got \[\[\[\[\.\.\.\]\]\]\], expected an integer"):
+        resolve_config(None, {}, [f"hidden_size={nested}"])
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("9" * 5000, "an integer written with 5,000 characters"),  # int() refuses > 4300 digits
+        ("0x" + "f" * 100_000, "an integer written with 100,002 characters"),  # no limit in hex
+        ("0b" + "1" * 1000, "an integer written with 1,002 characters"),
+        (":".join(["59"] * 200), "an integer written with 599 characters"),  # base 60
+    ],
+)
+def test_integers_too_long_to_be_a_setting(tmp_path, text, shown):
+    path = write(tmp_path, f"rng_seed: {text}\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_config(path, {}, [])
+    assert str(e.value) == (
+        f"config key 'rng_seed': got {shown}, expected an integer >= 0 or null "
+        f"(in config file '{path}')"
+    )
+    with pytest.raises(ConfigError, match=f"got {shown}"):
+        resolve_config(None, {}, [f"rng_seed={text}"])
+
+
+@pytest.mark.parametrize("key", ["hidden_size", "max_steps", "rng_seed", "eval_every"])
+def test_integers_past_int64_are_refused(key):
+    assert error_of({key: 2**63}) == (
+        f"config key '{key}': got 9223372036854775808, expected "
+        f"{Config.__dataclass_fields__[key].metadata['rule'].expected}, below 2**63"
+    )
+    assert error_of({key: 10**4000}).startswith(
+        f"config key '{key}': got an integer of about 4,000 digits, expected"
+    )
+    assert error_of({key: "9" * 5000}).startswith(f"config key '{key}': got '9999")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("max_epochs", 1e308, "got 1e+308, expected a number >= 0 and <= 1e+12"),
+        ("max_epochs", "1e308", "got '1e308', expected a number >= 0 and <= 1e+12"),
+        ("num_layers", 1025, "got 1025, expected an integer >= 1 and <= 1,024"),
+        ("workers", 100_000, "got 100000, expected an integer >= 0 and <= 1,024"),
+        ("sample_length", 10**7, "got 10000000, expected an integer >= 1 and <= 1,000,000"),
+        ("init_scale", 1e300, "got 1e+300, expected a number > 0 and <= 1,000"),
+        ("learning_rate", "1e400", "got '1e400', expected a number > 0"),  # inf
+    ],
+)
+def test_values_that_would_overflow_later_are_refused_now(key, value, message):
+    assert error_of({key: value}).startswith(f"config key '{key}': {message}")
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ('"utf\\0-8"', "'utf\\x00-8'"),
+        ('"\\ud800"', "'\\ud800'"),  # a lone surrogate: no codec can encode it
+        ('"\\U0010ffff"', "'\\U0010ffff'"),
+        ('"' + "x" * 10_000 + '"', "'" + "x" * 56 + "..."),
+    ],
+)
+def test_unencodable_and_nul_strings_are_refused_cleanly(tmp_path, text, shown):
+    path = write(tmp_path, f"encoding: {text}\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_config(path, {}, [])
+    assert str(e.value).startswith(f"config key 'encoding': got {shown}")
+
+
+def test_unknown_keys_of_any_kind_are_shown_briefly(tmp_path):
+    for key in ["0x" + "f" * 10_000, "k" * 10_000, '"\\ud800"', "2001-01-01", "[1, 2]"]:
+        path = write(tmp_path, f"? {key}\n: 1\n")
+        try:
+            resolve_config(path, {}, [])
+        except ConfigError as e:
+            assert len(str(e)) < 200 + len(str(path)), str(e)[:300]
+        else:
+            raise AssertionError(key)
+
+
+def test_a_huge_config_file_is_not_read(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)  # sparse: nothing is written
+    with pytest.raises(ConfigError) as e:
+        load_config_file(path)
+    assert str(e.value) == (
+        f"config file '{path}' is larger than 1 MiB; a config is a short mapping of keys to "
+        "values: check the --config path"
+    )
+
+
+def test_a_set_item_is_shown_briefly():
+    with pytest.raises(ConfigError) as e:
+        parse_set("x" * 1_000_000)
+    assert len(str(e.value)) < 150
+
+
+# values of every kind YAML and JSON can make, big and deep
+ANY_VALUE = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(min_value=2**60).map(lambda n: n ** (1 + n % 64)),  # up to thousands of bits
+        st.floats(),
+        st.text(max_size=200),
+        st.binary(max_size=50),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=50), st.dictionaries(st.text(max_size=5), inner, max_size=50)
+    ),
+    max_leaves=40,
+)
+EXAMPLES = float(os.environ.get("CHARRNN_FUZZ_SCALE", "1"))
+
+
+@settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
+@given(key=st.sampled_from(sorted(DEFAULTS) + ["unknown"]), value=ANY_VALUE)
+def test_any_value_is_coerced_or_refused_with_a_short_message(key, value):
+    try:
+        Config.from_dict({key: value})
+    except ConfigError as e:
+        assert len(str(e)) < 200 and "\n" not in str(e)
+
+
+@settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
+@given(value=ANY_VALUE)
+def test_show_is_short_whatever_it_is_given(value):
+    assert len(_show(value)) <= 60

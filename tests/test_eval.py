@@ -109,7 +109,11 @@ def test_default_checkpoint_is_the_latest_run(overfit, tmp_path):
     result = run("-", "--json", input="abcd")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["chars"] == 4
-    assert result.stderr == f"Using checkpoint {Path('runs', 'x', 'best.npz')}\n"
+    assert result.stderr == (
+        f"Using checkpoint {Path('runs', 'x', 'best.npz')} (step {ckpt_io.load(overfit).step}; "
+        "the most recently written runs/*/best.npz; pin one with --checkpoint or "
+        "CHARRNN_CHECKPOINT)\n"
+    )
     assert run("-", "-q", input="abcd").stderr == ""
 
 
@@ -161,3 +165,59 @@ def test_invalid_utf8_names_the_offset_and_replace_gets_past_it(tiny, tmp_path):
 @pytest.mark.parametrize("args", [["--decode-errors", "ignore"], ["--unknown", "drop"]])
 def test_bad_option_values_are_usage_errors(tiny, args):
     assert run("-", "--checkpoint", str(tiny), *args, input="abc").exit_code == 2
+
+
+# ---- output that is what it says ----
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which are not JSON."""
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON: {text}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def huge_model(path: Path, dtype, value: float) -> Path:
+    """A model whose weights pass every check of `load` (finite) but whose outputs overflow
+    `dtype`: Why h sums H terms of +-value."""
+    params = init_params(len(VOCAB), 8, np.random.default_rng(0), dtype=dtype)
+    params["Why"] = np.full_like(params["Why"], value)
+    params["Why"][::2] *= -1
+    params["Wxh"] = np.full_like(params["Wxh"], value)
+    ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=VOCAB, config={}), path)
+    return path
+
+
+def test_a_perplexity_beyond_a_float_is_null_with_a_reason(tmp_path, recwarn):
+    # float32 outputs overflow; the score is computed again in float64, where they do not
+    model = huge_model(tmp_path / "huge.npz", np.float32, 3e38)
+    got = strict_json(run("-", "--checkpoint", model, "--json", input="abcde abc").stdout)
+    assert got["loss"] > 1e38 and got["bpc"] == pytest.approx(got["loss"] / math.log(2))
+    assert got["perplexity"] is None
+    assert got["reason"] == "perplexity, exp(loss), is larger than the largest float"
+    assert (got["chars"], got["unknown_chars"]) == (9, 0)
+    summary = run("-", "--checkpoint", model, input="abcde abc")
+    assert summary.exit_code == 0 and summary.stderr == ""
+    assert "perplexity larger than the largest float over 9 characters" in summary.stdout
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_model_with_no_finite_score_gives_nulls_and_the_reason(tmp_path, recwarn):
+    model = huge_model(tmp_path / "huge.npz", np.float64, 1e308)
+    got = strict_json(run("-", "--checkpoint", model, "--json", input="abcde abc").stdout)
+    assert got == {
+        "loss": None,
+        "bpc": None,
+        "perplexity": None,
+        "chars": 9,
+        "unknown_chars": 0,
+        "reason": "the model's outputs overflow on this text (its weights are too large)",
+    }
+    summary = run("-", "--checkpoint", model, input="abcde abc")
+    assert summary.stdout == (
+        "no finite loss over 9 characters: the model's outputs overflow on this text (its "
+        "weights are too large)\n"
+    )
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import signal
+import time
 import zipfile
 from contextlib import contextmanager
 from datetime import timedelta
@@ -175,6 +177,122 @@ def set_items(draw) -> tuple[str, str]:
 def test_random_set_items(items, work, corpus):
     sets = [f"--set={key}={value}" for key, value in items]
     run_cli("train", corpus, *TINY, *sets, "--set=max_steps=3", "--out", fresh(work))
+
+
+# values built to get past a first look and then overflow, recurse, expand or take time
+HOSTILE = st.one_of(
+    st.integers(2**63 - 2, 10**4000).map(str),  # past int64, up to thousands of digits
+    st.integers(1, 2**64).map(lambda n: "0x" + format(n, "x") * (1 + n % 3000)),  # unbounded hex
+    st.lists(st.integers(0, 59).map(str), min_size=2, max_size=300).map(":".join),  # base 60
+    st.sampled_from(["1.0e+308", "-1.0e+308", "5e-324", ".inf", "-.inf", ".nan", "1e400"]),
+    st.floats(1e10, 1e308).map(repr),
+    st.integers(1, 80).map(lambda d: "[" * d + "1" + "]" * d),  # past the nesting limit or not
+    st.integers(1, 80).map(lambda d: "{a: " * d + "1" + "}" * d),
+    st.text(max_size=40).map(json.dumps),  # NUL, lone surrogates (JSON escapes), anything
+    st.builds(  # anchors and aliases, expanding width ** levels times (at most 7,776)
+        lambda width, levels: (
+            "["
+            + "&a0 [x], "
+            + ", ".join(
+                f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)
+            )
+            + "]"
+        ),
+        st.integers(1, 6),
+        st.integers(1, 5),
+    ),
+    st.sampled_from(["*a", "&a 1", "<<: *a", "!!binary aGVsbG8=", "!!set {a, b}", "!!omap [a: 1]"]),
+)
+
+
+@examples(40)
+@given(
+    items=st.lists(st.tuples(st.sampled_from(FUZZED_KEYS), HOSTILE), min_size=1, max_size=3),
+    in_file=st.booleans(),
+)
+def test_hostile_values_are_refused_or_used(items, in_file, work, corpus):
+    """Every hostile value, in a config file or a --set item, is used or refused in one line,
+    in bounded time; the sizes and the length are pinned, so what is used runs briefly."""
+    if in_file:
+        path = fresh(work, ".yaml")
+        path.write_text(
+            "".join(f"{k}: {v}\n" for k, v in items), encoding="utf-8", errors="replace"
+        )
+        given_as = ["--config", path]
+    else:
+        given_as = [f"--set={k}={v}" for k, v in items]
+    start = time.monotonic()
+    run_cli(
+        "train",
+        corpus,
+        *given_as,
+        *TINY,
+        "--set=hidden_size=4",
+        "--set=num_layers=1",
+        "--set=batch_size=2",
+        "--set=seq_length=4",
+        "--set=max_steps=2",
+        "--set=max_epochs=0",
+        "--set=max_time=0",
+        "--set=sample_every=0",
+        "--out",
+        fresh(work),
+    )
+    assert time.monotonic() - start < 10
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**200), 2**200),
+        st.integers(min_value=10**300, max_value=10**4000),
+        st.floats(),
+        st.text(max_size=20),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+TRAIN_STATE_KEYS = [
+    "best_val_loss",
+    "bad_evals",
+    "chars_seen",
+    "rng_state",
+    "rng_state.bit_generator",
+    "rng_state.has_uint32",
+    "rng_state.uinteger",
+    "rng_state.state.state",
+    "rng_state.state.inc",
+]
+
+
+@examples(30)
+@given(data=st.data())
+def test_hostile_values_in_a_checkpoints_json(data, good_ckpt, corpus, work):
+    """A saved config or train_state value replaced by any JSON value (huge integers, 1e308,
+    nesting, text): train --resume, sample and eval use it or refuse it in one line."""
+    contents = arrays(good_ckpt)
+    field = data.draw(st.sampled_from(["config", "train_state"]))
+    saved = json.loads(str(contents[field]))
+    if field == "config":
+        path = [data.draw(st.sampled_from(FUZZED_KEYS + ["unknown"]))]
+    else:
+        path = data.draw(st.sampled_from(TRAIN_STATE_KEYS)).split(".")
+    where = saved
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = data.draw(JSON_VALUES)
+    try:
+        contents[field] = np.array(json.dumps(saved))
+    except ValueError:  # an integer json cannot write (over 4300 digits)
+        return
+    path = fresh(work, ".npz")
+    with open(path, "wb") as f:
+        np.savez(f, **contents)
+    load_or_refuse(path)
+    cli_on_checkpoint(path, corpus, work)
 
 
 @examples(30)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +177,11 @@ def test_default_checkpoint_is_the_latest_runs_best(overfit, tmp_path):
     result = run("--argmax", "--seed", "a", "--length", "3")
     assert result.exit_code == 0, result.output
     assert result.stdout == "abcd\n"
-    assert result.stderr == f"Using checkpoint {Path('runs', 'b', 'best.npz')}\n"
+    assert result.stderr == (
+        f"Using checkpoint {Path('runs', 'b', 'best.npz')} (step {ckpt_io.load(overfit).step}; "
+        "the most recently written runs/*/best.npz; pin one with --checkpoint or "
+        "CHARRNN_CHECKPOINT)\n"
+    )
     assert run("--argmax", "--length", "3", "--quiet").stderr == ""
 
 
@@ -291,3 +297,41 @@ def test_a_tiny_temperature_is_greedy_without_overflow():
     cold = np.array(list(sampling.generate(params, [0], 50, 0, temperature=1e-4)))
     greedy = np.array(list(sampling.generate(params, [0], 50, argmax=True)))
     assert (cold == greedy).all()
+
+
+@pytest.mark.parametrize("top", [{}, {"top_k": 3}, {"top_p": 0.9}, {"top_k": 3, "top_p": 0.5}])
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_a_temperature_far_below_float32s_range_is_greedy_without_overflow(temperature, top):
+    """1 / T overflows float32 (and for 5e-324, float64): the draw must still be the greedy one,
+    with no overflow or invalid-value warning from NumPy."""
+    params = init_params(8, 6, np.random.default_rng(5), dtype=np.float32, init_scale=3.0)
+    greedy = np.array(list(sampling.generate(params, [0], 50, argmax=True)))
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # an error here, not a warning
+        cold = np.array(list(sampling.generate(params, [0], 50, 0, temperature=temperature, **top)))
+    assert (cold == greedy).all()
+
+
+@pytest.mark.parametrize("temperature", [1e30, 1e300])
+def test_a_huge_temperature_draws_uniformly_without_overflow(temperature):
+    params = init_params(8, 6, np.random.default_rng(5), dtype=np.float32, init_scale=3.0)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        ids = np.array(list(sampling.generate(params, [0], 4000, 0, temperature=temperature)))
+    counts = np.bincount(ids.ravel(), minlength=8)
+    assert counts.min() > 350  # 500 expected for each of 8 characters
+
+
+def test_tiny_temperature_through_the_command_prints_no_warnings(tmp_path):
+    """As a user runs it, without -q: the greedy text on stdout and nothing on stderr."""
+    params = init_params(len(VOCAB), 6, np.random.default_rng(5), dtype=np.float32, init_scale=3)
+    path = tmp_path / "f32.npz"
+    ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=VOCAB, config={}), path)
+    greedy = run("--checkpoint", path, "--argmax", "--seed", "a", "--length", 40)
+    assert greedy.exit_code == 0 and greedy.stderr == ""
+    for extra in ([], ["--top-p", "0.9"], ["--top-k", "2"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "charrnn", "sample", "--checkpoint", str(path), "--seed", "a",
+             "--length", "40", "--temperature", "1e-40", "--rng-seed", "1", *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (0, "")
+        assert proc.stdout == greedy.stdout
