@@ -7,6 +7,7 @@ Estimating what a request needs is left to them.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from pathlib import Path
@@ -20,14 +21,18 @@ def memory_limit() -> int:
     limits = [_physical(), *_cgroup_limits()]
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        limits.append(max(0, soft - _mapped()))
-    return min(n for n in limits if n > 0) if any(n > 0 for n in limits) else UNKNOWN
+        limits.append(max(1, soft - _mapped()))  # 1: nothing is left
+    known = [n for n in limits if n > 0]
+    return min(known) if known else UNKNOWN
 
 
 def show_bytes(n: int) -> str:
     """1234567 -> '1.2 MB'; a size beyond any machine in plain scientific notation."""
-    if n >= 10**15:
-        return f"{float(min(n, 10**300)):.1e} bytes"
+    if n >= 10**15:  # computed on the integer: an estimate may be past any float
+        e = int(math.log10(n))
+        m = round(n / 10**e, 1)
+        m, e = (m / 10, e + 1) if m >= 10 else (m, e)
+        return f"{m:.1f}e+{e} bytes"
     for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -94,10 +94,9 @@ class TrainState:
             problem = f"'h_carry' is missing or not ({B}, {arch.state_width}) for batch_size {B}"
         elif set(ckpt.opt_state) != set(optim.init_state(cfg.optimizer, ckpt.params)):
             problem = f"its optimizer state is not {cfg.optimizer}'s"
-        elif not all(_count(ts.get(k, 0)) for k in ("bad_evals", "chars_seen")) or not (
-            ts.get("best_val_loss") is None or _number(ts["best_val_loss"])
-        ):
-            problem = "its train_state has values of the wrong type"
+        elif (key := ckpt_io.train_state_problem(ts)) is not None:
+            what = "random-generator state" if key == "rng_state" else f"'{key}'"
+            problem = f"its train_state's {what} has the wrong type or an impossible value"
         rng = np.random.default_rng()
         if problem is None:
             try:
@@ -186,14 +185,6 @@ def check_memory(cfg: Config, vocab_size: int) -> None:
         f"characters needs about {show_bytes(model + step)} of memory, more than the "
         f"{show_bytes(limit)} this process can use; lower {lower}"
     )
-
-
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:

@@ -153,3 +153,32 @@ def test_format1_checkpoint_resumes_and_saves_format2(tmp_path):
     a = arrays(run / "last.npz")
     assert a["format_version"] == 2 and a["step"] == 25 and a["cell"] == "rnn"
     assert math.isfinite(ckpt_io.load(run / "best.npz").train_state["best_val_loss"])
+
+
+# ---- starting from a zero state ----
+
+
+def longest_run(text: str) -> int:
+    best = run = 1
+    for a, b in zip(text, text[1:], strict=False):
+        run = run + 1 if a == b else 1
+        best = max(best, run)
+    return best
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_a_briefly_trained_model_samples_from_a_capitalised_seed(cell, tmp_path):
+    """A few hundred steps with stream resets (the default reset_prob): from the zero state
+    and a speaker's name as seed, the model writes words, not one character over and over
+    (`ROMEO:]]]]]]...`)."""
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(TEXT * 2, encoding="utf-8")
+    args = ["--cell", cell, "--hidden-size", 48, "--seq-length", 32, "--batch-size", 8]
+    ok(cli("train", corpus, *args, "--learning-rate", 0.01, "--max-steps", 300, "--rng-seed", 1,
+           "--eval-every", 100, "--out", "run", "-q"))  # fmt: skip
+    assert ckpt_io.load("run/last.npz").config["reset_prob"] > 0
+    for seed in ("ROMEO:", "KING HENRY:", "MENENIUS:"):
+        out = ok(cli("sample", "--checkpoint", "run", "--seed", seed, "--temperature", 0.7,
+                     "--rng-seed", 2, "--length", 300, "--no-seed-echo", "-q")).stdout  # fmt: skip
+        assert longest_run(out) < 12 and len(set(out)) >= 10, (seed, out)
+        assert sum(c.isalpha() for c in out) > 150, (seed, out)

@@ -571,22 +571,7 @@ TRAIN_STATE_EDITS = {
 }
 
 
-# until TrainState.from_checkpoint asks train_state_problem, a resume crashes on the first
-# (OverflowError) and takes the other two as they are
-NOT_YET_REFUSED_ON_RESUME = pytest.mark.xfail(
-    strict=True, reason="state.py's resume checks do not call checkpoint.train_state_problem yet"
-)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=NOT_YET_REFUSED_ON_RESUME)
-        if case in ("a best loss of 10^400", "has_uint32 2", "chars_seen past 2^63")
-        else case
-        for case in TRAIN_STATE_EDITS
-    ],
-)
+@pytest.mark.parametrize("case", TRAIN_STATE_EDITS)
 def test_hand_edited_train_state_is_named_and_the_model_still_samples(case, good_run, tmp_path):
     corpus, run = good_run
     assert ckpt_io.train_state_problem(ckpt_io.load(run / "last.npz").train_state) is None

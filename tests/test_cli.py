@@ -80,8 +80,14 @@ def test_dash_h_is_help(command):
 
 def test_bash_completion_script():
     charrnn_bin = Path(sys.executable).parent / "charrnn"
+    # name the shell, as a user without shellingham's process-tree detection does
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     proc = subprocess.run(
-        [str(charrnn_bin), "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+        [str(charrnn_bin), "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout

@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -451,16 +453,34 @@ ANY_VALUE = st.recursive(
 EXAMPLES = float(os.environ.get("CHARRNN_FUZZ_SCALE", "1"))
 
 
+@contextmanager
+def within(seconds: float):
+    """An AssertionError if the block runs past `seconds` (SIGALRM: a hang ends too)."""
+
+    def expire(signum, frame):
+        raise AssertionError(f"still running after {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 @settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
 @given(key=st.sampled_from(sorted(DEFAULTS) + ["unknown"]), value=ANY_VALUE)
 def test_any_value_is_coerced_or_refused_with_a_short_message(key, value):
-    try:
-        Config.from_dict({key: value})
-    except ConfigError as e:
-        assert len(str(e)) < 200 and "\n" not in str(e)
+    with within(2):
+        try:
+            Config.from_dict({key: value})
+        except ConfigError as e:
+            assert len(str(e)) < 200 and "\n" not in str(e)
 
 
 @settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
 @given(value=ANY_VALUE)
 def test_show_is_short_whatever_it_is_given(value):
-    assert len(_show(value)) <= 60
+    with within(2):
+        assert len(_show(value)) <= 60
