@@ -262,6 +262,16 @@ def user_errors():
     except KeyboardInterrupt:
         note("Interrupted.")
         raise typer.Exit(130) from None
+    except (MemoryError, ValueError) as e:  # numpy: "array is too big", "maximum ... dimension"
+        if isinstance(e, ValueError) and not any(m in str(e) for m in _TOO_BIG):
+            raise
+        raise error(
+            "not enough memory for what this command was asked to do; lower the sizes given "
+            "to it (--hidden-size, --batch-size, --seq-length, --num-samples, --length)"
+        ) from None
+
+
+_TOO_BIG = ("array is too big", "Maximum allowed dimension exceeded")
 
 
 def check_flags(values: dict[str, Any]) -> None:

@@ -49,6 +49,8 @@ def text_codec(encoding: str) -> str | None:
     """The canonical name of the text codec called `encoding` ("UTF8" -> "utf-8"), or None when
     Python has none by that name. codecs.lookup alone also finds base64, zlib..., which decode
     bytes to bytes; bytes.decode refuses those."""
+    if not encoding.isascii() or len(encoding) > 100:  # no codec has such a name
+        return None
     try:
         b"x".decode(encoding)  # b"" would skip the codec lookup
     except UnicodeError:  # e.g. utf-16 needs two bytes: a text codec all the same
