@@ -5,9 +5,11 @@ conftest.py; the cases themselves are in the test file of the module they specif
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +212,27 @@ def mtime(path: Path) -> int:
 def wait_for_checkpoint(proc: subprocess.Popen, out: Path) -> None:
     """Wait until the training in proc has written its first last.npz."""
     wait_for(lambda: mtime(out / "last.npz") > 0, proc)
+
+
+# ---- bounding a block's time ----
+
+
+class Hang(BaseException):
+    """Not an Exception, so nothing in charrnn (or CliRunner) can catch it."""
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Fail the block with Hang if it runs past `seconds` (SIGALRM): a value that a regression
+    lets through must not hang the suite."""
+
+    def expire(signum, frame):
+        raise Hang(f"still running after {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

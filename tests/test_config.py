@@ -2,12 +2,11 @@
 
 import json
 import os
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import time_limit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -453,26 +452,10 @@ ANY_VALUE = st.recursive(
 EXAMPLES = float(os.environ.get("CHARRNN_FUZZ_SCALE", "1"))
 
 
-@contextmanager
-def within(seconds: float):
-    """An AssertionError if the block runs past `seconds` (SIGALRM: a hang ends too)."""
-
-    def expire(signum, frame):
-        raise AssertionError(f"still running after {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
 @given(key=st.sampled_from(sorted(DEFAULTS) + ["unknown"]), value=ANY_VALUE)
 def test_any_value_is_coerced_or_refused_with_a_short_message(key, value):
-    with within(2):
+    with time_limit(2):
         try:
             Config.from_dict({key: value})
         except ConfigError as e:
@@ -482,5 +465,5 @@ def test_any_value_is_coerced_or_refused_with_a_short_message(key, value):
 @settings(max_examples=max(1, round(100 * EXAMPLES)), deadline=None, database=None)
 @given(value=ANY_VALUE)
 def test_show_is_short_whatever_it_is_given(value):
-    with within(2):
+    with time_limit(2):
         assert len(_show(value)) <= 60

@@ -16,16 +16,14 @@ import io
 import itertools
 import json
 import os
-import signal
 import time
 import zipfile
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import arrays, checkpoint_commands, cli, user_error
+from helpers import arrays, checkpoint_commands, cli, time_limit, user_error
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
@@ -51,24 +49,6 @@ _names = itertools.count()
 
 def examples(n: int) -> settings:
     return settings(FUZZ, max_examples=max(1, round(n * SCALE)))
-
-
-class Hang(BaseException):
-    """Not an Exception, so nothing in charrnn (or CliRunner) can catch it."""
-
-
-@contextmanager
-def time_limit(seconds: float):
-    def expire(signum, frame):
-        raise Hang(f"still running after {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def run_cli(*args) -> tuple[int, str]:

@@ -13,17 +13,15 @@ import json
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
 import time
 import tracemalloc
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXT, TINY, arrays, cli, user_error, write_corpus
+from helpers import TEXT, TINY, arrays, cli, time_limit, user_error, write_corpus
 
 from charrnn.config import Config
 from charrnn.data import build_corpus
@@ -62,27 +60,6 @@ def bounded(args, cwd: Path, memory: int = LIMIT, timeout: float = 60):
         timeout=timeout,
     )
     return done.returncode, done.stderr, time.monotonic() - start
-
-
-class Hang(BaseException):
-    """Not an Exception, so nothing in charrnn or CliRunner catches it."""
-
-
-@contextmanager
-def within(seconds: float):
-    """Fail the block if it runs past `seconds`: a value that a regression lets through (a
-    100,000-layer model, 2**64 steps) must not hang the suite."""
-
-    def expire(signum, frame):
-        raise Hang(f"still running after {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def one_error(code: int, stderr: str) -> str:
@@ -142,7 +119,7 @@ def test_an_alias_bomb_in_a_set_item_is_refused_at_once(tmp_path, corpus):
 def test_hostile_values_in_a_config_file(tmp_path, corpus, yaml_text, says):
     config = tmp_path / "c.yaml"
     config.write_text(yaml_text + "\n")
-    with within(10):
+    with time_limit(10):
         result = cli("train", corpus, "--config", config, *TINY, *MAX_TIME, "--out", tmp_path / "r")
     message = user_error(result)
     assert says in message and len(message) < 250 + len(str(config)), message[:500]
@@ -159,7 +136,7 @@ def test_hostile_values_in_a_config_file(tmp_path, corpus, yaml_text, says):
     ],
 )
 def test_hostile_values_in_flags(tmp_path, corpus, flag, value, says):
-    with within(10):
+    with time_limit(10):
         result = cli("train", corpus, *TINY, *MAX_TIME, flag, value, "--out", tmp_path / "run")
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -185,7 +162,7 @@ def test_hostile_values_in_a_checkpoints_config(good_run, tmp_path, key, value, 
     contents["config"] = np.array(json.dumps(config))
     path = tmp_path / "edited.npz"
     np.savez(path, **contents)
-    with within(10):
+    with time_limit(10):
         result = cli("train", corpus, "--resume", path, "--out", tmp_path / "r", "-q")
     message = user_error(result)
     assert message.startswith(f"'{path}' holds an invalid config (")
