@@ -354,6 +354,23 @@ def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
     return "".join(vocab[int(ids[0])] for ids in steps)
 
 
+def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
+    """A last validation (unless the last step had one; val_ids None: validation is off), then
+    last.npz, and best.npz when validation never wrote one. Returns the final validation loss."""
+    cfg = ckpts.cfg
+    if val_ids is not None and (val_loss is None or s.step % cfg.eval_every != 0) and s.step > 0:
+        val_loss, _ = chunked_loss(s.params, val_ids)
+        if val_loss < s.best_val:
+            s.best_val = val_loss
+            ckpts.save(s, ckpts.best)
+        record = {"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2}
+        metrics_out.write(json.dumps(record) + "\n")
+    ckpts.save(s, ckpts.last)
+    if val_ids is None or not ckpts.best.exists():
+        ckpts.save(s, ckpts.best)
+    return val_loss
+
+
 def _train(
     cfg: Config,
     corpus: Corpus,
@@ -467,18 +484,7 @@ def _train(
                     break
 
             # --- the end: a last validation and checkpoint -------------------------------------
-            if validate and (val_loss is None or s.step % cfg.eval_every != 0) and s.step > 0:
-                val_loss, _ = chunked_loss(s.params, val_ids)
-                if val_loss < s.best_val:
-                    s.best_val = val_loss
-                    ckpts.save(s, ckpts.best)
-                metrics_out.write(
-                    json.dumps({"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2})
-                    + "\n"
-                )
-            ckpts.save(s, ckpts.last)
-            if not validate or not ckpts.best.exists():
-                ckpts.save(s, ckpts.best)
+            val_loss = _finish(s, ckpts, metrics_out, val_ids if validate else None, val_loss)
     finally:
         loss_and_grads.close()
         metrics_out.close()
