@@ -221,9 +221,13 @@ def _as_kind(value: Any, kind: type) -> Any:
             return None
     if kind is int:
         return int(value) if isinstance(value, numbers.Integral) else None
-    if isinstance(value, numbers.Real) and math.isfinite(value):
-        return float(value)
-    return None
+    if not isinstance(value, numbers.Real):
+        return None
+    try:
+        value = float(value)  # an int past float's range (10**400) overflows
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 class _Brief(reprlib.Repr):

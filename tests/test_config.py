@@ -382,6 +382,7 @@ def test_integers_past_int64_are_refused(key):
         ("sample_length", 10**7, "got 10000000, expected an integer >= 1 and <= 1,000,000"),
         ("init_scale", 1e300, "got 1e+300, expected a number > 0 and <= 1,000"),
         ("learning_rate", "1e400", "got '1e400', expected a number > 0"),  # inf
+        ("momentum", 10**400, "got an integer of about 400 digits, expected a number >= 0"),
     ],
 )
 def test_values_that_would_overflow_later_are_refused_now(key, value, message):
