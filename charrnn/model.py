@@ -185,6 +185,16 @@ def _state_columns(arch: Arch, layer: int, k: int) -> slice:
     return slice(start, start + arch.hidden_size)
 
 
+def state_blocks(arch: Arch) -> list[tuple[int, str, slice]]:
+    """(layer, "h" or "c", columns) of each block of H units in the carried state (B, W), in
+    column order: layer 0's h (and c for the LSTM), then layer 1's, ..."""
+    return [
+        (layer, "hc"[k], _state_columns(arch, layer, k))
+        for layer in range(arch.num_layers)
+        for k in range(arch.states)
+    ]
+
+
 def top_output(params: dict, state: np.ndarray) -> np.ndarray:
     """The top layer's h (B, H) in a carried state (B, W): what the output layer reads next."""
     arch = _read_arch(params)
@@ -402,3 +412,15 @@ def step(params: dict, ids: np.ndarray, state: np.ndarray):
             new_state[:, _state_columns(arch, layer, k)] = s_k
         x = s[0]
     return x, new_state
+
+
+def trace(params: dict, ids: np.ndarray, state0: np.ndarray) -> np.ndarray:
+    """The carried state after each character of ids (T,), read one at a time from state0
+    (1, W): (T, W), row t the state after ids[t]. Every layer's h (and the LSTM's c) at every
+    step, for looking inside a model (charrnn show), where `run` keeps the top layer's h only."""
+    states = np.empty((len(ids), state0.shape[1]), state0.dtype)  # (T, W)
+    state = state0
+    for t in range(len(ids)):
+        state = step(params, ids[t : t + 1], state)[1]  # (1, W)
+        states[t] = state[0]
+    return states
