@@ -802,7 +802,7 @@ def show(
     activation of any hidden unit, with the units that best track simple features of the text
     (position in the line, brackets, word starts, speaker names, ...) listed first. The page
     needs no network: open it in any browser."""
-    from charrnn.show import make_page, save_page
+    from charrnn.show import make_page, model_name, save_page
 
     check_flags({"encoding": encoding, "decode_errors": decode_errors})
     to_stdout = output in (None, "-")
@@ -819,7 +819,7 @@ def show(
             model.params,
             model.vocab,
             content,
-            model_name=_model_name(model),
+            model_name=model_name(model.path, model.step),
             name=name,
             unknown=unknown.value,
         )
@@ -836,11 +836,6 @@ def show(
             f"{where}{page.chars:,} characters, {page.bpc:.3f} bpc"
             + (f"; best units: {best}" if best else "")
         )
-
-
-def _model_name(model: api.Model) -> str:
-    """How the page names the model: its checkpoint's folder and file, and its step."""
-    return f"{model.path.parent.name}/{model.path.name} (step {model.step:,})".lstrip("/")
 
 
 class XAxis(str, Enum):

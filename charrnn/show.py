@@ -35,7 +35,14 @@ import numpy as np
 from charrnn.atomic import replace_atomically
 from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
-from charrnn.model import architecture, log_softmax_loss, state_blocks, trace, zero_state
+from charrnn.model import (
+    architecture,
+    log_softmax_loss,
+    state_blocks,
+    top_output,
+    trace,
+    zero_state,
+)
 from charrnn.parallel import blas_threads
 from charrnn.sample import show_chars
 
@@ -87,13 +94,12 @@ class Page:
 def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES) -> Reading:
     """One pass over ids (T,) from a zero state. Position t is scored from the state after ids
     before it (the first from the zero state), as `evaluate.total_loss` scores it."""
-    arch = architecture(params)
     with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
         acts = trace(params, ids, zero_state(params, 1))  # (T, W)
         before = np.concatenate([zero_state(params, 1), acts[:-1]])  # (T, W)
-        top = before[:, state_blocks(arch)[-arch.states][2]]  # (T, H): the top layer's h
-        _, probs, losses = log_softmax_loss(params, np.ascontiguousarray(top), ids)  # (T, V)
-    k = min(k, arch.vocab_size)
+        top = np.ascontiguousarray(top_output(params, before))  # (T, H): what Why reads
+        _, probs, losses = log_softmax_loss(params, top, ids)  # (T, V)
+    k = min(k, len(params["by"]))
     top_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (T, k)
     top_p = np.take_along_axis(probs, top_ids, axis=1)  # (T, k)
     return Reading(ids, losses / LN2, top_ids, top_p, acts)
@@ -109,15 +115,17 @@ def text_features(chars: str) -> dict[str, np.ndarray]:
     values = np.zeros((len(chars), len(names)))  # (T, K)
     column, depth, quoted, word = 0, 0, False, 0
     line_caps = line_lower = False  # the line so far has capitals / has lowercase letters
+    blank = True  # the line so far has nothing but spaces
     speech = False  # on the line after a line in capitals
     for t, c in enumerate(chars):
         if c == "\n":
             speech = line_caps and not line_lower
-            column, line_caps, line_lower = 0, False, False
+            column, line_caps, line_lower, blank = 0, False, False, True
         else:
             column += 1
             line_caps |= c.isupper()
             line_lower |= c.islower()
+            blank &= c == " "
         depth = max(0, depth + (c in "[(") - (c in "])"))
         quoted ^= c == '"'
         word = word + 1 if c.isalpha() else 0
@@ -127,7 +135,7 @@ def text_features(chars: str) -> dict[str, np.ndarray]:
             "inside quotes": quoted,
             "line in capitals": line_caps and not line_lower,
             "first line of a speech": speech,
-            "indent": column > 0 and chars[t - column + 1 : t + 1].isspace(),
+            "indent": column > 0 and blank,
             "word start": word == 1,
             "position in word": word,
             "space": c == " ",
@@ -282,17 +290,14 @@ def _fill(template: str, fields: dict[str, str]) -> str:
     return re.sub(r"__([A-Z]+)__", lambda m: fields[m.group(1)], template)
 
 
-def make_page(
-    params: dict,
-    vocab: list[str],
-    text: str,
-    *,
-    model_name: str = "model",
-    name: str = "text",
-    unknown: str = "skip",
-) -> Page:
-    """The page for text (all of it: the caller cuts it to length). Characters not in the
-    vocabulary are left out and counted, or with unknown="error" a DataError."""
+def model_name(path: Path, step: int) -> str:
+    """How the page names a model: its checkpoint's folder and file, and its step."""
+    return f"{path.parent.name}/{path.name} (step {step:,})".lstrip("/")
+
+
+def shown_ids(text: str, vocab: list[str], name: str, unknown: str) -> tuple[np.ndarray, int]:
+    """The ids of the characters of text to show and how many were left out, unknown to the
+    vocabulary; a DataError for an empty text, nothing known, or unknown="error" and some."""
     if not text:
         raise DataError(f"'{name}' is empty; give a text to show")
     ids, n_unknown = encode(text, vocab)
@@ -307,19 +312,38 @@ def make_page(
             f"none of the characters of '{name}' are in the model's vocabulary; nothing to show "
             "(was the model trained on another alphabet?)"
         )
-    arch = architecture(params)
-    if len(ids) * arch.state_width > MAX_VALUES:
+    return ids, n_unknown
+
+
+def check_size(chars: int, arch) -> None:
+    """A DataError when the page would carry more than MAX_VALUES activations."""
+    if chars * arch.state_width > MAX_VALUES:
         raise DataError(
-            f"{len(ids):,} characters of {arch.state_width:,} units each would make a page of "
-            f"about {len(ids) * arch.state_width * 1.4 / 1e6:,.0f} MB; show at most "
+            f"{chars:,} characters of {arch.state_width:,} units each would make a page of "
+            f"about {chars * arch.state_width * 1.4 / 1e6:,.0f} MB; show at most "
             f"{MAX_VALUES // arch.state_width:,} characters with --length"
         )
+
+
+def make_page(
+    params: dict,
+    vocab: list[str],
+    text: str,
+    *,
+    model_name: str = "model",
+    name: str = "text",
+    unknown: str = "skip",
+) -> Page:
+    """The page for text (all of it: the caller cuts it to length). Characters not in the
+    vocabulary are left out and counted, or with unknown="error" a DataError."""
+    ids, n_unknown = shown_ids(text, vocab, name, unknown)
+    arch = architecture(params)
+    check_size(len(ids), arch)
     chars = "".join(vocab[i] for i in ids)
     reading = read(params, ids)
     features = text_features(chars)
     r = correlations(reading.acts.astype(np.float64), np.stack(list(features.values()), axis=1))
-    top = top_units(r)
-    labels = unit_labels(arch)
+    top, labels = top_units(r), unit_labels(arch)
     q, scale = quantise(reading.acts, arch)
     scored = reading.bits[np.isfinite(reading.bits)]
     bpc = float(scored.mean()) if len(scored) else math.nan

@@ -78,10 +78,10 @@ def test_page_for_every_cell(cell, models, text_file):
     assert "<link" not in page and "@import" not in page and "url(" not in page
     assert not re.search(r"__[A-Z]+__", page)
     # the text, one span a character, escaped; "</script>" only where the two scripts end
-    spans = re.search(r'<pre id="text"[^>]*>(.*?)</pre>', page, re.S).group(1)
-    shown = html.unescape(re.sub(r"</?span[^>]*>", "", spans))
-    assert shown == SHOWN
-    assert spans.count("<span") == len(shown)
+    assert page_text(page) == SHOWN
+    assert re.search(r'<pre id="text"[^>]*>(.*?)</pre>', page, re.S).group(1).count("<span") == (
+        len(SHOWN)
+    )
     assert page.count("</script>") == 2
     # the picker: surprise, the short list, then every unit of every layer (and the LSTM's c)
     arch = api.load(models[cell]).arch
@@ -95,9 +95,9 @@ def test_page_for_every_cell(cell, models, text_file):
     assert f"layer {CELLS[cell]} h {H - 1}" in page
     assert ("layer 2 c 0" in page) == (cell == "lstm")
     data = data_of(page)
-    assert len(data["bits"]) == len(shown) and len(data["top"]) == 5 * len(shown)
+    assert len(data["bits"]) == len(SHOWN) and len(data["top"]) == 5 * len(SHOWN)
     assert len(data["scale"]) == arch.state_width
-    assert len(data["acts"]) == 4 * -(-arch.state_width * len(shown) // 3)  # base64 of int8
+    assert len(data["acts"]) == 4 * -(-arch.state_width * len(SHOWN) // 3)  # base64 of int8
 
 
 def test_page_scores_as_eval_does(models, text_file):
@@ -133,6 +133,12 @@ def test_page_on_stdout(models, text_file):
         assert result.stdout.startswith("<!DOCTYPE html>") and result.stdout.endswith("</html>\n")
         assert result.stderr.startswith("40 characters, ")
         assert page_text(result.stdout) == TEXT[:40]
+
+
+def test_a_terminal_gets_no_html(models, text_file, monkeypatch):
+    monkeypatch.setattr("charrnn.cli.Product.isatty", lambda self: True)
+    message = user_error(cli("show", text_file, "--checkpoint", models["gru"]))
+    assert message == "the page is HTML, not for a terminal; give -o page.html"
 
 
 def test_length_and_unknown_characters(models, tmp_path):
@@ -222,27 +228,70 @@ def test_ranking_finds_planted_units():
 
 # ---- in a real browser ----
 
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make browser)")
+# keys pressed in the text, and where each leaves the focus in "abc\nde\nfghij\n": down from
+# column 2 of "abc" to the end of the shorter "de", down again to column 2 of "fghij", ...
+KEYS = ["ArrowRight", "ArrowRight", "ArrowDown", "ArrowDown", "End", "ArrowUp", "Home", "ArrowLeft"]
+FOCUS = [1, 2, 6, 9, 12, 6, 4, 3]
+PROBE = """
+var spans = Array.prototype.slice.call(document.getElementById("text").children), seen = [];
+spans[0].focus();
+KEYS.forEach(function (k) {
+  document.activeElement.dispatchEvent(new KeyboardEvent("keydown", {key: k, bubbles: true}));
+  seen.push(spans.indexOf(document.activeElement));
+});
+document.querySelector("#units button").click();
+document.body.dataset.probe = JSON.stringify({focus: seen, where: document.getElementById(
+  "where").textContent, tabbable: spans.filter(function (s) { return s.tabIndex === 0; }).length,
+  view: document.getElementById("view").value, hash: location.hash});
+"""
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (make browser)")
-@pytest.mark.parametrize("view", ["surprise", "1"])
-def test_chromium_runs_the_page(view, models, text_file):
-    """Headless Chromium runs the page's script: every character's span is coloured, the
-    picker shows the view asked for in the address, the guesses are listed."""
-    assert cli("show", text_file, "--checkpoint", models["lstm"], "-o", "page.html").exit_code == 0
-    url = Path("page.html").resolve().as_uri() + f"#{view}"
-    dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+
+def rendered(page: Path, fragment: str = "", probe: str = "") -> str:
+    """The DOM after headless Chromium ran the page's script, and then `probe` (JavaScript)."""
+    if probe:
+        html_text = page.read_text(encoding="utf-8")
+        page = page.with_name("probe.html")
+        page.write_text(html_text.replace("</body>", f"<script>{probe}</script></body>"))
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
+        + [page.resolve().as_uri() + fragment],
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
+
+
+@needs_chromium
+@pytest.mark.parametrize("view", ["surprise", "1"])
+def test_chromium_runs_the_page(view, models, text_file):
+    """Headless Chromium runs the page's script: every character's span is coloured, the
+    legend is the one of the view the address asks for, the guesses are listed."""
+    assert cli("show", text_file, "--checkpoint", models["lstm"], "-o", "page.html").exit_code == 0
+    dom = rendered(Path("page.html"), f"#{view}")
     text = re.search(r'<pre id="text"[^>]*>(.*?)</pre>', dom, re.S).group(1)
     spans = re.findall(r"<span[^>]*>", text)
     assert len(spans) == len(SHOWN)
     assert all("background-color: rgb(" in s for s in spans)
-    assert re.search(r'<span[^>]*tabindex="0"', text)  # the roving focus: one character
-    assert len(options(dom)) > 32 and f'value="{view}" selected' not in dom  # the DOM's own
-    assert re.search(r'<select id="view"', dom)
-    assert len(re.findall(r"<li[^>]*><span class=\"ch\"", dom)) == 5
+    assert len(re.findall(r'tabindex="0"', text)) == 1  # the roving focus: one character
+    assert len(options(dom)) > 32 and re.search(r'<select id="view"', dom)
+    assert len(re.findall(r'<li[^>]*><span class="ch"', dom)) == 5
     legend = re.search(r'<span id="hi">([^<]*)</span>', dom).group(1)
     assert legend == ("8+ bits" if view == "surprise" else "+1.00")
+
+
+@needs_chromium
+def test_chromium_keyboard_and_unit_buttons(models, tmp_path):
+    """The arrow keys, Home and End move the focus through the characters (one of them
+    tabbable at a time); a button of the short list picks its unit."""
+    path = tmp_path / "short.txt"
+    path.write_text("abc\nde\nfghij\n", encoding="utf-8")
+    assert cli("show", path, "--checkpoint", models["gru"], "-o", "page.html").exit_code == 0
+    dom = rendered(Path("page.html"), probe=f"var KEYS = {json.dumps(KEYS)};" + PROBE)
+    probe = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    assert probe["focus"] == FOCUS
+    assert probe["where"].startswith("\u201c\u21b5 newline\u201d, character 4 of 13: ")
+    assert probe["tabbable"] == 1
+    first = re.search(r'<button type="button" data-unit="(\d+)"', dom).group(1)
+    assert probe["view"] == first and probe["hash"] == f"#{first}"
