@@ -830,12 +830,7 @@ def show(
         else:
             save_page(page, output)
     if not quiet:
-        best = ", ".join(f"{u['unit']} ({u['feature']}, r = {u['r']:+.2f})" for u in page.top[:3])
-        where = "" if to_stdout else f"wrote {output}: "
-        note(
-            f"{where}{page.chars:,} characters, {page.bpc:.3f} bpc"
-            + (f"; best units: {best}" if best else "")
-        )
+        note(page.summary() if to_stdout else f"wrote {output}: {page.summary()}")
 
 
 class XAxis(str, Enum):

@@ -35,6 +35,7 @@ import numpy as np
 from charrnn.atomic import replace_atomically
 from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
+from charrnn.evaluate import NO_SCORE
 from charrnn.model import (
     architecture,
     log_softmax_loss,
@@ -73,7 +74,6 @@ class Reading:
     """What the model made of a text: per character, its cost and the top guesses there (from
     the state before it), and every unit's activation after it."""
 
-    ids: np.ndarray  # (T,) the characters read
     bits: np.ndarray  # (T,) -log2 p of each character
     top_ids: np.ndarray  # (T, k) the k likeliest characters at each position, likeliest first
     top_p: np.ndarray  # (T, k) their probabilities
@@ -87,13 +87,28 @@ class Page:
     html: str
     chars: int  # characters shown
     unknown_chars: int  # characters left out: not in the vocabulary
-    bpc: float  # mean bits per character shown
-    top: list[dict]  # the short list of units: label, feature, r
+    bpc: float  # mean bits per character shown; nan when the model's outputs overflow
+    top: list[dict]  # the short list of units: unit (its label), feature, r
+
+    def summary(self) -> str:
+        """One line: characters, score, the three best units."""
+        score = f"{_number(self.bpc)} bpc" if math.isfinite(self.bpc) else "no finite score"
+        best = ", ".join(f"{u['unit']} ({u['feature']}, r = {u['r']:+.2f})" for u in self.top[:3])
+        return f"{self.chars:,} characters, {score}" + (f"; best units: {best}" if best else "")
 
 
 def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES) -> Reading:
     """One pass over ids (T,) from a zero state. Position t is scored from the state after ids
-    before it (the first from the zero state), as `evaluate.total_loss` scores it."""
+    before it (the first from the zero state), as `evaluate.total_loss` scores it. A float32
+    model whose outputs overflow is read again in float64, as `evaluate` scores it; bits are
+    nan only when float64 overflows too."""
+    reading = _read(params, ids, k)
+    if not np.isfinite(reading.bits).all() and any(v.dtype != np.float64 for v in params.values()):
+        reading = _read({name: v.astype(np.float64) for name, v in params.items()}, ids, k)
+    return reading
+
+
+def _read(params: dict, ids: np.ndarray, k: int) -> Reading:
     with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
         acts = trace(params, ids, zero_state(params, 1))  # (T, W)
         before = np.concatenate([zero_state(params, 1), acts[:-1]])  # (T, W)
@@ -102,7 +117,7 @@ def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES) -> Reading:
     k = min(k, len(params["by"]))
     top_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (T, k)
     top_p = np.take_along_axis(probs, top_ids, axis=1)  # (T, k)
-    return Reading(ids, losses / LN2, top_ids, top_p, acts)
+    return Reading(losses / LN2, top_ids, top_p, acts)
 
 
 # ---- ranking units ----
@@ -290,6 +305,11 @@ def _fill(template: str, fields: dict[str, str]) -> str:
     return re.sub(r"__([A-Z]+)__", lambda m: fields[m.group(1)], template)
 
 
+def _number(x: float) -> str:
+    """1.832, or 3.08e+39 for the score of a model whose outputs overflow float32."""
+    return f"{x:.3f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
 def model_name(path: Path, step: int) -> str:
     """How the page names a model: its checkpoint's folder and file, and its step."""
     return f"{path.parent.name}/{path.name} (step {step:,})".lstrip("/")
@@ -345,16 +365,16 @@ def make_page(
     r = correlations(reading.acts.astype(np.float64), np.stack(list(features.values()), axis=1))
     top, labels = top_units(r), unit_labels(arch)
     q, scale = quantise(reading.acts, arch)
-    scored = reading.bits[np.isfinite(reading.bits)]
-    bpc = float(scored.mean()) if len(scored) else math.nan
-    left_out = f"; {n_unknown:,} characters not in the vocabulary left out" if n_unknown else ""
+    bpc = float(reading.bits.mean(dtype=np.float64))  # nan or inf when some is
+    score = f"{_number(bpc)} bits per character" if math.isfinite(bpc) else f"no score, {NO_SCORE}"
+    s = "s" * (n_unknown != 1)
+    left_out = f"; {n_unknown:,} character{s} not in the vocabulary left out" if n_unknown else ""
     fields = {
         "TITLE": html.escape(f"{name}: what {model_name} sees"),
         "MODEL": html.escape(model_name),
         "ABOUT": html.escape(
             f"{arch.num_layers}-layer {arch.cell}, hidden size {arch.hidden_size}; "
-            f"{len(ids):,} characters of {name}, {bpc:.3f} bits per character from a zero "
-            f"state{left_out}"
+            f"{len(ids):,} characters of {name} read from a zero state: {score}{left_out}"
         ),
         "PICKER": _picker(labels, arch, top, r),
         "UNITS": _unit_list(labels, top, r),

@@ -17,7 +17,8 @@ import pytest
 from helpers import TEXT, cli, temp_files, user_error, write_corpus
 
 from charrnn import api
-from charrnn.model import run, state_blocks, trace, zero_state
+from charrnn import checkpoint as ckpt_io
+from charrnn.model import init_params, run, state_blocks, trace, zero_state
 from charrnn.show import FEATURES, correlations, make_page, text_features, top_units
 
 # the characters a page must escape, and a pair of quotes and brackets for the features
@@ -151,6 +152,27 @@ def test_length_and_unknown_characters(models, tmp_path):
     assert "2 characters not in the vocabulary left out" in page
     message = user_error(cli("show", path, "--checkpoint", models["rnn"], "--unknown", "error"))
     assert "not in the model's vocabulary ('é')" in message
+
+
+@pytest.mark.parametrize(
+    "dtype, value, said",
+    [(np.float32, 3e38, "2.97e+39 bpc"), (np.float64, 1e308, "no finite score")],
+)
+def test_a_model_whose_outputs_overflow(dtype, value, said, tmp_path, recwarn):
+    """Scored again in float64 as `charrnn eval` scores it; no score, said so, when float64
+    overflows too; never NumPy's warnings."""
+    vocab = list(" abcde")
+    params = init_params(len(vocab), 8, np.random.default_rng(0), dtype=dtype)
+    params["Why"] = np.full_like(params["Why"], value)
+    params["Why"][::2] *= -1
+    params["Wxh"] = np.full_like(params["Wxh"], value)
+    ckpt_io.save(ckpt_io.Checkpoint(params=params, vocab=vocab, config={}), tmp_path / "huge.npz")
+    result = cli(
+        "show", "-", "--checkpoint", tmp_path / "huge.npz", "-o", "p.html", input="abcde a"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"wrote p.html: 7 characters, {said}")
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_bad_inputs_are_clean_errors(models, text_file, tmp_path):
