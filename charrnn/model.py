@@ -1,5 +1,5 @@
 """The network: stacked recurrent layers, dropout between them, the output layer and the loss;
-its forward pass, backward pass (BPTT) and one-step inference.
+its forward pass, backward pass (BPTT), one-step inference and a trace of every state.
 
 Everything here is plain functions over a dict of named arrays, in the column-vector convention
 of the equations in the README. For the one-layer vanilla RNN, the default:
@@ -389,7 +389,7 @@ def input_grad(dax_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) 
     return dax_flat.T @ onehot  # (G H, V)
 
 
-# ---- one step, for sampling ----
+# ---- one step, for sampling and for looking inside ----
 
 
 def step(params: dict, ids: np.ndarray, state: np.ndarray):
