@@ -287,12 +287,14 @@ def _features_list(present: dict[str, bool]) -> str:
     )
 
 
+# a newline's span holds the line break (its mark is CSS's); a carriage return is written as a
+# reference, which HTML does not turn into a newline
+_SPANS = {"\n": '<span class="nl">\n</span>', "\r": "<span>&#13;</span>"}
+
+
 def _text_spans(chars: str) -> str:
-    """One <span> per character; a newline's span holds the line break, its mark is CSS's."""
-    return "".join(
-        '<span class="nl">\n</span>' if c == "\n" else f"<span>{html.escape(c)}</span>"
-        for c in chars
-    )
+    """One <span> per character."""
+    return "".join(_SPANS.get(c) or f"<span>{html.escape(c)}</span>" for c in chars)
 
 
 def _script_json(data: dict) -> str:

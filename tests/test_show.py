@@ -21,8 +21,9 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.model import init_params, run, state_blocks, trace, zero_state
 from charrnn.show import FEATURES, correlations, make_page, text_features, top_units
 
-# the characters a page must escape, and a pair of quotes and brackets for the features
-ODD = ' <b>"quoted" & </script> [aside] (and this)\n'
+# characters a page must escape (HTML would read a bare \r as a newline), and quotes and
+# brackets for the features
+ODD = ' <b>"quoted" & </script> [aside] (and this)\r\n'
 SHOWN = TEXT[:300] + ODD  # the text the pages show
 CELLS = {"rnn": 2, "lstm": 2, "gru": 1}  # cell: layers
 H = 8
