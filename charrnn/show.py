@@ -14,7 +14,8 @@ two per feature (`top_units`).
 
 The page carries its data as compact JSON arrays and one base64 string: bits in hundredths,
 probabilities in thousandths, activations quantised to int8 (h lies in [-1, 1]; c is divided by
-its largest |c| over the text), about 1.4 bytes per character and unit. The HTML, CSS and
+the 99th percentile of its |c| over the text, so that a few large values do not leave the rest
+pale: those are drawn at full colour), about 1.4 bytes per character and unit. The HTML, CSS and
 script are the template show.html beside this module. Reading the text and choosing the
 checkpoint are the CLI's; the file is replaced atomically (atomic.py).
 """
@@ -51,6 +52,7 @@ LN2 = math.log(2.0)
 TOP_GUESSES = 5  # the model's likeliest characters listed for each position
 TOP_UNITS = 12  # units in the page's short list
 PER_FEATURE = 2  # at most this many of them matching one feature
+C_PERCENTILE = 99  # c's colour scale: this percentile of |c|; beyond it, full colour
 MAX_VALUES = 40_000_000  # characters x units in one page: about 55 MB of activations
 FEATURES = {
     "line position": "characters since the line began",
@@ -210,11 +212,12 @@ def unit_labels(arch) -> list[str]:
 
 def quantise(acts: np.ndarray, arch) -> tuple[bytes, np.ndarray]:
     """acts (T, W) as int8 bytes in unit-major order (W, T), each unit's run contiguous, and the
-    scale of each unit (W,): value = q / 127 * scale; 1 for h, the largest |c| for c."""
+    scale of each unit (W,): value = q / 127 * scale, clipped to +-scale; 1 for h, which lies in
+    [-1, 1], the C_PERCENTILE-th percentile of |c| for c, which is unbounded."""
     scale = np.ones(arch.state_width)  # (W,)
     for _, state, cols in state_blocks(arch):
         if state == "c":
-            scale[cols] = np.abs(acts[:, cols]).max(axis=0, initial=0.0)
+            scale[cols] = np.percentile(np.abs(acts[:, cols]), C_PERCENTILE, axis=0)
     scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
     q = np.rint(np.clip(np.nan_to_num(acts / scale), -1.0, 1.0) * 127).astype(np.int8)  # (T, W)
     return np.ascontiguousarray(q.T).tobytes(), scale

@@ -18,8 +18,8 @@ from helpers import TEXT, cli, temp_files, user_error, write_corpus
 
 from charrnn import api
 from charrnn import checkpoint as ckpt_io
-from charrnn.model import init_params, run, state_blocks, trace, zero_state
-from charrnn.show import FEATURES, correlations, make_page, text_features, top_units
+from charrnn.model import Arch, init_params, run, state_blocks, trace, zero_state
+from charrnn.show import FEATURES, correlations, make_page, quantise, text_features, top_units
 
 # characters a page must escape (HTML would read a bare \r as a newline), and quotes and
 # brackets for the features
@@ -247,6 +247,21 @@ def test_ranking_finds_planted_units():
     top = top_units(r)
     assert set(top[:3]) <= {3, 7, 8, 9} and 9 not in top  # the third vowel unit is left out
     assert np.all(r[:, names.index("inside quotes")] == 0)  # a feature constant in the text
+
+
+def test_quantise_h_by_its_range_and_c_by_a_percentile():
+    """h (in [-1, 1]) to q / 127; c by the 99th percentile of its |c|, one outlier clipped
+    rather than leaving every other value pale; unit-major bytes."""
+    arch = Arch("lstm", 1, 2, 5)  # columns: h0 h1 c0 c1
+    t = np.linspace(-1, 1, 201)  # (T,)
+    acts = np.stack([t, -t, 3 * t, t], axis=1)  # (T, W)
+    acts[100, 3] = 1000.0  # an outlier in c1
+    q, scale = quantise(acts, arch)
+    q = np.frombuffer(q, dtype=np.int8).reshape(4, 201)  # (W, T)
+    assert scale[:2].tolist() == [1.0, 1.0] and scale[2] == pytest.approx(2.97)
+    assert scale[3] == pytest.approx(np.percentile(np.abs(acts[:, 3]), 99))
+    assert q[0].tolist() == np.rint(t * 127).astype(int).tolist() and q[1, 0] == 127
+    assert q[3, 100] == 127 and abs(q[3, 0]) > 100  # the outlier clipped, the rest not pale
 
 
 # ---- in a real browser ----
