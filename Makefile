@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench bench-scale bench-quality clean
+.PHONY: setup demo test test-all lint browser bench bench-scale bench-quality clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q
+
+# Chromium, for the test that runs `charrnn show`'s page in a real browser (skipped without
+# it): Debian's package, installed with apt-get (as root) only when it is missing
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@chromium --version 2>/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check charrnn tests benchmarks

@@ -760,6 +760,79 @@ def info(
     emit(to_json(described, readable=True) if json_out else summary(described))
 
 
+@app.command(cls=PlainCommand)
+def show(
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="Text file to look at, or - for stdin.")
+    ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(metavar="FILE_OR_RUN", help=CHECKPOINT_HELP)
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Write the page to FILE (replaced whole, never half-written). Without it, or "
+            "with -, the page goes to stdout, which must then not be a terminal.",
+        ),
+    ] = None,
+    length: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Show the first N characters of TEXT.")
+    ] = 5000,
+    unknown: Annotated[
+        Unknown,
+        typer.Option(
+            metavar="skip|error",
+            help="Characters not in the vocabulary: leave them out (counted), or an error.",
+        ),
+    ] = Unknown.skip,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
+    decode_errors: Annotated[
+        str,
+        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
+    ] = "strict",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+) -> None:
+    """Write one HTML page that shows what a model sees in a text. Each character is coloured
+    by how much it surprised the model, with the model's top 5 guesses for it; or by the
+    activation of any hidden unit, with the units that best track simple features of the text
+    (position in the line, brackets, word starts, speaker names, ...) listed first. The page
+    needs no network: open it in any browser."""
+    from charrnn.show import make_page, model_name, save_page
+
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})
+    to_stdout = output in (None, "-")
+    if to_stdout:
+        need_stdout()
+        if stdout().isatty():
+            raise error("the page is HTML, not for a terminal; give -o page.html")
+    need_stdin(text)
+    with user_errors():
+        model = _load(checkpoint, quiet)
+        content = read_text(text, encoding, decode_errors)[:length]
+        name = "<stdin>" if text == "-" else Path(text).name
+        page = make_page(
+            model.params,
+            model.vocab,
+            content,
+            model_name=model_name(model.path, model.step),
+            name=name,
+            unknown=unknown.value,
+        )
+        if to_stdout:
+            out = stdout()
+            out.write(page.html)
+            out.flush()
+        else:
+            save_page(page, output)
+    if not quiet:
+        note(page.summary() if to_stdout else f"wrote {output}: {page.summary()}")
+
+
 class XAxis(str, Enum):
     """What the curves are drawn against."""
 

@@ -1,5 +1,5 @@
 """The network: stacked recurrent layers, dropout between them, the output layer and the loss;
-its forward pass, backward pass (BPTT) and one-step inference.
+its forward pass, backward pass (BPTT), one-step inference and a trace of every state.
 
 Everything here is plain functions over a dict of named arrays, in the column-vector convention
 of the equations in the README. For the one-layer vanilla RNN, the default:
@@ -183,6 +183,16 @@ def _state_columns(arch: Arch, layer: int, k: int) -> slice:
     """Columns of layer l's k-th state (0 h, 1 c) in the carried state (B, W)."""
     start = (layer * arch.states + k) * arch.hidden_size
     return slice(start, start + arch.hidden_size)
+
+
+def state_blocks(arch: Arch) -> list[tuple[int, str, slice]]:
+    """(layer, "h" or "c", columns) of each block of H units in the carried state (B, W), in
+    column order: layer 0's h (and c for the LSTM), then layer 1's, ..."""
+    return [
+        (layer, "hc"[k], _state_columns(arch, layer, k))
+        for layer in range(arch.num_layers)
+        for k in range(arch.states)
+    ]
 
 
 def top_output(params: dict, state: np.ndarray) -> np.ndarray:
@@ -379,7 +389,7 @@ def input_grad(dax_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) 
     return dax_flat.T @ onehot  # (G H, V)
 
 
-# ---- one step, for sampling ----
+# ---- one step, for sampling and for looking inside ----
 
 
 def step(params: dict, ids: np.ndarray, state: np.ndarray):
@@ -402,3 +412,15 @@ def step(params: dict, ids: np.ndarray, state: np.ndarray):
             new_state[:, _state_columns(arch, layer, k)] = s_k
         x = s[0]
     return x, new_state
+
+
+def trace(params: dict, ids: np.ndarray, state0: np.ndarray) -> np.ndarray:
+    """The carried state after each character of ids (T,), read one at a time from state0
+    (1, W): (T, W), row t the state after ids[t]. Every layer's h (and the LSTM's c) at every
+    step, for looking inside a model (charrnn show), where `run` keeps the top layer's h only."""
+    states = np.empty((len(ids), state0.shape[1]), state0.dtype)  # (T, W)
+    state = state0
+    for t in range(len(ids)):
+        state = step(params, ids[t : t + 1], state)[1]  # (1, W)
+        states[t] = state[0]
+    return states
