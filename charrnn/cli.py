@@ -814,6 +814,98 @@ def plot(
         note(f"wrote {output}")
 
 
+@app.command(cls=PlainCommand)
+def gradflow(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="CHECKPOINT...",
+            help="One or more checkpoints (.npz) or run folders (their best.npz).",
+        ),
+    ],
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="Text file to measure on, or - for stdin.")
+    ],
+    max_distance: Annotated[
+        int,
+        typer.Option(min=1, metavar="K", help="Measure k = 1 .. K characters back."),
+    ] = 200,
+    positions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Positions t of the text to average over, drawn at random (with --rng-seed).",
+        ),
+    ] = 256,
+    burn_in: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Characters read from a zero state before each window, so the state is a "
+            "typical one.",
+        ),
+    ] = 100,
+    rng_seed: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Seed for drawing the positions.")
+    ] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Also draw the curves on a log scale into an image file (PNG; .svg or .pdf "
+            "by the name); needs pip install 'charrnn[plot]'.",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print every k's mean, median and ratio as JSON."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+) -> None:
+    """Measure the vanishing gradient: the norm of d loss_t / d h_(t-k), the gradient of the
+    loss at position t with respect to the hidden state k characters earlier, for k = 1 .. K,
+    averaged over many positions of a text. For the LSTM also its cell state c; with several
+    layers, the h of every layer together (--json has each layer's)."""
+    from charrnn.gradflow import measure, save_image, table
+
+    need_stdout()
+    need_stdin(text)
+    with user_errors():
+        models = [(path, api.load(path)) for path in checkpoints]
+        content = read_text(text)
+        name = "<stdin>" if text == "-" else text
+        flows = [
+            measure(
+                model.params,
+                model.vocab,
+                content,
+                max_distance=max_distance,
+                positions=positions,
+                burn_in=burn_in,
+                rng_seed=rng_seed,
+                label=str(path),
+                name=name,
+            )
+            for path, model in models
+        ]
+        if output is not None:
+            save_image(flows, output)
+    if json_out:
+        settings = {"text": name, "max_distance": max_distance, "positions": positions}
+        settings.update({"burn_in": burn_in, "rng_seed": rng_seed})
+        emit(to_json({**settings, "models": [flow.to_dict() for flow in flows]}))
+    else:
+        emit("\n\n".join(table(flow) for flow in flows))
+    if output is not None and not quiet:
+        note(f"wrote {output}")
+
+
 def main() -> None:
     _standard_streams()
     try:
