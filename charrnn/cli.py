@@ -555,6 +555,7 @@ def _load(path: Path | None, quiet: bool) -> api.Model:
 
 @app.command(cls=PlainCommand)
 def sample(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path | None, typer.Option(metavar="FILE_OR_RUN", help=CHECKPOINT_HELP)
     ] = None,
@@ -591,6 +592,15 @@ def sample(
     argmax: Annotated[
         bool, typer.Option("--argmax", help="Greedy: always take the most likely character.")
     ] = False,
+    beam: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="K",
+            help="Beam search instead of drawing: keep the K most likely continuations (by "
+            "total log-probability) and print the best; --num-samples N <= K prints the best N.",
+        ),
+    ] = None,
     num_samples: Annotated[
         int,
         typer.Option(
@@ -632,6 +642,8 @@ def sample(
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if beam is not None:
+        _check_beam(ctx, beam, num_samples)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -646,6 +658,17 @@ def sample(
                 "Warning: the seed's characters not in the model's vocabulary were "
                 f"skipped: {show_chars(dropped)}"
             )
+        if beam is not None:
+            beams = model.beam_search(
+                prime,
+                length,
+                beam=beam,
+                num_results=num_samples,
+                unknown=unknown.value,
+                echo_seed=not no_seed_echo,
+            )
+            _print_beams(beams, beam, json_out, quiet)
+            return
         samples = model.sample(
             prime,
             length,
@@ -661,6 +684,48 @@ def sample(
         )
     if json_out:
         emit(to_json([samples] if num_samples == 1 else samples))
+
+
+# flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
+_DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
+
+
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+    """Usage errors for what --beam cannot be combined with."""
+    for name in _DRAWING_FLAGS:
+        source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            flag = f"--{name.replace('_', '-')}"
+            raise typer.BadParameter(
+                f"beam search draws nothing at random, so {flag} would change nothing; "
+                f"leave out {flag} or --beam",
+                param_hint=f"'{flag}'",
+            )
+    if num_samples > beam:
+        raise typer.BadParameter(
+            f"--beam {beam} keeps {beam} continuations; print at most that many, or widen the beam",
+            param_hint="'--num-samples'",
+        )
+
+
+def _print_beams(beams: list[tuple[str, float]], beam: int, json_out: bool, quiet: bool) -> None:
+    """The texts as `sample` prints samples: alone, or under headers that give log p."""
+    if json_out:
+        emit(to_json([text for text, _ in beams]))
+        return
+    if len(beams) == 1:
+        text, logp = beams[0]
+        emit(text)
+        if not quiet:
+            note(f"beam search, width {beam}: log p = {logp:.4f} nats given the seed")
+        return
+    n = len(beams)
+    emit(
+        "\n".join(
+            f"==> beam {i} of {n}, log p = {logp:.4f} <==\n{text}\n"
+            for i, (text, logp) in enumerate(beams, 1)
+        ).removesuffix("\n")
+    )
 
 
 @app.command("eval", cls=PlainCommand)
