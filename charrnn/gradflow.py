@@ -160,6 +160,7 @@ class GradFlow:
             "cell": self.arch.cell,
             "num_layers": self.arch.num_layers,
             "hidden_size": self.arch.hidden_size,
+            "positions": len(self.positions),  # fewer than asked for when the text is short
             "distances": self.rows(),
         }
 
@@ -220,10 +221,10 @@ def table(flow: GradFlow) -> str:
     """A few lines: the model, then k, mean and median norm and ratio to k = 1, for h (and c)."""
     arch, P = flow.arch, len(flow.positions)
     layers = f"{arch.num_layers} layer{'s' * (arch.num_layers > 1)}"
-    which = "h of every layer" if arch.num_layers > 1 else "h"
+    which = " (every layer's h together)" if arch.num_layers > 1 else ""
     lines = [
         f"{flow.label}: {arch.cell}, {layers} of {arch.hidden_size}; "
-        f"‖d loss_t / d {which}_(t-k)‖ over {P:,} positions"
+        f"‖d loss_t / d h_(t-k)‖{which} over {P:,} positions"
     ]
     names = ("h", "c")[: arch.states]
     lines.append(
@@ -264,7 +265,8 @@ def save_image(flows: list[GradFlow], out, title: str | None = None) -> None:
                 k, norms.mean(axis=1), style, color=color, lw=2, label=f"{name}: mean |d{part}|"
             )
             if part == "h":
-                ax.plot(k, np.median(norms, axis=1), "--", color=color, lw=1, label="median")
+                median = np.median(norms, axis=1)
+                ax.plot(k, median, "--", color=color, lw=1, label=f"{name}: median |dh|")
     ax.set_yscale("log")
     ax.set_xlabel("distance k (characters back)")
     ax.set_ylabel("‖d loss_t / d state_(t-k)‖")

@@ -96,6 +96,14 @@ def test_batched_positions_equal_one_at_a_time(monkeypatch):
     np.testing.assert_allclose(whole.norms, parts.norms, rtol=1e-12)
 
 
+def test_a_short_text_gives_every_position_it_has():
+    params = init_params(len(VOCAB), 6, np.random.default_rng(7), np.float64)
+    text = TEXT[: 10 + 20 + 5]  # burn-in, window, and 5 more: t can be any of 5 places
+    flow = gradflow.measure(params, VOCAB, text, max_distance=20, positions=100, burn_in=10)
+    assert flow.positions.tolist() == [29, 30, 31, 32, 33]
+    assert flow.to_dict()["positions"] == 5
+
+
 # ---- the command ----
 
 
@@ -124,7 +132,8 @@ def test_table_of_every_cell(cell, tmp_path, text_file):
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        f"{ckpt}: {cell}, 2 layers of 8; ‖d loss_t / d h of every layer_(t-k)‖ over 12 positions"
+        f"{ckpt}: {cell}, 2 layers of 8; ‖d loss_t / d h_(t-k)‖ (every layer's h together) "
+        "over 12 positions"
     )
     assert lines[1].split() == ["k", "mean", "|dh|", "median", "/", "k=1"] + (
         ["mean", "|dc|", "median", "/", "k=1"] if cell == "lstm" else []
@@ -146,6 +155,7 @@ def test_json_has_every_distance_and_matches_the_library(tmp_path, text_file):
     }
     (model,) = out["models"]
     assert (model["checkpoint"], model["cell"], model["num_layers"]) == (str(ckpt), "lstm", 2)
+    assert model["positions"] == 12
     rows = model["distances"]
     assert [r["k"] for r in rows] == list(range(1, 31))
     assert set(rows[0]) == {
