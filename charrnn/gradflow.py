@@ -270,7 +270,8 @@ def save_image(flows: list[GradFlow], out, title: str | None = None) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("distance k (characters back)")
     ax.set_ylabel("‖d loss_t / d state_(t-k)‖")
-    ax.set_title(title or "gradient reaching k steps back")
+    P = ", ".join(sorted({f"{len(f.positions):,}" for f in flows}))
+    ax.set_title(title or f"the gradient k characters back, over {P} positions")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     try:
