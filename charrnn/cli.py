@@ -598,7 +598,7 @@ def sample(
             min=1,
             metavar="K",
             help="Beam search instead of drawing: keep the K most likely continuations (by "
-            "total log-probability) and print the best; --num-samples N <= K prints the best N.",
+            "total log-probability) and print the best; --num-samples M <= K prints the best M.",
         ),
     ] = None,
     num_samples: Annotated[
@@ -635,7 +635,8 @@ def sample(
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
-    """Generate text from a trained model, streamed to stdout as it is drawn."""
+    """Generate text from a trained model, streamed to stdout as it is drawn; with --beam,
+    the likeliest continuation that a beam search finds, printed when the search is done."""
     if not (temperature > 0 and math.isfinite(temperature)):
         raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
     if top_p is not None and not 0 < top_p <= 1:
