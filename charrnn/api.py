@@ -31,7 +31,7 @@ from charrnn.evaluate import BLOCK, EvalResult, evaluate
 from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
 from charrnn.parallel import blas_threads
 from charrnn.runs import choose_checkpoint, special_file
-from charrnn.sample import collect, encode_prime, generate, write_samples
+from charrnn.sample import beam_search, collect, decode, encode_prime, generate, write_samples
 from charrnn.train import TrainResult, train_corpus
 
 LN2 = math.log(2.0)
@@ -155,6 +155,27 @@ class Model:
             steps = iter(drawn)
         texts = collect(steps, self.vocab, num_samples, prefix)
         return texts[0] if num_samples == 1 else texts
+
+    def beam_search(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        beam: int = 5,
+        num_results: int = 1,
+        unknown: str = "error",
+        echo_seed: bool = True,
+    ) -> list[tuple[str, float]]:
+        """The num_results most likely continuations of `length` characters after `seed` that a
+        beam of width `beam` finds, best first: (text, log-probability in nats given the seed)
+        pairs, each text the seed and its continuation (only the continuation with
+        echo_seed=False). Deterministic; see `sample.beam_search`."""
+        prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        ids, scores = beam_search(self.params, prime_ids, length, beam, num_results)
+        prefix = seed if echo_seed else ""
+        return [
+            (prefix + decode(row, self.vocab), float(s)) for row, s in zip(ids, scores, strict=True)
+        ]
 
     def evaluate(self, text: str, *, unknown: str = "skip", name: str = "text") -> EvalResult:
         """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).

@@ -555,6 +555,7 @@ def _load(path: Path | None, quiet: bool) -> api.Model:
 
 @app.command(cls=PlainCommand)
 def sample(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path | None, typer.Option(metavar="FILE_OR_RUN", help=CHECKPOINT_HELP)
     ] = None,
@@ -591,6 +592,15 @@ def sample(
     argmax: Annotated[
         bool, typer.Option("--argmax", help="Greedy: always take the most likely character.")
     ] = False,
+    beam: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="K",
+            help="Beam search instead of drawing: keep the K most likely continuations (by "
+            "total log-probability) and print the best; --num-samples M <= K prints the best M.",
+        ),
+    ] = None,
     num_samples: Annotated[
         int,
         typer.Option(
@@ -625,13 +635,16 @@ def sample(
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
-    """Generate text from a trained model, streamed to stdout as it is drawn."""
+    """Generate text from a trained model, streamed to stdout as it is drawn; with --beam,
+    the likeliest continuation that a beam search finds, printed when the search is done."""
     if not (temperature > 0 and math.isfinite(temperature)):
         raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
     if top_p is not None and not 0 < top_p <= 1:
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if beam is not None:
+        _check_beam(ctx, beam, num_samples)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -646,6 +659,17 @@ def sample(
                 "Warning: the seed's characters not in the model's vocabulary were "
                 f"skipped: {show_chars(dropped)}"
             )
+        if beam is not None:
+            beams = model.beam_search(
+                prime,
+                length,
+                beam=beam,
+                num_results=num_samples,
+                unknown=unknown.value,
+                echo_seed=not no_seed_echo,
+            )
+            _print_beams(beams, beam, json_out, quiet)
+            return
         samples = model.sample(
             prime,
             length,
@@ -661,6 +685,48 @@ def sample(
         )
     if json_out:
         emit(to_json([samples] if num_samples == 1 else samples))
+
+
+# flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
+_DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
+
+
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+    """Usage errors for what --beam cannot be combined with."""
+    for name in _DRAWING_FLAGS:
+        source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            flag = f"--{name.replace('_', '-')}"
+            raise typer.BadParameter(
+                f"beam search draws nothing at random, so {flag} would change nothing; "
+                f"leave out {flag} or --beam",
+                param_hint=f"'{flag}'",
+            )
+    if num_samples > beam:
+        raise typer.BadParameter(
+            f"--beam {beam} keeps {beam} continuations; print at most that many, or widen the beam",
+            param_hint="'--num-samples'",
+        )
+
+
+def _print_beams(beams: list[tuple[str, float]], beam: int, json_out: bool, quiet: bool) -> None:
+    """The texts as `sample` prints samples: alone, or under headers that give log p."""
+    if json_out:
+        emit(to_json([text for text, _ in beams]))
+        return
+    if len(beams) == 1:
+        text, logp = beams[0]
+        emit(text)
+        if not quiet:
+            note(f"beam search, width {beam}: log p = {logp:.4f} nats given the seed")
+        return
+    n = len(beams)
+    emit(
+        "\n".join(
+            f"==> beam {i} of {n}, log p = {logp:.4f} <==\n{text}\n"
+            for i, (text, logp) in enumerate(beams, 1)
+        ).removesuffix("\n")
+    )
 
 
 @app.command("eval", cls=PlainCommand)
@@ -883,6 +949,98 @@ def plot(
 
             chart = Console(file=stdout(), highlight=False)
             chart.print(text_chart(curves, x.value), end="", soft_wrap=True)
+    if output is not None and not quiet:
+        note(f"wrote {output}")
+
+
+@app.command(cls=PlainCommand)
+def gradflow(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="CHECKPOINT...",
+            help="One or more checkpoints (.npz) or run folders (their best.npz).",
+        ),
+    ],
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="Text file to measure on, or - for stdin.")
+    ],
+    max_distance: Annotated[
+        int,
+        typer.Option(min=1, metavar="K", help="Measure k = 1 .. K characters back."),
+    ] = 200,
+    positions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Positions t of the text to average over, drawn at random (with --rng-seed).",
+        ),
+    ] = 256,
+    burn_in: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Characters read from a zero state before each window, so the state is a "
+            "typical one.",
+        ),
+    ] = 100,
+    rng_seed: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Seed for drawing the positions.")
+    ] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Also draw the curves on a log scale into an image file (PNG; .svg or .pdf "
+            "by the name); needs pip install 'charrnn[plot]'.",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print every k's mean, median and ratio as JSON."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+) -> None:
+    """Measure the vanishing gradient: the norm of d loss_t / d h_(t-k), the gradient of the
+    loss at position t with respect to the hidden state k characters earlier, for k = 1 .. K,
+    averaged over many positions of a text. For the LSTM also its cell state c; with several
+    layers, the h of every layer together (--json has each layer's)."""
+    from charrnn.gradflow import measure, save_image, table
+
+    need_stdout()
+    need_stdin(text)
+    with user_errors():
+        models = [(path, api.load(path)) for path in checkpoints]
+        content = read_text(text)
+        name = "<stdin>" if text == "-" else text
+        flows = [
+            measure(
+                model.params,
+                model.vocab,
+                content,
+                max_distance=max_distance,
+                positions=positions,
+                burn_in=burn_in,
+                rng_seed=rng_seed,
+                label=str(path),
+                name=name,
+            )
+            for path, model in models
+        ]
+        if output is not None:
+            save_image(flows, output)
+    if json_out:
+        settings = {"text": name, "max_distance": max_distance, "positions": positions}
+        settings.update({"burn_in": burn_in, "rng_seed": rng_seed})
+        emit(to_json({**settings, "models": [flow.to_dict() for flow in flows]}))
+    else:
+        emit("\n\n".join(table(flow) for flow in flows))
     if output is not None and not quiet:
         note(f"wrote {output}")
 

@@ -1,4 +1,5 @@
-"""Generating text: warm the hidden state on a prime text, then draw one character per step.
+"""Generating text: warm the hidden state on a prime text, then draw one character per step
+(or search for the most likely continuation with a beam).
 
 Several samples are drawn together as one batch: their states are the rows of one (M, W)
 matrix, so M samples cost one (M, H) x (H, G H) product per layer and one (M, H) x (H, V) output
@@ -13,6 +14,9 @@ by down, and one below 1 scales the noise down (1 / T of T = 1e-40 is beyond flo
 top-p set the logits they exclude to -inf before the argmax.
 The recurrence itself is `model.run` (the prime) and `model.step` (each drawn character), the
 same for every cell.
+
+Beam search (`beam_search`) draws nothing: it keeps the K continuations with the highest total
+log-probability, as K rows of one batch, the same way.
 
 Reading checkpoints and printing are left to the CLI; encoding text to ids to `data`.
 """
@@ -128,6 +132,52 @@ def generate(
             yield ids
             if i + 1 < length:
                 h, state = step(params, ids, state)  # h_{t+1} from x_t = ids and the state
+
+
+def beam_search(
+    params: dict, prime_ids: np.ndarray, length: int, beam: int, num_results: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most likely continuations of `length` characters that a beam of width `beam` finds:
+    (ids (N, length), log-probabilities (N,)), best first, N = num_results (fewer only when
+    there are fewer distinct continuations: V^length < N).
+
+    Each step extends each of the n kept beams by every character, scores the n V candidates
+    by their total log-probability log p(continuation | prime) = sum_i log p_i[c_i], keeps the
+    best `beam` of them (ties: the earlier beam, then the lower id) and reorders the states by
+    the parents chosen, so the n beams cost one (n, H) x (H, G H) product per layer and one
+    (n, H) x (H, V) output product per character. There is no length normalisation: every
+    beam has exactly `length` characters, so dividing the scores by the length (or length^a)
+    would not change their order. With beam = 1 this is greedy decoding (--argmax); with beam
+    >= V^(length - 1) nothing is ever pruned and the result is exact.
+    """
+    if length < 1 or beam < 1 or not 1 <= num_results <= beam:
+        raise ValueError("need length >= 1, beam >= 1 and 1 <= num_results <= beam")
+    Why_T, by = params["Why"].T, params["by"]  # (H, V), (V,)
+    V = len(by)
+    state = warm_state(params, prime_ids, 1)  # (1, W): one beam to start from
+    h = top_output(params, state)  # (n, H)
+    scores = np.zeros(1)  # (n,) total log-probability of each beam, in float64
+    parents, chars = [], []  # per step: the beam each new beam extends, and its character
+    with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
+        for i in range(length):
+            logits = (h @ Why_T + by).astype(np.float64)  # (n, V): Why h_t + by
+            logits -= logits.max(axis=1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # log p_t
+            total = (scores[:, None] + logp).ravel()  # (n V,): every beam + every character
+            keep = np.argsort(-total, kind="stable")[:beam]  # best first
+            parent, ids = np.divmod(keep, V)  # (n,) each
+            scores = total[keep]
+            parents.append(parent)
+            chars.append(ids)
+            if i + 1 < length:
+                h, state = step(params, ids, state[parent])  # reorder, then read c_i
+    # follow the back-pointers from each of the best beams to the first character
+    best = np.arange(min(num_results, len(scores)))  # (N,)
+    out = np.empty((len(best), length), dtype=np.intp)  # (N, length)
+    for i in range(length - 1, -1, -1):
+        out[:, i] = chars[i][best]
+        best = parents[i][best]
+    return out, scores[: len(out)]
 
 
 def gumbel(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -69,7 +69,9 @@ def test_version_is_the_package_version(in_tmp_path):
     assert re.search(r'^version = "(.*)"$', pyproject, re.M)[1] == charrnn.__version__ == "0.2.0"
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"], ["info"], ["plot"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["sample"], ["eval"], ["info"], ["plot"], ["gradflow"]]
+)
 def test_dash_h_is_help(command):
     short, long = cli(*command, "-h"), cli(*command, "--help")
     assert short.exit_code == long.exit_code == 0
@@ -142,6 +144,7 @@ def test_train_help_shows_config_defaults_and_clean_metavars():
         ("eval", "eval [OPTIONS] TEXT"),
         ("info", "info [OPTIONS] [CHECKPOINT_OR_RUN]"),
         ("plot", "plot [OPTIONS] RUN..."),
+        ("gradflow", "gradflow [OPTIONS] CHECKPOINT... TEXT"),
         ("prepare", "prepare [OPTIONS] CORPUS"),
     ],
 )

@@ -70,12 +70,15 @@ def work(tmp_path_factory) -> Path:
 PRODUCTS = {
     "sample": "sample --checkpoint run --length 20",
     "sample --json": "sample --checkpoint run --length 20 --json",
+    "sample --beam": "sample --checkpoint run --length 20 --beam 3",
     "eval": "eval corpus.txt --checkpoint run",
     "eval --json": "eval corpus.txt --checkpoint run --json",
     "eval --per-char -": "eval corpus.txt --checkpoint run --per-char -",
     "info": "info run",
     "info --json": "info run --json",
     "plot": "plot run",
+    "gradflow": "gradflow run corpus.txt --max-distance 20 --positions 4 --burn-in 5",
+    "gradflow --json": "gradflow run corpus.txt --max-distance 20 --positions 4 --json",
     "prepare --json": "prepare corpus.txt --json",
     "--version": "--version",
 }
@@ -136,6 +139,7 @@ def test_a_consumer_that_stops_reading_is_a_quiet_exit_0(command, work, tmp_path
         "train - --out r -q",
         "eval - --checkpoint run",
         "sample --checkpoint run --seed-file -",
+        "gradflow run -",
     ],
 )
 def test_reading_a_closed_stdin_is_an_error(command, work):
