@@ -1,0 +1,57 @@
+"""What several commands share about their options: flag values checked by the config's own
+rules (`check_flags`), the choices of --unknown, and --checkpoint, its help and the loading of
+the model it names (`load_model`, which says on stderr which checkpoint it chose)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from charrnn import api
+from charrnn.cli.streams import note
+from charrnn.errors import ConfigError
+from charrnn.runs import CHECKPOINT_ENV
+
+
+def check_flags(values: dict[str, Any]) -> None:
+    """Flag values checked by the config's own rules; a bad one is a usage error (exit 2)
+    worded as the config says it: "Invalid value for '--hidden-size': got 0, expected ..."."""
+    for key, value in values.items():
+        try:
+            api.check_setting(key, value)
+        except ConfigError as e:
+            raise typer.BadParameter(
+                str(e).removeprefix(f"config key '{key}': "),
+                param_hint=f"'--{key.replace('_', '-')}'",
+            ) from None
+
+
+class Unknown(str, Enum):
+    """What to do with characters that are not in the model's vocabulary."""
+
+    error = "error"
+    skip = "skip"
+
+
+CHECKPOINT_HELP = (
+    "Checkpoint .npz, or a run folder (its best.npz). Default: the one $CHARRNN_CHECKPOINT "
+    "names, else the most recently written runs/*/best.npz."
+)
+
+
+def load_model(path: Path | None, quiet: bool) -> api.Model:
+    """The model --checkpoint names, or the one the rule chooses; when chosen, say which run
+    and step on stderr (a run folder in the path names the run)."""
+    model = api.load(path)
+    if not quiet and model.chosen_by != "given":
+        how = (
+            f"from ${CHECKPOINT_ENV}"
+            if model.chosen_by == "env"
+            else f"the most recently written runs/*/best.npz; pin one with --checkpoint or "
+            f"{CHECKPOINT_ENV}"
+        )
+        note(f"Using checkpoint {model.path} (step {model.step}; {how})")
+    return model

@@ -1,0 +1,274 @@
+"""The commands that run a trained model over text: `sample` writes text (drawn at random,
+or the likeliest continuation by beam search), `eval` scores a text (and, with --per-char,
+each of its characters). The model's work is charrnn.api.Model's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
+from charrnn.cli.program import PlainCommand, app
+from charrnn.cli.streams import (
+    emit,
+    need_stdin,
+    need_stdout,
+    note,
+    stdout,
+    to_json,
+    user_errors,
+)
+from charrnn.data import read_text, unknown_chars
+
+
+@app.command(cls=PlainCommand)
+def sample(
+    ctx: typer.Context,
+    checkpoint: Annotated[
+        Path | None, typer.Option(metavar="FILE_OR_RUN", help=CHECKPOINT_HELP)
+    ] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TEXT",
+            help="Prime text read before generating (default: none, the zero state).",
+        ),
+    ] = None,
+    seed_file: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Read the prime text from a UTF-8 file (- for stdin)."),
+    ] = None,
+    length: Annotated[int, typer.Option(min=1, metavar="N", help="Characters to generate.")] = 500,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            metavar="T", help="Softmax temperature, > 0: lower is safer, higher more varied."
+        ),
+    ] = 1.0,
+    top_k: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="K", help="Draw only among the K most likely characters."),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            metavar="P",
+            help="Nucleus: draw among the fewest most likely characters holding mass P "
+            "(0 < P <= 1).",
+        ),
+    ] = None,
+    argmax: Annotated[
+        bool, typer.Option("--argmax", help="Greedy: always take the most likely character.")
+    ] = False,
+    beam: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="K",
+            help="Beam search instead of drawing: keep the K most likely continuations (by "
+            "total log-probability) and print the best; --num-samples M <= K prints the best M.",
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int,
+        typer.Option(
+            min=1, metavar="M", help="Independent samples, computed together as one batch."
+        ),
+    ] = 1,
+    rng_seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Seed: the same inputs give the same text (default: random).",
+        ),
+    ] = None,
+    no_seed_echo: Annotated[
+        bool,
+        typer.Option(
+            "--no-seed-echo", help="Print only the generated text, not the seed before it."
+        ),
+    ] = False,
+    unknown: Annotated[
+        Unknown,
+        typer.Option(
+            metavar="error|skip",
+            help="Seed characters not in the vocabulary: an error, or skip them.",
+        ),
+    ] = Unknown.error,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+) -> None:
+    """Generate text from a trained model, streamed to stdout as it is drawn; with --beam,
+    the likeliest continuation that a beam search finds, printed when the search is done."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
+    if seed is not None and seed_file is not None:
+        raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if beam is not None:
+        _check_beam(ctx, beam, num_samples)
+    need_stdout()
+    if seed_file is not None:
+        need_stdin(seed_file)
+    with user_errors():
+        model = load_model(checkpoint, quiet)
+        prime = read_text(seed_file) if seed_file is not None else seed or ""
+        dropped = unknown_chars(prime, model.vocab) if unknown is Unknown.skip else []
+        if dropped and not quiet:
+            from charrnn.sample import show_chars
+
+            note(
+                "Warning: the seed's characters not in the model's vocabulary were "
+                f"skipped: {show_chars(dropped)}"
+            )
+        if beam is not None:
+            beams = model.beam_search(
+                prime,
+                length,
+                beam=beam,
+                num_results=num_samples,
+                unknown=unknown.value,
+                echo_seed=not no_seed_echo,
+            )
+            _print_beams(beams, beam, json_out, quiet)
+            return
+        samples = model.sample(
+            prime,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            argmax=argmax,
+            num_samples=num_samples,
+            rng_seed=rng_seed,
+            unknown=unknown.value,
+            echo_seed=not no_seed_echo,
+            out=None if json_out else stdout(),  # streamed as it is drawn
+        )
+    if json_out:
+        emit(to_json([samples] if num_samples == 1 else samples))
+
+
+# flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
+_DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
+
+
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+    """Usage errors for what --beam cannot be combined with."""
+    for name in _DRAWING_FLAGS:
+        source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            flag = f"--{name.replace('_', '-')}"
+            raise typer.BadParameter(
+                f"beam search draws nothing at random, so {flag} would change nothing; "
+                f"leave out {flag} or --beam",
+                param_hint=f"'{flag}'",
+            )
+    if num_samples > beam:
+        raise typer.BadParameter(
+            f"--beam {beam} keeps {beam} continuations; print at most that many, or widen the beam",
+            param_hint="'--num-samples'",
+        )
+
+
+def _print_beams(beams: list[tuple[str, float]], beam: int, json_out: bool, quiet: bool) -> None:
+    """The texts as `sample` prints samples: alone, or under headers that give log p."""
+    if json_out:
+        emit(to_json([text for text, _ in beams]))
+        return
+    if len(beams) == 1:
+        text, logp = beams[0]
+        emit(text)
+        if not quiet:
+            note(f"beam search, width {beam}: log p = {logp:.4f} nats given the seed")
+        return
+    n = len(beams)
+    emit(
+        "\n".join(
+            f"==> beam {i} of {n}, log p = {logp:.4f} <==\n{text}\n"
+            for i, (text, logp) in enumerate(beams, 1)
+        ).removesuffix("\n")
+    )
+
+
+@app.command("eval", cls=PlainCommand)
+def eval_text(
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="Text file to score, or - for stdin.")
+    ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(metavar="FILE_OR_RUN", help=CHECKPOINT_HELP)
+    ] = None,
+    unknown: Annotated[
+        Unknown,
+        typer.Option(
+            metavar="skip|error",
+            help="Characters not in the vocabulary: skip them (counted), or an error.",
+        ),
+    ] = Unknown.skip,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
+    decode_errors: Annotated[
+        str,
+        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
+    ] = "strict",
+    per_char: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also write one JSON line per scored character to FILE (- for stdout): the "
+            "char, its probability p, bits (-log2 p), the model's top 3 guesses.",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print loss, bpc, perplexity, chars, unknown_chars as JSON."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+) -> None:
+    """Score a text exactly: mean loss in nats per character, bits per character, perplexity."""
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})
+    if per_char == "-" and json_out:
+        raise typer.BadParameter(
+            "--per-char - and --json would both write to stdout; give --per-char a file",
+            param_hint="'--per-char'",
+        )
+    need_stdout()
+    need_stdin(text)
+    with user_errors():
+        model = load_model(checkpoint, quiet)
+        content = read_text(text, encoding, decode_errors)
+        name = "<stdin>" if text == "-" else text
+        result = model.evaluate(content, unknown=unknown.value, name=name)
+        if per_char is not None:
+            _write_lines(model.char_scores(content), per_char)
+    if json_out:
+        emit(to_json(result.to_dict()))
+    elif per_char != "-":
+        emit(result.summary())
+    elif not quiet:  # stdout holds the per-character lines
+        note(result.summary())
+
+
+def _write_lines(records, dest: str) -> None:
+    """One JSON object per line to the file dest (UTF-8), or to stdout for "-"."""
+    if dest == "-":
+        out = stdout()
+        for rec in records:
+            out.write(to_json(rec, readable=True) + "\n")
+        out.flush()
+        return
+    with open(dest, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -1,0 +1,256 @@
+"""The commands that train: `train` (a model on a corpus, fresh or resumed) and `prepare` (a
+corpus's cache of character ids). The training itself is charrnn.api.train's."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charrnn import api, cache
+from charrnn.cli.options import check_flags
+from charrnn.cli.program import PlainCommand, app
+from charrnn.cli.streams import emit, need_stdin, need_stdout, note, to_json, user_errors
+from charrnn.config import DEFAULTS
+from charrnn.progress import make_encode_bar
+
+
+def _default(key: str, text: str) -> str:
+    """Help text ending in the config default, the way Typer shows one: [default: 128]. The
+    flags themselves default to None (not given), so --config and a resumed run's saved
+    config are not overridden by defaults nobody typed."""
+    value = DEFAULTS[key]
+    return f"{text}  [default: {f'{value:g}' if isinstance(value, float) else value}]"
+
+
+@app.command(cls=PlainCommand)
+def train(
+    ctx: typer.Context,
+    corpus: Annotated[
+        str,
+        typer.Argument(metavar="CORPUS", help="Text file to train on (UTF-8), or - for stdin."),
+    ],
+    config: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="YAML config file; flags override it.")
+    ] = None,
+    cell: Annotated[
+        str | None,
+        typer.Option(metavar="rnn|lstm|gru", help=_default("cell", "Vanilla tanh, LSTM or GRU.")),
+    ] = None,
+    num_layers: Annotated[
+        int | None,
+        typer.Option(metavar="N", help=_default("num_layers", "Stacked recurrent layers.")),
+    ] = None,
+    hidden_size: Annotated[
+        int | None,
+        typer.Option(metavar="N", help=_default("hidden_size", "Hidden units H per layer.")),
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="P",
+            help=_default("dropout", "Dropout on each layer's outputs in training (0 = off)."),
+        ),
+    ] = None,
+    seq_length: Annotated[
+        int | None,
+        typer.Option(
+            metavar="T", help=_default("seq_length", "Characters per truncated-BPTT chunk.")
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(metavar="B", help=_default("batch_size", "Parallel streams."))
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(metavar="LR", help=_default("learning_rate", "Learning rate."))
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help=_default("optimizer", "adam, rmsprop, adagrad or sgd.")),
+    ] = None,
+    grad_clip: Annotated[
+        float | None,
+        typer.Option(
+            metavar="X",
+            help=_default("grad_clip", "Clipping threshold (0 = off); see clip_mode."),
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help=_default("max_steps", "Stop after N updates (0 = no limit).")
+        ),
+    ] = None,
+    max_epochs: Annotated[
+        float | None,
+        typer.Option(
+            metavar="N",
+            help=_default("max_epochs", "Stop after N passes over the text (0 = no limit)."),
+        ),
+    ] = None,
+    max_time: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help=_default(
+                "max_time", "Stop after this many seconds of this invocation (0 = no limit)."
+            ),
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help=_default("eval_every", "Validate every N steps (0 = never).")
+        ),
+    ] = None,
+    sample_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help=_default("sample_every", "Print a sample every N steps (0 = never).")
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N", help=_default("checkpoint_every", "Write last.npz every N steps.")
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help=_default("patience", "Stop after N validations without improvement (0 = off)."),
+        ),
+    ] = None,
+    rng_seed: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Seed for reproducible runs.  [default: random, recorded in config.yaml]",
+        ),
+    ] = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help=_default("encoding", "Text encoding of the corpus.")),
+    ] = None,
+    decode_errors: Annotated[
+        str | None,
+        typer.Option(
+            metavar="strict|replace",
+            help=_default("decode_errors", "Invalid bytes: an error, or U+FFFD."),
+        ),
+    ] = None,
+    set_items: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any config key; repeatable; wins over everything.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(metavar="DIR", help="Run folder (default: a new folder under runs/)."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="RUN_OR_CKPT",
+            help="Continue a run: its folder (uses last.npz) or a checkpoint file.",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start over in an --out folder that holds a run, deleting its files; without "
+            "it such a folder is refused.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a model on a text corpus; writes config.yaml, metrics.jsonl, last.npz and best.npz.
+
+    The defaults shown are the built-in ones; --config, and when resuming the run's saved
+    config, take their place.
+    """
+    # every option named like a config key is a setting (None = not given on the command line)
+    settings = {k: v for k, v in ctx.params.items() if k in DEFAULTS and v is not None}
+    check_flags(settings)
+    if json_out:
+        need_stdout()
+    need_stdin(corpus)
+    with user_errors():
+        result = api.train(
+            corpus,
+            config=config,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            quiet=quiet,
+            set_items=set_items or [],
+            **settings,
+        )
+
+    if json_out:
+        emit(to_json(result.to_dict()))
+    if result.signal is not None:
+        if not quiet:
+            note(
+                f"Interrupted at step {result.steps}; saved {result.last_checkpoint}; "
+                f"continue with: charrnn train {corpus} --resume {result.run_dir}"
+            )
+        raise typer.Exit(128 + result.signal)
+    if not quiet and not json_out:
+        best = result.best_val_loss
+        score = "" if best is None else f"; best val loss {best:.4f} ({best / math.log(2):.3f} bpc)"
+        note(
+            f"done: {result.steps} steps in {result.seconds:.1f}s{score}; "
+            f"checkpoints in {result.run_dir}"
+        )
+
+
+@app.command(cls=PlainCommand)
+def prepare(
+    corpus: Annotated[
+        str,
+        typer.Argument(metavar="CORPUS", help="Text file to encode (UTF-8 unless --encoding)."),
+    ],
+    encoding: Annotated[
+        str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")
+    ] = "utf-8",
+    decode_errors: Annotated[
+        str,
+        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
+    ] = "strict",
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild the cache even when it is up to date.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Encode a corpus into its cache of character ids (CORPUS.charrnn-cache), so that every
+    `train` on it starts at once; `train` does this itself when the cache is missing or stale."""
+    if corpus == "-":
+        raise typer.BadParameter(
+            "prepare caches a file; `charrnn train -` encodes stdin into a temporary cache itself",
+            param_hint="'CORPUS'",
+        )
+    if json_out:
+        need_stdout()
+    with user_errors():
+        bar = make_encode_bar(quiet, corpus)
+        with bar or nullcontext():
+            prepared = cache.prepare(corpus, encoding, decode_errors, force=force, progress=bar)
+    if json_out:
+        emit(to_json(prepared.to_dict()))
+    elif not quiet:
+        note(prepared.summary())
