@@ -2,9 +2,9 @@
 both with the ETA of whichever limit stops the run (`Eta`); and the bar (MB, MB/s) of encoding
 a large corpus into its cache.
 
-Part of the command-line layer (cli.py, and `charrnn.train(quiet=False)` which shows what the
-command shows); the training loop just calls the reporter methods (start, step, sample, end),
-the encoder a `progress(phase, done, total)` callback.
+Part of the command-line layer (charrnn/cli/, and `charrnn.train(quiet=False)` which shows what
+the command shows); the training loop just calls the reporter methods (start, step, sample,
+end), the encoder a `progress(phase, done, total)` callback.
 
 Progress is written through `Dropping`: a line that cannot be written (the reader of a pipe
 left, a full disk, a closed terminal) is dropped with everything after it, so that training
