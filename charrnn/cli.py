@@ -29,6 +29,7 @@ from typer.core import TyperCommand
 from charrnn import __version__, api, cache
 from charrnn.config import DEFAULTS
 from charrnn.data import read_text, unknown_chars
+from charrnn.distributed import PeerFailed, end_together
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.progress import make_encode_bar
 from charrnn.runs import CHECKPOINT_ENV, choose_checkpoint
@@ -249,6 +250,8 @@ def user_errors():
     product that cannot be written to stdout as `output_failed` says."""
     try:
         yield
+    except PeerFailed:  # another MPI rank failed and says why
+        raise typer.Exit(1) from None
     except CharRNNError as e:
         raise error(str(e)) from None
     except OutputError as e:
@@ -467,6 +470,8 @@ def train(
             **settings,
         )
 
+    if not result.primary:  # an MPI rank other than 0: rank 0 reports
+        raise typer.Exit(0 if result.signal is None else 128 + result.signal)
     if json_out:
         emit(to_json(result.to_dict()))
     if result.signal is not None:
@@ -817,7 +822,8 @@ def plot(
 def main() -> None:
     _standard_streams()
     try:
-        app()
+        with end_together():  # under MPI, an error that one rank alone met ends every rank
+            app()
     finally:
         try:
             if sys.stderr is not None:
