@@ -131,7 +131,8 @@ class MPIWorld:
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.root = self.rank == 0
-        self.failed_together = False  # an error that every rank knows of is being raised
+        # every rank knows how this one ends (an error or stop they agreed on): no abort
+        self.ending_together = False
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         local = node.Get_size()  # ranks on this machine
         node.Free()
@@ -162,6 +163,7 @@ class MPIWorld:
         flags = np.array([received == signal.SIGINT, received == signal.SIGTERM, time_up], np.int32)
         self.comm.Allreduce(self.MPI.IN_PLACE, flags, op=self.MPI.MAX)
         received = signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
+        self.ending_together = received is not None  # the exit code 128 + signal, on all ranks
         reason = None if reason == "max_time" else reason
         return received, reason or ("max_time" if flags[2] else None)
 
@@ -188,13 +190,13 @@ class MPIWorld:
         self.comm.Allreduce(self.MPI.IN_PLACE, first, op=self.MPI.MIN)
         if first[0] == self.size:
             return
-        self.failed_together = True
+        self.ending_together = True
         if error is not None and first[0] == self.rank:
             raise error
         raise PeerFailed(f"rank {first[0]} failed")
 
     def everywhere(self, error: Exception) -> Exception:
-        self.failed_together = True
+        self.ending_together = True
         return error if self.root else PeerFailed("rank 0 reports the error")
 
     def abort(self, code: int) -> None:
@@ -251,11 +253,11 @@ def end_together() -> Iterator[None]:
         yield
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-        if code != 0 and isinstance(_world, MPIWorld) and not _world.failed_together:
+        if code != 0 and isinstance(_world, MPIWorld) and not _world.ending_together:
             _world.abort(code)
         raise
     except BaseException:
-        if isinstance(_world, MPIWorld) and not _world.failed_together:
+        if isinstance(_world, MPIWorld) and not _world.ending_together:
             traceback.print_exc()
             _world.abort(1)
         raise
