@@ -209,3 +209,24 @@ def test_a_batch_the_ranks_cannot_share_is_one_clear_error(tmp_path):
         "Error: batch_size 3 cannot be shared by 2 MPI processes; give a multiple of 2"
     ]
     assert not (tmp_path / "r").exists()
+
+
+@needs_mpi
+def test_a_write_error_on_rank_0_mid_run_ends_every_rank(tmp_path):
+    # rank 0 alone writes checkpoints; a file-size limit on it alone (as a full disk or quota
+    # would) fails its first one while rank 1 waits in the next step's Allreduce: rank 0
+    # reports the error and aborts the job, so rank 1 does not wait forever
+    corpus = write_corpus(tmp_path)
+    args = charrnn("train", str(corpus), "--hidden-size", "1024", "--seq-length", "8")
+    args += ["--batch-size", "4", "--max-steps", "20", "--checkpoint-every", "5", "-q"]
+    args += ["--eval-every", "0", "--out", "run"]
+    limited = ["bash", "-c", 'ulimit -f 8192 && exec "$@"', "-", *args]  # 8 MiB: MPI still starts
+    cmd = [MPIEXEC, "-n", "1", *limited, ":", "-n", "1", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 1
+    assert errors(done.stderr) == [
+        "Error: could not write checkpoint 'run/last.npz': File too large; nothing was written "
+        "(free disk space or check the folder's permissions, then --resume)"
+    ]
+    assert "MPI_Abort(MPI_COMM_WORLD, 1)" in done.stderr  # MPICH says it ended the job
+    assert not (tmp_path / "run" / "last.npz").exists()
