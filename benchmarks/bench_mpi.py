@@ -100,6 +100,28 @@ def _steps(hidden: int, batch: int, steps: int, world) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in parts.items()}
 
 
+def _node_compute(hidden: int, rounds: int) -> dict[int, float]:
+    """Median seconds of one process's step (every core of this machine: a node) at
+    TABLE_BATCH / K streams for each K in NODES, without communication. The sizes take turns,
+    one step each per round, so that another job on the machine slows them alike."""
+    solo = distributed.Solo()
+    models = {K: _model(hidden, TABLE_BATCH // K, solo) for K in NODES}
+    times: dict[int, list[float]] = {K: [] for K in NODES}
+    try:
+        for i in range(rounds + 1):  # round 0 warms the buffers up
+            for K, (cfg, params, opt_state, grads, workers, X, Y, carry) in models.items():
+                t0 = time.perf_counter()
+                workers(params, X, Y, carry)
+                optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
+                optim.update(cfg, params, grads, opt_state, i, cfg.learning_rate)
+                if i:
+                    times[K].append(time.perf_counter() - t0)
+    finally:
+        for model in models.values():
+            model[4].close()
+    return {K: float(np.median(t)) for K, t in times.items()}
+
+
 def _allreduce_alone(world, n: int, repeat: int = 30) -> float:
     buf = np.ones(n, np.float32)
     times = []
@@ -146,11 +168,8 @@ def worker(hidden: list[int], steps: int, out: Path) -> None:
                 n = sum(p.size for p in init_params(V, h, np.random.default_rng(0)).values())
                 result["allreduce"][h] = {"bytes": 4 * (n + 1), "s": _allreduce_alone(world, n + 1)}
             result["validation"] = _validation(world, 256)
-        else:  # one node's compute at TABLE_BATCH / K streams
-            result["compute"] = {
-                h: {K: _steps(h, TABLE_BATCH // K, steps, world)["compute_s"] for K in NODES}
-                for h in hidden
-            }
+        else:
+            result["compute"] = {h: _node_compute(h, steps) for h in hidden}
     if world.root:
         out.write_text(json.dumps(result))
 
@@ -172,7 +191,7 @@ def _speedup(compute: dict, grad_bytes: int, bandwidth: float, latency: float, K
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", default="128,256,512,1024")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=9, help="steps (rounds) per median")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     hidden = [int(h) for h in args.hidden.split(",")]

@@ -466,6 +466,7 @@ def _train(
             "max_time": cfg.max_time or None,
             "start_elapsed": elapsed0,
             "notice": notice,
+            "ranks": world.size,
         }
     )
     grads = world.gradients(s.params)  # views into the one buffer that the ranks sum
