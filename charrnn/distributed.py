@@ -131,8 +131,9 @@ class MPIWorld:
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.root = self.rank == 0
-        # every rank knows how this one ends (an error or stop they agreed on): no abort
-        self.ending_together = False
+        # the exit code every rank has agreed to end with (an error or a signal they all know
+        # of): a process ending with it needs no abort
+        self.agreed_exit: int | None = None
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         local = node.Get_size()  # ranks on this machine
         node.Free()
@@ -163,7 +164,8 @@ class MPIWorld:
         flags = np.array([received == signal.SIGINT, received == signal.SIGTERM, time_up], np.int32)
         self.comm.Allreduce(self.MPI.IN_PLACE, flags, op=self.MPI.MAX)
         received = signal.SIGINT if flags[0] else signal.SIGTERM if flags[1] else None
-        self.ending_together = received is not None  # the exit code 128 + signal, on all ranks
+        if received is not None:
+            self.agreed_exit = 128 + received
         reason = None if reason == "max_time" else reason
         return received, reason or ("max_time" if flags[2] else None)
 
@@ -190,13 +192,13 @@ class MPIWorld:
         self.comm.Allreduce(self.MPI.IN_PLACE, first, op=self.MPI.MIN)
         if first[0] == self.size:
             return
-        self.ending_together = True
+        self.agreed_exit = 1
         if error is not None and first[0] == self.rank:
             raise error
         raise PeerFailed(f"rank {first[0]} failed")
 
     def everywhere(self, error: Exception) -> Exception:
-        self.ending_together = True
+        self.agreed_exit = 1
         return error if self.root else PeerFailed("rank 0 reports the error")
 
     def abort(self, code: int) -> None:
@@ -204,10 +206,11 @@ class MPIWorld:
         self.comm.Abort(code)
 
 
-_world: Solo | MPIWorld | None = None
+World = Solo | MPIWorld
+_world: World | None = None
 
 
-def world() -> Solo | MPIWorld:
+def world() -> World:
     """This process's world, made on first use: MPIWorld when a launcher started several
     processes, Solo otherwise. ConfigError (on rank 0; PeerFailed on the others) when mpi4py is
     missing or sees one process where the launcher started several."""
@@ -217,7 +220,7 @@ def world() -> Solo | MPIWorld:
     return _world
 
 
-def _connect(size: int) -> Solo | MPIWorld:
+def _connect(size: int) -> World:
     if size == 1:
         return Solo()
     quiet = launched_rank() != 0  # every rank fails alike here: rank 0 alone says why
@@ -253,11 +256,11 @@ def end_together() -> Iterator[None]:
         yield
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-        if code != 0 and isinstance(_world, MPIWorld) and not _world.ending_together:
+        if code != 0 and isinstance(_world, MPIWorld) and code != _world.agreed_exit:
             _world.abort(code)
         raise
     except BaseException:
-        if isinstance(_world, MPIWorld) and not _world.ending_together:
+        if isinstance(_world, MPIWorld):  # a crash: no rank expects it
             traceback.print_exc()
             _world.abort(1)
         raise

@@ -248,7 +248,8 @@ def train(
     when the folder already holds a run: "refuse" it (TrainingError naming --resume and
     --overwrite), "overwrite" it (its files are deleted once the new run's checks pass), or
     "continue" it (it is the run that `state` resumes). A folder this call created is removed
-    again when the run fails before writing anything in it.
+    again when the run fails before writing anything in it. Under MPI every rank calls this;
+    rank 0 makes, locks and writes the folder, and its `run_dir` is every rank's.
     """
     world = distributed.world()
     made: list[Path] = []
@@ -333,7 +334,14 @@ class _Checkpoints:
     """Writes last.npz and best.npz of a run, and words the error when training diverges.
     Every rank calls `save`; rank 0 writes."""
 
-    def __init__(self, run_dir: Path, cfg: Config, vocab: list[str], last_saved: int | None, world):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        vocab: list[str],
+        last_saved: int | None,
+        world: distributed.World,
+    ):
         self.last, self.best = run_dir / "last.npz", run_dir / "best.npz"
         self.cfg, self.vocab, self.world = cfg, vocab, world
         self.last_saved = last_saved  # step of the last.npz on disk, None when there is none
@@ -386,7 +394,7 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     return keep
 
 
-def _validate(params: dict, val_ids: np.ndarray, world) -> float:
+def _validate(params: dict, val_ids: np.ndarray, world: distributed.World) -> float:
     """The validation loss: each rank scores its share of the streams, the shares are summed."""
     part, _ = chunked_loss(params, val_ids, part=(world.rank, world.size))
     return world.sum(part)
@@ -429,7 +437,7 @@ def _train(
     reporter,
     notice: str | None,
     overwrite: bool,
-    world,
+    world: distributed.World,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
