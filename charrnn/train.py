@@ -201,16 +201,12 @@ def train_corpus(
     cfg = world.bcast(cfg)  # rank 0's: the seed it drew and the workers of a rank
 
     # rank 0 reads the corpus first and builds its cache; the other ranks then read the cache
-    for builder in (True, False):
-        with world.together():
-            if world.root is builder:
-                with encode_bar or nullcontext():
-                    prepared = cache.prepare(
-                        source, cfg.encoding, cfg.decode_errors, progress=encode_bar
-                    )
-                state = None
-                if ckpt is not None:
-                    state = TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
+    with world.together():
+        if world.root:
+            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+    with world.together():
+        if not world.root:
+            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
     encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
     return train(
         cfg,
@@ -221,6 +217,14 @@ def train_corpus(
         notice=prepared.summary() if encoded else None,
         existing=existing,
     )
+
+
+def _read_corpus(source: str, cfg: Config, ckpt, encode_bar):
+    """(the corpus through its cache, the state resumed from ckpt or None)."""
+    with encode_bar or nullcontext():
+        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
+    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
+    return prepared, state
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -441,7 +445,6 @@ def _train(
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
-    metrics_out, elapsed0 = open(os.devnull, "w"), 0.0  # rank 0 writes metrics.jsonl
     with world.together():  # an error on any rank ends every rank, and is reported once
         train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
         batches = Batches(train_ids, B, T)
@@ -452,12 +455,13 @@ def _train(
         limits = _Limits.of(cfg, batches.steps_per_epoch)
         on_disk = resumed and (run_dir / "last.npz").exists()
         ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)
-        if world.root:
+        if world.root:  # rank 0 alone writes the run folder
             if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
                 remove_run(run_dir)
             _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
-            metrics_out.close()
             metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
+        else:
+            metrics_out, elapsed0 = open(os.devnull, "w"), 0.0
     reporter.start(
         {
             "run_dir": str(run_dir),
