@@ -113,6 +113,10 @@ class Solo:
     def sum(self, x: float) -> float:
         return x
 
+    def same(self, *numbers: int) -> bool:
+        """Whether every rank passed the same numbers."""
+        return True
+
     def bcast(self, obj):
         return obj
 
@@ -176,6 +180,13 @@ class MPIWorld:
         total = np.array([x], np.float64)
         self.comm.Allreduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM)
         return float(total[0])
+
+    def same(self, *numbers: int) -> bool:
+        low = np.array(numbers, np.int64)
+        high = low.copy()
+        self.comm.Allreduce(self.MPI.IN_PLACE, low, op=self.MPI.MIN)
+        self.comm.Allreduce(self.MPI.IN_PLACE, high, op=self.MPI.MAX)
+        return bool((low == high).all())
 
     def bcast(self, obj):
         """Rank 0's obj (a small setting: pickled), on every rank."""

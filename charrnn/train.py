@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import ConfigError, TrainingError
+from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import (
@@ -207,6 +208,16 @@ def train_corpus(
     with world.together():
         if not world.root:
             prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+    ids, vocab = prepared.corpus.ids, prepared.corpus.vocab
+    if not world.same(
+        len(ids), prepared.source_bytes, zlib.crc32("".join(vocab).encode("utf-8", "surrogatepass"))
+    ):
+        raise world.everywhere(  # each machine has its own copy, and they differ
+            DataError(
+                f"the MPI processes read different texts as '{source}'; give every machine "
+                "the same corpus (or put it on a filesystem they share)"
+            )
+        )
     encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
     return train(
         cfg,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, arrays, metrics, write_corpus
+from helpers import REPO, TEXT, arrays, metrics, write_corpus
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.distributed import flat_gradients, launched_size
@@ -198,6 +198,24 @@ def test_an_error_on_rank_1_alone_ends_both_ranks_reported_once(tmp_path):
     assert errors(done.stderr) == ["Error: file 'corpus.txt' not found; check the path"]
     assert "Traceback" not in done.stderr and "Abort" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_mpi
+def test_ranks_that_read_different_texts_refuse_to_train(tmp_path):
+    # each machine with its own copy of the corpus, and one copy differs
+    write_corpus(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    write_corpus(tmp_path / "elsewhere", TEXT[:-1000])
+    out = str(tmp_path / "run")
+    args = charrnn("train", "corpus.txt", *SETTINGS, "--max-steps", "5", "--out", out)
+    cmd = [MPIEXEC, "-n", "1", *args, ":", "-n", "1", "-wdir", str(tmp_path / "elsewhere"), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
+    assert done.returncode == 1
+    assert errors(done.stderr) == [
+        "Error: the MPI processes read different texts as 'corpus.txt'; give every machine the "
+        "same corpus (or put it on a filesystem they share)"
+    ]
+    assert "Abort" not in done.stderr
 
 
 @needs_mpi
