@@ -1,6 +1,6 @@
 """Data-parallel training over MPI: where a step's time goes, and what K nodes would gain.
 
-    python benchmarks/bench_mpi.py [--hidden 128,256,512,1024] [--steps 5]   (make bench-mpi)
+    python benchmarks/bench_mpi.py [--hidden 128,256,512,1024] [--steps 9]   (make bench-mpi)
 
 Runs itself as worker processes, once as one process and once under `mpiexec -n 2` (the venv's
 mpiexec, from the mpich wheel), and measures on this machine, for a vanilla RNN over 65
