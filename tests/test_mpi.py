@@ -246,5 +246,6 @@ def test_a_write_error_on_rank_0_mid_run_ends_every_rank(tmp_path):
         "Error: could not write checkpoint 'run/last.npz': File too large; nothing was written "
         "(free disk space or check the folder's permissions, then --resume)"
     ]
-    assert "MPI_Abort(MPI_COMM_WORLD, 1)" in done.stderr  # MPICH says it ended the job
+    # returned, within the timeout: rank 1 did not wait forever (MPICH's own line about the
+    # MPI_Abort is not asserted: it is lost at times when the job is torn down)
     assert not (tmp_path / "run" / "last.npz").exists()
