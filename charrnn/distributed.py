@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -214,6 +215,10 @@ class MPIWorld:
 
     def abort(self, code: int) -> None:
         sys.stderr.flush()
+        # the launcher kills every rank at once on an abort, and output it has not yet read
+        # from this one's pipes is lost then (measured: MPICH's own line about the abort, now
+        # and then): a moment for it to pass the error on first
+        time.sleep(0.2)
         self.comm.Abort(code)
 
 
