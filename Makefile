@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint browser bench bench-scale bench-quality clean
+.PHONY: setup demo test test-all lint browser bench bench-scale bench-mpi bench-quality clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,11 @@ bench: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
+
+# data-parallel training over MPI: compute and Allreduce time of a step for 1 and 2 ranks, the
+# Allreduce of each model size, and the expected speedup on 2 to 64 nodes (README "Scaling out")
+bench-mpi: $(STAMP)
+	$(BIN)/python benchmarks/bench_mpi.py $(MPI_ARGS)
 
 # how well a model starts from a zero state: make bench-quality CHECKPOINT=runs/x/best.npz
 bench-quality: $(STAMP)

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import distributed
 from charrnn.config import Config
 from charrnn.data import encode
 from charrnn.errors import ConfigError
@@ -62,6 +63,10 @@ def train(
     to continue. A folder `out` that already holds a run is a TrainingError unless `resume`
     continues it or overwrite=True deletes it first. quiet=False shows progress on stderr. A
     bad setting raises ConfigError before anything is written.
+
+    Started by mpiexec or srun as several processes, each process trains its share of every
+    batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
+    an error on one process ends them all.
     """
     for key, value in settings.items():
         if value is not None:
@@ -70,7 +75,8 @@ def train(
     if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
         raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
     reporter = encode_bar = None
-    if not quiet:  # the command line's bar on a terminal, plain log lines otherwise
+    # the command line's bar on a terminal, plain log lines otherwise; under MPI on rank 0 alone
+    if not quiet and distributed.world().root:
         from charrnn.progress import make_encode_bar, make_reporter
 
         reporter = make_reporter(quiet=False)

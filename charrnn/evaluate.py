@@ -137,7 +137,12 @@ def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
 
 
 def chunked_loss(
-    params: dict, ids: np.ndarray, n_streams: int = 64, chunk: int = 256, burn_in: int = 512
+    params: dict,
+    ids: np.ndarray,
+    n_streams: int = 64,
+    chunk: int = 256,
+    burn_in: int = 512,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[float, int]:
     """Mean loss (nats/char) of a long id sequence scored as n_streams parallel streams: the
     validation score of training, a fraction of `total_loss`'s time.
@@ -146,6 +151,8 @@ def chunked_loss(
     before it. Stream 0 starts from a zero state, like `charrnn eval`; every other stream first
     reads the `burn_in` characters before its part, unscored, so that it starts with the state
     the text before it gives, and the sum is close to the exact single-stream pass.
+    part (i, k): score only the i-th of k contiguous shares of the streams and return its part
+    of the mean (the k parts sum to it), for the ranks of an MPI run to share the validation.
     Returns (loss, chars_scored).
     """
     n = len(ids) - 1
@@ -153,19 +160,24 @@ def chunked_loss(
     L = n // S
     if L < 1:
         raise ValueError("need at least two characters to score")
-    starts = np.arange(S) * L  # (S,) first scored position of each stream
-    state = zero_state(params, S)  # (S, W)
+    i, k = part
+    first, last = (int(b) for b in np.linspace(0, S, k + 1).round()[i : i + 2])
+    if first == last:  # more shares than streams: nothing to score here
+        return 0.0, 0
+    starts = np.arange(first, last) * L  # (S_i,) first scored position of each stream
+    state = zero_state(params, last - first)  # (S_i, W)
     warm = min(burn_in, L)  # streams 1.. read [start - warm, start) first
+    burn = slice(1 if first == 0 else 0, None)  # stream 0 starts from a zero state
     for p in range(0, warm, chunk):
         T = min(chunk, warm - p)
-        idx = starts[None, 1:] - warm + p + np.arange(T)[:, None]  # (T, S - 1)
-        state[1:] = run(params, np.asarray(ids[idx], dtype=np.intp), state[1:])[1]
+        idx = starts[None, burn] - warm + p + np.arange(T)[:, None]  # (T, S_i - 1)
+        state[burn] = run(params, np.asarray(ids[idx], dtype=np.intp), state[burn])[1]
     total = 0.0
     for p in range(0, L, chunk):
         T = min(chunk, L - p)
-        idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S)
-        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S, H)
-        targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)  # (T S,)
-        _, _, losses = log_softmax_loss(params, hs[1:].reshape(T * S, -1), targets)
+        idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S_i)
+        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S_i, H)
+        targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)  # (T S_i,)
+        _, _, losses = log_softmax_loss(params, hs[1:].reshape(-1, hs.shape[-1]), targets)
         total += float(losses.sum(dtype=np.float64))
-    return total / (S * L), S * L
+    return total / (S * L), (last - first) * L

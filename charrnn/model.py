@@ -333,25 +333,28 @@ def forward(params: dict, X: np.ndarray, Y: np.ndarray, state0: np.ndarray, ws=_
 # ---- backward ----
 
 
-def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
+def backward(params: dict, cache: dict, out: dict | None = None) -> dict[str, np.ndarray]:
     """Backpropagation through time over the chunk; returns grads with the keys of params.
 
     Consumes the cache (its `probs` buffer is reused for dlogits). The output layer's gradients
     and each layer's dWhh, dbh, dWxh and gradient to the layer below are computed over all
     T * B positions at once; only the recurrence's own backward (the cell's) loops over time.
+    `out`: arrays shaped like params to write the gradients into (views into the flat buffer
+    that distributed.py sums across processes); None makes new ones.
     """
     arch, X, Y, keep, layers = (cache[k] for k in ("arch", "X", "Y", "keep", "layers"))
     dlogits = cache["probs"]  # (N, V)
     T, B = X.shape
     N, H, GH = T * B, arch.hidden_size, arch.gates * arch.hidden_size
     cell = _CELL_MODULES[arch.cell]
-    grads = {}
+    grads = {} if out is None else out
 
     # loss = -(1/N) sum log p[target]  =>  dloss/dy_t = (p_t - onehot(target_t)) / N
     dlogits[np.arange(N), Y.reshape(-1)] -= 1.0
     dlogits *= 1.0 / N
-    grads["Why"] = dlogits.T @ layers[-1].out.reshape(N, H)  # (V, H): sum_t dy_t h_t^T
-    grads["by"] = dlogits.sum(axis=0)  # (V,)
+    # (V, H): sum_t dy_t h_t^T
+    grads["Why"] = _product(dlogits.T, layers[-1].out.reshape(N, H), out, "Why")
+    grads["by"] = dlogits.sum(axis=0, out=_into(out, "by"))  # (V,): sum_t dy_t
 
     # dh_t from above for the top layer: Why^T dy_t
     dout = layers[-1].ws.get("dhs", (T, B, H), dlogits.dtype)  # (T, B, H)
@@ -365,18 +368,31 @@ def backward(params: dict, cache: dict) -> dict[str, np.ndarray]:
         dax, dah = cell.backward(params[Whh], lay.cell_cache, dhs, lay.ws)  # (T, B, G H) each
         dax_flat = dax.reshape(N, GH)  # (N, G H)
         H_prev = lay.hs[:-1].reshape(N, H)  # (N, H): h_{t-1} for every position
-        grads[Whh] = dah.reshape(N, GH).T @ H_prev  # (G H, H): sum_t dah_t h_{t-1}^T
-        grads[bh] = dax_flat.sum(axis=0)  # (G H,)
+        # (G H, H): sum_t dah_t h_{t-1}^T
+        grads[Whh] = _product(dah.reshape(N, GH).T, H_prev, out, Whh)
+        grads[bh] = dax_flat.sum(axis=0, out=_into(out, bh))  # (G H,)
         if layer == 0:
-            grads[Wxh] = input_grad(dax_flat, X.reshape(-1), arch.vocab_size, lay.ws)
+            grads[Wxh] = input_grad(dax_flat, X.reshape(-1), arch.vocab_size, lay.ws, out, Wxh)
         else:
-            grads[Wxh] = dax_flat.T @ lay.x_in.reshape(N, H)  # (G H, H): sum_t dax_t x_t^T
+            # (G H, H): sum_t dax_t x_t^T
+            grads[Wxh] = _product(dax_flat.T, lay.x_in.reshape(N, H), out, Wxh)
             dout = layers[layer - 1].ws.get("dhs", (T, B, H), dlogits.dtype)
             np.matmul(dax_flat, params[Wxh], out=dout.reshape(N, H))  # Wxh^T dax_t
     return grads
 
 
-def input_grad(dax_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) -> np.ndarray:
+def _into(out: dict | None, name: str) -> np.ndarray | None:
+    return None if out is None else out[name]
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: dict | None, name: str) -> np.ndarray:
+    """a @ b, written into out[name] when out is given."""
+    return np.matmul(a, b, out=_into(out, name))
+
+
+def input_grad(
+    dax_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh, out=None, name="Wxh"
+) -> np.ndarray:
     """dWxh (G H, V) = sum over positions of dax_t x_t^T: add each row of dax into column x_t.
 
     Written as one product with the (N, V) one-hot matrix of the inputs: a GEMM is many times
@@ -386,7 +402,7 @@ def input_grad(dax_flat: np.ndarray, x: np.ndarray, vocab_size: int, ws=_Fresh) 
     onehot = ws.get("onehot", (N, vocab_size), dax_flat.dtype)  # (N, V)
     onehot.fill(0)
     onehot[np.arange(N), x] = 1.0
-    return dax_flat.T @ onehot  # (G H, V)
+    return _product(dax_flat.T, onehot, out, name)  # (G H, V)
 
 
 # ---- one step, for sampling and for looking inside ----

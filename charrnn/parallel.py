@@ -52,20 +52,25 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(batch_size: int, requested: int = 0) -> int:
-    """`requested` workers (0 = one per CPU core), never more than streams, 1 when BLAS threads
-    cannot be limited (each worker would start a full set of BLAS threads)."""
-    n = requested or cpu_count()
+def auto_workers(batch_size: int, requested: int = 0, cores: int | None = None) -> int:
+    """`requested` workers (0 = one per CPU core, or per one of `cores`), never more than
+    streams, 1 when BLAS threads cannot be limited (each worker would start a full set of BLAS
+    threads)."""
+    n = requested or cores or cpu_count()
     if not _blas_controllable():
         n = 1
     return max(1, min(n, batch_size))
 
 
 class GradientWorkers:
-    """Computes (loss, grads, state_last) of a batch with its streams shared among n threads."""
+    """Computes (loss, grads, state_last) of a batch with its streams shared among n threads.
 
-    def __init__(self, batch_size: int, workers: int):
+    `grads`: arrays shaped like the params that the batch's gradients are written into (the
+    flat buffer of distributed.py); None: the first worker's gradients are new arrays."""
+
+    def __init__(self, batch_size: int, workers: int, grads: dict | None = None):
         self.n = workers
+        self.grads = grads
         bounds = np.linspace(0, batch_size, workers + 1).round().astype(int)
         self.shares = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self.weights = [(s.stop - s.start) / batch_size for s in self.shares]
@@ -80,7 +85,7 @@ class GradientWorkers:
             s = self.shares[i]
             k = None if keep is None else keep[:, :, s]
             loss, cache, state = forward(params, X[:, s], Y[:, s], state0[s], self.workspaces[i], k)
-            return loss, backward(params, cache), state
+            return loss, backward(params, cache, self.grads if i == 0 else None), state
 
         with blas_threads(1):
             if self.pool is None:

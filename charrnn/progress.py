@@ -86,7 +86,7 @@ class PlainReporter:
         if info.get("notice"):
             self._print(info["notice"])
         self._print(
-            f"{_verb(info)} {info['run_dir']}: {info['vocab_size']} characters, "
+            f"{_verb(info)} {info['run_dir']}{_ranks(info)}: {info['vocab_size']} characters, "
             f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars"
         )
         if info.get("reached"):
@@ -141,7 +141,7 @@ class RichReporter:
         if info.get("notice"):
             self.console.print(info["notice"], markup=False, highlight=False)
         self.console.print(
-            f"{_verb(info)} [bold]{info['run_dir']}[/]: {info['vocab_size']} "
+            f"{_verb(info)} [bold]{info['run_dir']}[/]{_ranks(info)}: {info['vocab_size']} "
             f"characters, {info['train_chars']:,} training chars"
         )
         if info.get("reached"):
@@ -228,6 +228,11 @@ class Eta:
 def _verb(info: dict) -> str:
     start = info["start_step"]
     return f"resuming from step {start} into" if info.get("resumed") else "training into"
+
+
+def _ranks(info: dict) -> str:
+    ranks = info.get("ranks", 1)
+    return f" with {ranks} MPI processes" if ranks > 1 else ""
 
 
 def limit_reached(info: dict) -> str:

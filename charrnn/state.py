@@ -222,13 +222,19 @@ def resume_config(
 
 
 def new_config(
-    config_file: str | Path | None, overrides: Mapping[str, Any], set_items: Iterable[str]
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any],
+    set_items: Iterable[str],
+    ranks: int = 1,
+    cores: int | None = None,
 ) -> Config:
     """A new run's config, with a random seed drawn when none is given, the cell's own
     init_scale when none is given, and the actual worker count recorded: config.yaml then holds
-    every value the run used, and the same seed and count reproduce the same bits anywhere."""
+    every value the run used, and the same seed and count reproduce the same bits anywhere.
+    Under MPI the workers are those of each of the `ranks` processes, over its `cores`."""
     cfg = resolve_config(config_file, overrides, set_items)
     if cfg.rng_seed is None:
         cfg = cfg.with_seed(secrets.randbelow(2**31))
     init_scale = INIT_SCALE[cfg.cell] if cfg.init_scale is None else cfg.init_scale
-    return replace(cfg, workers=auto_workers(cfg.batch_size, cfg.workers), init_scale=init_scale)
+    workers = auto_workers(max(1, cfg.batch_size // ranks), cfg.workers, cores)
+    return replace(cfg, workers=workers, init_scale=init_scale)

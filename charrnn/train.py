@@ -2,6 +2,9 @@
 
 One function, `train`, read top to bottom. It prints nothing: progress goes to a `reporter`
 object that the CLI supplies (rich bar, plain lines or nothing).
+
+Under MPI (charrnn/distributed.py) every rank runs this loop on its share of the batch's
+streams; rank 0 alone writes the run folder and reports.
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ import signal
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from charrnn import cache, optim
+from charrnn import cache, distributed, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import ConfigError, TrainingError
+from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import (
@@ -56,6 +60,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     signal: int | None = None
+    primary: bool = True  # this process reports the run: False on MPI ranks other than 0
 
     def to_dict(self) -> dict:
         def bpc(loss):
@@ -164,27 +169,55 @@ def train_corpus(
     `out` that holds a run is refused unless `resume` continues that run or `overwrite` says
     to delete it, and refused before the corpus is read (again under the run's lock in `train`).
     """
+    world = distributed.world()
     ckpt = None
     continuing = False
-    if resume is not None:
-        ckpt, resume_dir = load_for_resume(checkpoint_file(resume, "last.npz"))
-        cfg = resume_config(ckpt, config_file, overrides or {}, set_items)
-        out = out or resume_dir
-        continuing = _same_folder(Path(out), resume_dir)
-        if continuing and overwrite:
+    with world.together():  # an error on any rank ends every rank, and is reported once
+        if world.size > 1 and str(source) == "-":
             raise ConfigError(
-                "--overwrite would delete the run that --resume continues; give one of them"
+                "an MPI run reads its corpus from a file on every rank; give a file, not -"
             )
-    else:
-        cfg = new_config(config_file, overrides or {}, set_items)
-    existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
-    if out is not None and existing == "refuse" and (refusal := existing_run(out)) is not None:
-        with RunLock(out):  # a training that is writing it now: say that instead
-            pass
-        raise refusal
-    with encode_bar or nullcontext():
-        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
-    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
+        if resume is not None:
+            ckpt, resume_dir = load_for_resume(checkpoint_file(resume, "last.npz"))
+            cfg = resume_config(ckpt, config_file, overrides or {}, set_items)
+            out = out or resume_dir
+            continuing = _same_folder(Path(out), resume_dir)
+            if continuing and overwrite:
+                raise ConfigError(
+                    "--overwrite would delete the run that --resume continues; give one of them"
+                )
+        else:
+            cfg = new_config(config_file, overrides or {}, set_items, world.size, world.cores)
+        if cfg.batch_size % world.size:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} cannot be shared by {world.size} MPI processes; "
+                f"give a multiple of {world.size}"
+            )
+        existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
+        if world.root and out is not None and existing == "refuse":
+            if (refusal := existing_run(out)) is not None:
+                with RunLock(out):  # a training that is writing it now: say that instead
+                    pass
+                raise refusal
+    cfg = world.bcast(cfg)  # rank 0's: the seed it drew and the workers of a rank
+
+    # rank 0 reads the corpus first and builds its cache; the other ranks then read the cache
+    with world.together():
+        if world.root:
+            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+    with world.together():
+        if not world.root:
+            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+    ids, vocab = prepared.corpus.ids, prepared.corpus.vocab
+    if not world.same(
+        len(ids), prepared.source_bytes, zlib.crc32("".join(vocab).encode("utf-8", "surrogatepass"))
+    ):
+        raise world.everywhere(  # each machine has its own copy, and they differ
+            DataError(
+                f"the MPI processes read different texts as '{source}'; give every machine "
+                "the same corpus (or put it on a filesystem they share)"
+            )
+        )
     encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
     return train(
         cfg,
@@ -195,6 +228,14 @@ def train_corpus(
         notice=prepared.summary() if encoded else None,
         existing=existing,
     )
+
+
+def _read_corpus(source: str, cfg: Config, ckpt, encode_bar):
+    """(the corpus through its cache, the state resumed from ckpt or None)."""
+    with encode_bar or nullcontext():
+        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
+    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
+    return prepared, state
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -222,30 +263,31 @@ def train(
     when the folder already holds a run: "refuse" it (TrainingError naming --resume and
     --overwrite), "overwrite" it (its files are deleted once the new run's checks pass), or
     "continue" it (it is the run that `state` resumes). A folder this call created is removed
-    again when the run fails before writing anything in it.
+    again when the run fails before writing anything in it. Under MPI every rank calls this;
+    rank 0 makes, locks and writes the folder, and its `run_dir` is every rank's.
     """
-    try:
-        run_dir, made = make_run_dir(run_dir)
-    except OSError as e:
-        where = RUNS_DIR if run_dir is None else run_dir
-        raise TrainingError(
-            f"cannot create run folder '{where}': {e.strerror or e}; pass another --out"
-        ) from None
+    world = distributed.world()
+    made: list[Path] = []
     try:
         # single-threaded BLAS: the step's products are small; parallel.py shares the cores
-        with RunLock(run_dir), blas_threads(1):
+        with ExitStack() as held, blas_threads(1):
             try:
-                if existing == "refuse" and (refusal := existing_run(run_dir)) is not None:
-                    raise refusal
-                ckpt_io.remove_temp_files(run_dir)  # left by a save that a kill cut short
+                with world.together():  # rank 0 alone makes, locks and checks the run folder
+                    if world.root:
+                        run_dir, made = _make_run_dir(run_dir)
+                        held.enter_context(RunLock(run_dir))
+                        if existing == "refuse" and (refusal := existing_run(run_dir)) is not None:
+                            raise refusal
+                        ckpt_io.remove_temp_files(run_dir)  # left by a save a kill cut short
                 return _train(
                     cfg,
                     corpus,
-                    run_dir,
+                    world.bcast(run_dir),
                     state,
-                    reporter or NullReporter(),
+                    (reporter or NullReporter()) if world.root else NullReporter(),
                     notice,
                     overwrite=existing == "overwrite",
+                    world=world,
                 )
             except BaseException:
                 remove_unused(made)  # a folder made for a run that failed its checks
@@ -261,6 +303,16 @@ def train(
         raise TrainingError(
             f"not enough memory for hidden_size {cfg.hidden_size}, batch_size "
             f"{cfg.batch_size}, seq_length {cfg.seq_length}; lower them"
+        ) from None
+
+
+def _make_run_dir(run_dir: str | Path | None) -> tuple[Path, list[Path]]:
+    try:
+        return make_run_dir(run_dir)
+    except OSError as e:
+        where = RUNS_DIR if run_dir is None else run_dir
+        raise TrainingError(
+            f"cannot create run folder '{where}': {e.strerror or e}; pass another --out"
         ) from None
 
 
@@ -294,19 +346,29 @@ class _Limits:
 
 
 class _Checkpoints:
-    """Writes last.npz and best.npz of a run, and words the error when training diverges."""
+    """Writes last.npz and best.npz of a run, and words the error when training diverges.
+    Every rank calls `save`; rank 0 writes."""
 
-    def __init__(self, run_dir: Path, cfg: Config, vocab: list[str], last_saved: int | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        vocab: list[str],
+        last_saved: int | None,
+        world: distributed.World,
+    ):
         self.last, self.best = run_dir / "last.npz", run_dir / "best.npz"
-        self.cfg, self.vocab = cfg, vocab
+        self.cfg, self.vocab, self.world = cfg, vocab, world
         self.last_saved = last_saved  # step of the last.npz on disk, None when there is none
 
     def save(self, s: TrainState, path: Path) -> None:
+        self.world.gather_rows(s.carry)  # each rank's streams: the whole batch's carried state
         # an update can overflow the weights while its loss was still finite: never write them
         # over the last good checkpoint (load would refuse the file)
         if not s.is_finite():
-            raise self.diverged("weights became NaN or infinite", s.step)
-        ckpt_io.save(s.to_checkpoint(self.cfg, self.vocab), path)
+            raise self.world.everywhere(self.diverged("weights became NaN or infinite", s.step))
+        if self.world.root:
+            ckpt_io.save(s.to_checkpoint(self.cfg, self.vocab), path)
         if path == self.last:
             self.last_saved = s.step
 
@@ -347,6 +409,17 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     return keep
 
 
+def _validate(params: dict, val_ids: np.ndarray, world: distributed.World) -> float:
+    """The validation loss: each rank scores its share of the streams, the shares are summed."""
+    part, _ = chunked_loss(params, val_ids, part=(world.rank, world.size))
+    return world.sum(part)
+
+
+def _columns(keep: np.ndarray | None, streams: slice) -> np.ndarray | None:
+    """The dropout masks (L, T, B, H) of some streams."""
+    return None if keep is None else keep[:, :, streams]
+
+
 def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
     # its own generator, so previews never change the training's random stream
     g = np.random.default_rng([cfg.rng_seed or 0, s.step])
@@ -357,16 +430,16 @@ def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
 def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
     """A last validation (unless the last step had one; val_ids None: validation is off), then
     last.npz, and best.npz when validation never wrote one. Returns the final validation loss."""
-    cfg = ckpts.cfg
+    cfg, world = ckpts.cfg, ckpts.world
     if val_ids is not None and (val_loss is None or s.step % cfg.eval_every != 0) and s.step > 0:
-        val_loss, _ = chunked_loss(s.params, val_ids)
+        val_loss = _validate(s.params, val_ids, world)
         if val_loss < s.best_val:
             s.best_val = val_loss
             ckpts.save(s, ckpts.best)
         record = {"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2}
         metrics_out.write(json.dumps(record) + "\n")
     ckpts.save(s, ckpts.last)
-    if val_ids is None or not ckpts.best.exists():
+    if val_ids is None or not world.bcast(ckpts.best.exists()):
         ckpts.save(s, ckpts.best)
     return val_loss
 
@@ -379,22 +452,27 @@ def _train(
     reporter,
     notice: str | None,
     overwrite: bool,
+    world: distributed.World,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
-    train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
-    batches = Batches(train_ids, B, T)
-    val_ids = val_ids[: cfg.val_max_chars + 1]
-    validate = cfg.eval_every > 0 and len(val_ids) >= 2
-    resumed = state is not None
-    s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab))
-    limits = _Limits.of(cfg, batches.steps_per_epoch)
-
-    if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
-        remove_run(run_dir)
-    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
-    on_disk = resumed and (run_dir / "last.npz").exists()
-    ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None)
-    metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
+    mine = world.streams(B)  # this rank's streams of the batch: all B for one process
+    with world.together():  # an error on any rank ends every rank, and is reported once
+        train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
+        batches = Batches(train_ids, B, T)
+        val_ids = val_ids[: cfg.val_max_chars + 1]
+        validate = cfg.eval_every > 0 and len(val_ids) >= 2
+        resumed = state is not None
+        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab))
+        limits = _Limits.of(cfg, batches.steps_per_epoch)
+        on_disk = resumed and (run_dir / "last.npz").exists()
+        ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)
+        if world.root:  # rank 0 alone writes the run folder
+            if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
+                remove_run(run_dir)
+            _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+            metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
+        else:
+            metrics_out, elapsed0 = open(os.devnull, "w"), 0.0
     reporter.start(
         {
             "run_dir": str(run_dir),
@@ -411,21 +489,26 @@ def _train(
             "max_time": cfg.max_time or None,
             "start_elapsed": elapsed0,
             "notice": notice,
+            "ranks": world.size,
         }
     )
-    loss_and_grads = GradientWorkers(B, auto_workers(B, cfg.workers))
+    grads = world.gradients(s.params)  # views into the one buffer that the ranks sum
+    b = B // world.size  # streams of this rank
+    loss_and_grads = GradientWorkers(b, auto_workers(b, cfg.workers), grads)
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
-    stopped_by, val_loss = None, None
+    stopped_by, val_loss, received = None, None, None
     try:
         with _Signals() as signals, warnings.catch_warnings():
             # overflow is caught by the finiteness checks below; numpy's warnings about it (from
             # the worker threads too, which np.errstate does not reach) would bury the message
             warnings.filterwarnings("ignore", "overflow|invalid value", RuntimeWarning)
             while True:
-                # --- stop? -----------------------------------------------------------------
-                stopped_by = "signal" if signals.received is not None else None
-                stopped_by = stopped_by or limits.reached(s.step, time.perf_counter() - start)
+                # --- stop? (every rank alike: a signal to any of them, rank 0's clock) -------
+                received, stopped_by = world.agree_stop(
+                    signals.received, limits.reached(s.step, time.perf_counter() - start)
+                )
+                stopped_by = "signal" if received is not None else stopped_by
                 if stopped_by:
                     break
 
@@ -433,15 +516,19 @@ def _train(
                 t0 = time.perf_counter()
                 lr = optim.learning_rate(cfg, s.step)
                 X, Y = batches.get(s.step)  # (T, B) inputs and targets
+                # resets and dropout masks are drawn for the whole batch; each rank takes its
+                # streams' columns (every column for one process)
                 _reset_streams(s, cfg, batches.starts_epoch(s.step))
-                keep = _dropout_masks(s, cfg, T, B)
-                loss, grads, carry = loss_and_grads(s.params, X, Y, s.carry, keep)
+                keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+                loss, _, s.carry[mine] = loss_and_grads(
+                    s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
+                )
+                loss = world.mean(loss)  # `grads` now hold the whole batch's mean gradients
                 norm = optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
                 for what, value in (("loss", loss), ("gradient norm", norm)):
-                    if not math.isfinite(value):
-                        raise ckpts.diverged(f"{what} became {value}", s.step + 1)
+                    if not math.isfinite(value):  # the same on every rank
+                        raise world.everywhere(ckpts.diverged(f"{what} became {value}", s.step + 1))
                 optim.update(cfg, s.params, grads, s.opt_state, s.step, lr)
-                s.carry = carry
                 s.step += 1
                 s.chars_seen += B * T
                 dt = time.perf_counter() - t0
@@ -450,7 +537,7 @@ def _train(
                 # --- evaluate --------------------------------------------------------------
                 val_loss, improved = None, False
                 if validate and s.step % cfg.eval_every == 0:
-                    val_loss, _ = chunked_loss(s.params, val_ids)
+                    val_loss = _validate(s.params, val_ids, world)
                     improved = s.record_validation(val_loss)
 
                 # --- log, then checkpoint ---------------------------------------------------
@@ -475,7 +562,7 @@ def _train(
                     if not validate:
                         ckpts.save(s, ckpts.best)
                 reporter.step(record)
-                if cfg.sample_every and s.step % cfg.sample_every == 0:
+                if world.root and cfg.sample_every and s.step % cfg.sample_every == 0:
                     reporter.sample(s.step, _preview(cfg, s, corpus.vocab))
 
                 # --- early stopping --------------------------------------------------------
@@ -500,7 +587,8 @@ def _train(
         best_val_loss=_finite_or_none(s.best_val),
         last_checkpoint=ckpts.last,
         best_checkpoint=ckpts.best,
-        signal=signals.received,
+        signal=received,
+        primary=world.root,
     )
 
 

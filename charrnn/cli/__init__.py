@@ -26,6 +26,7 @@ import sys
 
 from charrnn.cli.program import app
 from charrnn.cli.streams import Product, discard, prepare_streams
+from charrnn.distributed import end_together
 
 # each command joins `app` as its module is imported: this order is the order of --help
 # isort: off
@@ -53,7 +54,8 @@ __all__ = [
 def main() -> None:
     prepare_streams()
     try:
-        app()
+        with end_together():  # under MPI, an error that one rank alone met ends every rank
+            app()
     finally:
         try:
             if sys.stderr is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import typer
 
+from charrnn.distributed import PeerFailed
 from charrnn.errors import CharRNNError
 
 
@@ -173,6 +174,8 @@ def user_errors():
     product that cannot be written to stdout as `output_failed` says."""
     try:
         yield
+    except PeerFailed:  # another MPI rank failed and says why
+        raise typer.Exit(1) from None
     except CharRNNError as e:
         raise error(str(e)) from None
     except OutputError as e:

@@ -198,6 +198,8 @@ def train(
             **settings,
         )
 
+    if not result.primary:  # an MPI rank other than 0: rank 0 reports
+        raise typer.Exit(0 if result.signal is None else 128 + result.signal)
     if json_out:
         emit(to_json(result.to_dict()))
     if result.signal is not None:
