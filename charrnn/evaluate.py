@@ -75,24 +75,35 @@ class EvalResult:
         )
 
 
-def evaluate(
-    params: dict, vocab: list[str], text: str, *, unknown: str = "skip", name: str = "text"
-) -> EvalResult:
-    """Score text (see the module docstring); unknown="error" refuses unknown characters."""
+def known_ids(
+    text: str, vocab: list[str], name: str, unknown: str, what="score", product="the score"
+) -> tuple[np.ndarray, int]:
+    """The ids of the characters of text that are in the vocabulary and how many were not; a
+    DataError for an empty text, nothing known, or unknown="error" and some unknown. The
+    messages say what the text is for (`what`: "score") and what would leave unknown
+    characters out (`product`: "the score")."""
     if not text:
-        raise DataError(f"'{name}' is empty; give a text to score")
+        raise DataError(f"'{name}' is empty; give a text to {what}")
     ids, n_unknown = encode(text, vocab)
     if n_unknown and unknown == "error":
         raise DataError(
             f"'{name}' has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
             f"vocabulary ({show_chars(unknown_chars(text, vocab))}); "
-            "pass --unknown skip to leave them out of the score"
+            f"pass --unknown skip to leave them out of {product}"
         )
     if len(ids) == 0:
         raise DataError(
             f"none of the characters of '{name}' are in the model's vocabulary; "
-            "nothing to score (was the model trained on another alphabet?)"
+            f"nothing to {what} (was the model trained on another alphabet?)"
         )
+    return ids, n_unknown
+
+
+def evaluate(
+    params: dict, vocab: list[str], text: str, *, unknown: str = "skip", name: str = "text"
+) -> EvalResult:
+    """Score text (see the module docstring); unknown="error" refuses unknown characters."""
+    ids, n_unknown = known_ids(text, vocab, name, unknown)
     loss = _mean_loss(params, ids)
     try:
         perplexity = math.exp(loss)

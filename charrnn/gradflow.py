@@ -34,8 +34,9 @@ import numpy as np
 
 from charrnn.cells import CELLS as CELL_MODULES
 from charrnn.data import encode
-from charrnn.errors import CharRNNError, DataError
+from charrnn.errors import DataError
 from charrnn.model import Arch, Workspace, architecture, forward, layer_names, run, zero_state
+from charrnn.plot import new_figure
 
 BATCH = 64  # positions per backward pass: an LSTM of 256 at K = 200 holds ~0.5 GB of float64
 BURN_BLOCK = 256  # burn-in characters per model.run call
@@ -244,17 +245,7 @@ def table(flow: GradFlow) -> str:
 def save_image(flows: list[GradFlow], out, title: str | None = None) -> None:
     """Mean (solid) and median (dashed) ‖d loss_t / d h_{t-k}‖ against k on a log scale, one
     colour per model; the LSTM's c dotted. PNG, or SVG/PDF by the suffix."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CharRNNError(
-            "drawing an image needs matplotlib, which is not installed: "
-            "pip install 'charrnn[plot]' (or leave out -o for the table)"
-        ) from None
-    fig = Figure(figsize=(7, 4), dpi=80, layout="tight")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((7, 4), 80, "leave out -o for the table")
     for i, flow in enumerate(flows):
         color = f"C{i % 10}"
         k = np.arange(1, len(flow.norms) + 1)

@@ -96,19 +96,25 @@ def _smooth(y: np.ndarray) -> np.ndarray:
     return (sums[1:] - sums[start]) / (np.arange(1, len(y) + 1) - start)
 
 
-def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
-    """Draw the runs' curves into an image file (PNG, or SVG/PDF by its suffix)."""
+def new_figure(figsize: tuple[float, float], dpi: int, instead: str):
+    """(figure, axes) of matplotlib, drawn off screen; without matplotlib (the `plot` extra) a
+    CharRNNError that says how to install it or what to do `instead`."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise CharRNNError(
             "drawing an image needs matplotlib, which is not installed: "
-            "pip install 'charrnn[plot]' (or leave out -o for a text chart)"
+            f"pip install 'charrnn[plot]' (or {instead})"
         ) from None
-    fig = Figure(figsize=(9, 5), dpi=110, layout="tight")
+    fig = Figure(figsize=figsize, dpi=dpi, layout="tight")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig, fig.add_subplot()
+
+
+def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
+    """Draw the runs' curves into an image file (PNG, or SVG/PDF by its suffix)."""
+    fig, ax = new_figure((9, 5), 110, "leave out -o for a text chart")
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
         ax.plot(c.train_x, c.train_bpc, color=color, lw=1, alpha=0.55, label=f"{c.label} train")

@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.atomic import replace_atomically
-from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
-from charrnn.evaluate import NO_SCORE
+from charrnn.evaluate import NO_SCORE, known_ids
 from charrnn.model import (
     architecture,
     log_softmax_loss,
@@ -46,7 +45,6 @@ from charrnn.model import (
     zero_state,
 )
 from charrnn.parallel import blas_threads
-from charrnn.sample import show_chars
 
 LN2 = math.log(2.0)
 TOP_GUESSES = 5  # the model's likeliest characters listed for each position
@@ -320,26 +318,6 @@ def model_name(path: Path, step: int) -> str:
     return f"{path.parent.name}/{path.name} (step {step:,})".lstrip("/")
 
 
-def shown_ids(text: str, vocab: list[str], name: str, unknown: str) -> tuple[np.ndarray, int]:
-    """The ids of the characters of text to show and how many were left out, unknown to the
-    vocabulary; a DataError for an empty text, nothing known, or unknown="error" and some."""
-    if not text:
-        raise DataError(f"'{name}' is empty; give a text to show")
-    ids, n_unknown = encode(text, vocab)
-    if n_unknown and unknown == "error":
-        raise DataError(
-            f"'{name}' has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
-            f"vocabulary ({show_chars(unknown_chars(text, vocab))}); "
-            "pass --unknown skip to leave them out of the page"
-        )
-    if len(ids) == 0:
-        raise DataError(
-            f"none of the characters of '{name}' are in the model's vocabulary; nothing to show "
-            "(was the model trained on another alphabet?)"
-        )
-    return ids, n_unknown
-
-
 def check_size(chars: int, arch) -> None:
     """A DataError when the page would carry more than MAX_VALUES activations."""
     if chars * arch.state_width > MAX_VALUES:
@@ -361,7 +339,7 @@ def make_page(
 ) -> Page:
     """The page for text (all of it: the caller cuts it to length). Characters not in the
     vocabulary are left out and counted, or with unknown="error" a DataError."""
-    ids, n_unknown = shown_ids(text, vocab, name, unknown)
+    ids, n_unknown = known_ids(text, vocab, name, unknown, "show", "the page")
     arch = architecture(params)
     check_size(len(ids), arch)
     chars = "".join(vocab[i] for i in ids)
