@@ -52,8 +52,8 @@ class TrainState:
     bad_evals: int = 0  # validations since the last improvement
 
     @classmethod
-    def fresh(cls, cfg: Config, vocab_size: int) -> TrainState:
-        check_memory(cfg, vocab_size)
+    def fresh(cls, cfg: Config, vocab_size: int, ranks: int = 1) -> TrainState:
+        check_memory(cfg, vocab_size, ranks)
         rng = np.random.default_rng(cfg.rng_seed)
         dtype = np.dtype(cfg.dtype)
         params = init_params(
@@ -147,19 +147,22 @@ class TrainState:
         return False
 
 
-def estimate_bytes(cfg: Config, vocab_size: int) -> tuple[int, int]:
+def estimate_bytes(cfg: Config, vocab_size: int, ranks: int = 1) -> tuple[int, int]:
     """(model bytes, step bytes): about what training a new model of cfg over vocab_size
-    characters holds, a little more rather than less. The model: weights, optimizer slots,
-    each worker's gradients, the update's temporaries (two copies) and drawing the weights. A
-    step: every layer's activations and their gradients for the T x B positions (about 3 G + 8
-    arrays of (T, B, H) with G gate blocks, the dropout masks among them), the output layer's
-    probabilities and one-hot inputs (2 of (T, B, V)) and the carried state."""
+    characters holds in one of `ranks` MPI processes (each computes B / ranks streams, and
+    keeps the whole carried state), a little more rather than less. The model: weights,
+    optimizer slots, each worker's gradients, the update's temporaries (two copies) and drawing
+    the weights. A step: every layer's activations and their gradients for the T x B / ranks
+    positions (about 3 G + 8 arrays of (T, B, H) with G gate blocks, the dropout masks among
+    them), the output layer's probabilities and one-hot inputs (2 of (T, B, V)) and the carried
+    state."""
     arch = Arch(cfg.cell, cfg.num_layers, cfg.hidden_size, vocab_size)
     L, H, V, G = arch.num_layers, arch.hidden_size, vocab_size, arch.gates
     P = sum(math.prod(shape) for shape in param_shapes(arch).values())
     slots = len(optim.init_state(cfg.optimizer, {"p": np.zeros(0)}))  # per parameter
-    n = auto_workers(cfg.batch_size, cfg.workers)
-    N = cfg.seq_length * cfg.batch_size  # positions of a step
+    b = cfg.batch_size // ranks  # streams of this process
+    n = auto_workers(b, cfg.workers)
+    N = cfg.seq_length * b  # positions of a step
     size = np.dtype(cfg.dtype).itemsize
     model = size * (P * (3 + slots + n) + n * V * G * H)  # n V G H: each worker's input table
     # drawing a layer (cells/weights.py) holds float64 copies: its G orthogonal blocks twice,
@@ -169,10 +172,10 @@ def estimate_bytes(cfg: Config, vocab_size: int) -> tuple[int, int]:
     return model, step + 16 * N  # 16 N: the (T, B) ids of inputs and targets
 
 
-def check_memory(cfg: Config, vocab_size: int) -> None:
+def check_memory(cfg: Config, vocab_size: int, ranks: int = 1) -> None:
     """ConfigError saying what training needs and what to lower, when that is more memory than
     this process can have: before anything is allocated, not a MemoryError minutes in."""
-    model, step = estimate_bytes(cfg, vocab_size)
+    model, step = estimate_bytes(cfg, vocab_size, ranks)
     limit = memory_limit()
     if model + step <= limit:
         return

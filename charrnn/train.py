@@ -462,7 +462,7 @@ def _train(
         val_ids = val_ids[: cfg.val_max_chars + 1]
         validate = cfg.eval_every > 0 and len(val_ids) >= 2
         resumed = state is not None
-        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab))
+        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
         limits = _Limits.of(cfg, batches.steps_per_epoch)
         on_disk = resumed and (run_dir / "last.npz").exists()
         ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)

@@ -238,6 +238,15 @@ def test_the_estimate_bounds_what_training_holds(tmp_path, settings):
     assert peak <= model + step <= 3 * peak, (peak, model, step)
 
 
+def test_an_mpi_rank_is_estimated_for_its_share_of_the_streams():
+    # each of K ranks computes B / K streams: its activations are 1 / K of one process's
+    cfg = Config(hidden_size=64, batch_size=64, seq_length=100, workers=1)
+    model_1, step_1 = estimate_bytes(cfg, 65)
+    model_2, step_2 = estimate_bytes(cfg, 65, ranks=2)
+    assert model_2 == model_1
+    assert 0.45 * step_1 < step_2 < 0.55 * step_1
+
+
 def test_memory_limit_and_sizes_in_words():
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < memory_limit() <= physical
