@@ -335,6 +335,16 @@ class _Limits:
         limits = [n for n in (self.max_steps, self.epoch_steps) if n is not None]
         return min(limits) if limits else None
 
+    def described(self, cfg: Config, steps_per_epoch: int) -> dict:
+        """The limits as the reporter's start record gives them."""
+        return {
+            "max_steps": self.steps,
+            "max_epochs": cfg.max_epochs or None,
+            "epoch_steps": self.epoch_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "max_time": cfg.max_time or None,
+        }
+
     def reached(self, step: int, elapsed: float) -> str | None:
         if self.epoch_steps is not None and step >= self.epoch_steps:
             return "max_epochs"
@@ -444,6 +454,22 @@ def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
     return val_loss
 
 
+def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, mine, world):
+    """(loss, gradient norm) of the step s.step, its clipped mean gradients over the whole
+    batch left in loss_and_grads.grads and this rank's carried state updated. Resets and
+    dropout masks are drawn for the whole batch; each rank takes its streams' columns (every
+    column for one process)."""
+    B, T = cfg.batch_size, cfg.seq_length
+    X, Y = batches.get(s.step)  # (T, B) inputs and targets
+    _reset_streams(s, cfg, batches.starts_epoch(s.step))
+    keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+    loss, _, s.carry[mine] = loss_and_grads(
+        s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
+    )
+    loss = world.mean(loss)  # the gradients now hold the whole batch's mean
+    return loss, optim.clip_gradients(loss_and_grads.grads, cfg.clip_mode, cfg.grad_clip)
+
+
 def _train(
     cfg: Config,
     corpus: Corpus,
@@ -479,14 +505,10 @@ def _train(
             "start_step": s.step,
             "resumed": resumed,
             "reached": limits.reached(s.step, 0.0) if resumed else None,  # before any step
-            "max_steps": limits.steps,
-            "max_epochs": cfg.max_epochs or None,
-            "epoch_steps": limits.epoch_steps,
-            "steps_per_epoch": batches.steps_per_epoch,
+            **limits.described(cfg, batches.steps_per_epoch),
             "vocab_size": len(corpus.vocab),
             "train_chars": len(train_ids),
             "val_chars": len(val_ids),
-            "max_time": cfg.max_time or None,
             "start_elapsed": elapsed0,
             "notice": notice,
             "ranks": world.size,
@@ -494,7 +516,7 @@ def _train(
     )
     grads = world.gradients(s.params)  # views into the one buffer that the ranks sum
     b = B // world.size  # streams of this rank
-    loss_and_grads = GradientWorkers(b, auto_workers(b, cfg.workers), grads)
+    loss_and_grads = GradientWorkers(b, auto_workers(b, cfg.workers), grads)  # writes `grads`
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss, received = None, None, None
@@ -515,20 +537,11 @@ def _train(
                 # --- forward, backward, update ---------------------------------------------
                 t0 = time.perf_counter()
                 lr = optim.learning_rate(cfg, s.step)
-                X, Y = batches.get(s.step)  # (T, B) inputs and targets
-                # resets and dropout masks are drawn for the whole batch; each rank takes its
-                # streams' columns (every column for one process)
-                _reset_streams(s, cfg, batches.starts_epoch(s.step))
-                keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
-                loss, _, s.carry[mine] = loss_and_grads(
-                    s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
-                )
-                loss = world.mean(loss)  # `grads` now hold the whole batch's mean gradients
-                norm = optim.clip_gradients(grads, cfg.clip_mode, cfg.grad_clip)
+                loss, norm = _gradients(s, cfg, batches, loss_and_grads, mine, world)
                 for what, value in (("loss", loss), ("gradient norm", norm)):
                     if not math.isfinite(value):  # the same on every rank
                         raise world.everywhere(ckpts.diverged(f"{what} became {value}", s.step + 1))
-                optim.update(cfg, s.params, grads, s.opt_state, s.step, lr)
+                optim.update(cfg, s.params, loss_and_grads.grads, s.opt_state, s.step, lr)
                 s.step += 1
                 s.chars_seen += B * T
                 dt = time.perf_counter() - t0
