@@ -39,6 +39,7 @@ from charrnn.serve.batcher import Engine, Group, Job
 from charrnn.serve.protocol import APIError, Completion, Limits
 
 Log = Callable[[str], None]
+BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
 
 
 def model_name(model) -> str:
@@ -63,7 +64,7 @@ def create_app(
     """The ASGI app serving `model` (a charrnn.Model) as `name` (default: model_name).
     api_key: required as `Authorization: Bearer <key>` on /v1/ (None: open). log: called
     with one line per request (None: silent). app.state.engine is the batching engine."""
-    server = _Server(model, name or model_name(model), api_key, limits or Limits())
+    server = _Server(model, name or model_name(model), api_key, limits or Limits(), log)
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -107,11 +108,11 @@ async def _http_error(request: Request, e: HTTPException) -> JSONResponse:
 class _Server:
     """The app's routes and what they share: the model, the engine, the requests in flight."""
 
-    def __init__(self, model, name: str, api_key: str | None, limits: Limits):
+    def __init__(self, model, name: str, api_key: str | None, limits: Limits, log: Log | None):
         self.params, self.vocab, self.name = model.params, model.vocab, name
         self.api_key = None if api_key is None else api_key.encode()
         self.limits = limits
-        self.engine = Engine(model.params, model.vocab)
+        self.engine = Engine(model.params, model.vocab, log)
         self.in_flight = 0
         self.created = int(time.time())
         self._wakers: dict[asyncio.AbstractEventLoop, _Waker] = {}
@@ -181,7 +182,11 @@ class _Server:
             for c in job.choices
         ]
         body = protocol.completion_body(
-            protocol.new_id(), self.name, choices, sum(map(len, req.prompts))
+            protocol.new_id(),
+            self.name,
+            choices,
+            sum(map(len, req.prompts)),
+            sum(c.ready for c in job.choices),  # the characters drawn, not those echoed
         )
         return JSONResponse(body)
 
@@ -279,14 +284,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > limit:
         raise APIError(413, _too_large(limit), None, "request_too_large")
     parts, size = [], 0
-    try:
+
+    async def read() -> None:
+        nonlocal size
         async for part in request.stream():
             size += len(part)
             if size > limit:
                 raise APIError(413, _too_large(limit), None, "request_too_large")
             parts.append(part)
+
+    try:  # a client that sends its body slowly holds a place in flight: not for long
+        await asyncio.wait_for(read(), BODY_TIMEOUT)
     except ClientDisconnect:
         raise APIError(400, "the client went away before sending the whole body") from None
+    except asyncio.TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {BODY_TIMEOUT:g} s", None, "timeout"
+        ) from None
     return b"".join(parts)
 
 

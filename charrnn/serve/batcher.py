@@ -141,8 +141,8 @@ class Engine:
     """The thread that steps every row in flight. `submit` a Job, `cancel` it when its client
     hangs up, `drain` at shutdown, `close` to stop the thread."""
 
-    def __init__(self, params: dict, vocab: list[str]):
-        self.params, self.vocab = params, vocab
+    def __init__(self, params: dict, vocab: list[str], log: Callable[[str], None] | None = None):
+        self.params, self.vocab, self.log = params, vocab, log
         self._jobs: list[Job] = []  # in the batch's row order, group by group
         self._state = None  # (R, W)
         self._pending: list[Job] = []
@@ -211,8 +211,17 @@ class Engine:
             self._join(joining)
             aborting = self._deadline is not None and time.monotonic() >= self._deadline
             self._end(everything=aborting)
-            if self._jobs:
-                self._step()
+            try:
+                if self._jobs:
+                    self._step()
+            except Exception as e:  # a bug: end the requests in flight, not the server
+                for job in self._jobs:
+                    for c in job.choices:
+                        c.finish = c.finish or "abort"
+                    job.notify(job)
+                self._jobs, self._state, self._groups, self.rows = [], None, None, 0
+                if self.log is not None:
+                    self.log(f"internal error in the engine, the requests in flight ended: {e!r}")
 
     def _join(self, jobs: list[Job]) -> None:
         """Add the rows of new jobs at the end of the batch (none while draining)."""
@@ -230,7 +239,8 @@ class Engine:
             if not states:
                 job.notify(job)
                 continue
-            self._state = np.concatenate([self._state, *states]) if self._jobs else states[0]
+            before = [self._state] if self._jobs else []
+            self._state = np.concatenate(before + states) if len(before + states) > 1 else states[0]
             self._jobs.append(job)
             self._groups = None
         self.rows = 0 if self._state is None or not self._jobs else len(self._state)

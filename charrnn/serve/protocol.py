@@ -259,9 +259,10 @@ def new_id() -> str:
     return f"cmpl-{uuid.uuid4().hex[:24]}"
 
 
-def completion_body(id: str, model: str, choices: list[tuple[str, str]], prompt_chars: int) -> dict:
+def completion_body(
+    id: str, model: str, choices: list[tuple[str, str]], prompt_chars: int, completion_chars: int
+) -> dict:
     """The whole response: choices are (text, finish_reason) in index order."""
-    completion_chars = sum(len(text) for text, _ in choices)
     return {
         "id": id,
         "object": "text_completion",
