@@ -136,7 +136,7 @@ def test_sample_is_what_the_command_prints(run):
     assert not any(t.startswith("First") for t in several)
     as_json = cli("sample", "--checkpoint", run, "--seed", "First", *flags, "--num-samples", 3,
                   "--no-seed-echo", "--json")  # fmt: skip
-    assert json.loads(as_json.stdout) == several
+    assert [s["text"] for s in json.loads(as_json.stdout)] == several
     assert model.sample(length=10, argmax=True) == model.sample(length=10, argmax=True)
     with pytest.raises(DataError):
         model.sample("\x07")  # not in the vocabulary
