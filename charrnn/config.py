@@ -187,7 +187,7 @@ def _check_keys(d: Mapping[str, Any]) -> None:
     for key in d:
         if key not in _RULES:
             close = isinstance(key, str) and difflib.get_close_matches(key[:100], _RULES, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see README 'Config keys'"
+            hint = f"did you mean '{close[0]}'?" if close else "see docs/config.md"
             raise ConfigError(f"unknown config key {_show(key)} ({hint})")
 
 

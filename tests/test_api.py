@@ -47,12 +47,12 @@ def test_readme_example_runs(tmp_path, capsys):
     code = code.replace(
         "hidden_size=256", "hidden_size=8, seq_length=8, batch_size=2, max_steps=20"
     )
-    write_corpus(tmp_path, TEXT[:3000] + "ROMEO:")
+    write_corpus(tmp_path, TEXT[:3000] + "FALSTAFF.")
     (tmp_path / "held_out.txt").write_text(TEXT[3000:3500], encoding="utf-8")
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("20 max_steps ")  # steps, stopped_by, best_val_loss
-    assert printed[1].startswith("ROMEO:") and len("\n".join(printed[1:-1])) == 206
+    assert printed[1].startswith("FALSTAFF.") and len("\n".join(printed[1:-1])) == 209
     assert 0 < float(printed[-1]) < 8  # bpc of the held-out text
     assert (tmp_path / "runs" / "nb" / "best.npz").is_file()
 
