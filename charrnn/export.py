@@ -4,16 +4,12 @@
                   the file's string metadata what sampling and scoring need: format_version,
                   cell, num_layers, vocab (a JSON list), config, step, train_state (JSON: the
                   best validation loss and characters seen, never the random state)
-    hf            a folder for a model hub: model.safetensors, config.json, README.md (the card)
-    onnx          one ONNX graph: ids and the carried state in, logits and the new state out
 
-Each output is written whole or not at all: a file through atomic.replace_atomically, the hf
-folder built in a temporary folder beside it and renamed into place. An existing output is
-refused unless `overwrite`, and the checkpoint being read never is one. Writing needs the
-`export` extra (the safetensors and onnx packages); reading a .safetensors back needs only
-NumPy and is checkpoint.load's, the same loader as for an .npz. The card's facts about the
-model are charrnn.info's `describe` (one home for what a checkpoint holds); the graph is
-onnx_graph.py's. The command line is cli/exporting.py.
+Each output is written whole or not at all, through atomic.replace_atomically. An existing
+output is refused unless `overwrite`, and the checkpoint being read never is one. Writing needs
+the `export` extra (the safetensors and onnx packages); reading a .safetensors back needs only
+NumPy and is checkpoint.load's, the same loader as for an .npz. The command line is
+cli/exporting.py.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import sys
 
 import numpy as np
 import pytest
-from helpers import TEXT, arrays, cli, user_error, write_corpus
+from helpers import REPO, TEXT, arrays, cli, user_error, write_corpus
 from hypothesis import HealthCheck, given, settings, strategies
 
 import charrnn
@@ -451,3 +452,32 @@ def test_any_damage_to_a_safetensors_is_loaded_or_refused(data, runs, tmp_path):
         ckpt_io.load(path)
     except CheckpointError as e:
         assert "\n" not in str(e) and str(path) in str(e)
+
+
+# ---- the NumPy sampler of docs/export.md ----
+
+
+def doc_block(page: str, heading: str) -> str:
+    """The first ```python block after `heading` in docs/page."""
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    after = text[text.index(f"\n{heading}\n") :]
+    return after.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_numpy_sampler_of_the_docs_draws_what_charrnn_sample_draws(
+    cell, runs, tmp_path, monkeypatch, capsys
+):
+    _, npz, st = both(runs, cell)
+    script = tmp_path / "sampler.py"
+    script.write_text(doc_block("export.md", "## A sampler in NumPy"), encoding="utf-8")
+    for prime, seed in (("Th", 7), ("", 11)):
+        monkeypatch.setattr(sys, "argv", ["sampler.py", str(st), prime, "120", str(seed)])
+        runpy.run_path(str(script), run_name="__main__")
+        drawn = capsys.readouterr().out
+        args = ["--seed", prime] if prime else []
+        charrnn_text = cli(
+            "sample", "--checkpoint", npz, *args, "--length", 120, "--rng-seed", seed
+        )
+        assert charrnn_text.exit_code == 0 and drawn == charrnn_text.stdout
+        assert len(drawn) == len(prime) + 121
