@@ -30,7 +30,17 @@ from charrnn.errors import ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
 from charrnn.model import Arch, architecture
 from charrnn.runs import choose_checkpoint, special_file
-from charrnn.sample import beam_search, collect, decode, encode_prime, generate, write_samples
+from charrnn.sample import (
+    Sample,
+    beam_search,
+    check_stops,
+    collect,
+    decode,
+    encode_prime,
+    finish_samples,
+    generate,
+    write_samples,
+)
 from charrnn.train import TrainResult, train_corpus
 
 
@@ -128,14 +138,55 @@ class Model:
         rng_seed: int | None = None,
         unknown: str = "error",
         echo_seed: bool = True,
+        stop: Iterable[str] = (),
         out: TextIO | None = None,
     ) -> str | list[str]:
         """Generate `length` characters after reading `seed`: the seed and its continuation
         (only the continuation with echo_seed=False); a list of num_samples strings when
         num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
-        vocabulary are an error (DataError), or dropped with unknown="skip". With `out` (a text
-        file such as sys.stdout) the samples are also written there as `charrnn sample` prints
-        them, the first one as it is drawn."""
+        vocabulary are an error (DataError), or dropped with unknown="skip". Each sample ends
+        at the first of the `stop` strings it draws (which is left out), and a model trained on
+        records (config `documents`) ends it at the end of a record. With `out` (a text file
+        such as sys.stdout) the samples are also written there as `charrnn sample` prints
+        them, the first one as it is drawn. `samples` says why each one ended."""
+        texts = [
+            s.text
+            for s in self.samples(
+                seed,
+                length,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                argmax=argmax,
+                num_samples=num_samples,
+                rng_seed=rng_seed,
+                unknown=unknown,
+                echo_seed=echo_seed,
+                stop=stop,
+                out=out,
+            )
+        ]
+        return texts[0] if num_samples == 1 else texts
+
+    def samples(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+        num_samples: int = 1,
+        rng_seed: int | None = None,
+        unknown: str = "error",
+        echo_seed: bool = True,
+        stop: Iterable[str] = (),
+        out: TextIO | None = None,
+    ) -> list[Sample]:
+        """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
+        "end"), always a list."""
+        stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         steps = generate(
             self.params,
@@ -149,14 +200,17 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
+        if stops:
+            return finish_samples(
+                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+            )
         if out is not None:
             drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
             write_samples(
                 _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
             )
             steps = iter(drawn)
-        texts = collect(steps, self.vocab, num_samples, prefix)
-        return texts[0] if num_samples == 1 else texts
+        return [Sample(t, "length") for t in collect(steps, self.vocab, num_samples, prefix)]
 
     def beam_search(
         self,

@@ -100,8 +100,21 @@ def sample(
             help="Seed characters not in the vocabulary: an error, or skip them.",
         ),
     ] = Unknown.error,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="STR",
+            help="End each sample where it first draws STR, which is not printed (repeat for "
+            "several: the first one drawn ends it), e.g. --stop $'\\n\\n' for a paragraph.",
+        ),
+    ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
+        bool,
+        typer.Option(
+            "--json",
+            help='Print the samples as one JSON list of {"text", "ended"} objects; ended says '
+            "why: length (all N characters), stop (a --stop string), end (a record's end).",
+        ),
     ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
@@ -115,8 +128,10 @@ def sample(
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if any(not s for s in stop or ()):
+        raise typer.BadParameter("must not be empty", param_hint="'--stop'")
     if beam is not None:
-        _check_beam(ctx, beam, num_samples)
+        _check_beam(ctx, beam, num_samples, stop)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -142,7 +157,7 @@ def sample(
             )
             _print_beams(beams, beam, json_out, quiet)
             return
-        samples = model.sample(
+        samples = model.samples(
             prime,
             length,
             temperature=temperature,
@@ -153,18 +168,25 @@ def sample(
             rng_seed=rng_seed,
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
+            stop=stop or (),
             out=None if json_out else stdout(),  # streamed as it is drawn
         )
     if json_out:
-        emit(to_json([samples] if num_samples == 1 else samples))
+        emit(to_json([{"text": s.text, "ended": s.ended} for s in samples]))
 
 
 # flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
 _DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
 
 
-def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int, stop) -> None:
     """Usage errors for what --beam cannot be combined with."""
+    if stop:
+        raise typer.BadParameter(
+            "beam search keeps continuations of exactly --length characters, so it cannot "
+            "end at a stop string; leave out --stop or --beam",
+            param_hint="'--stop'",
+        )
     for name in _DRAWING_FLAGS:
         source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
