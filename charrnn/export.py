@@ -15,7 +15,6 @@ cli/exporting.py.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
+from charrnn import jsonout
 from charrnn.atomic import replace_atomically
 from charrnn.errors import ExportError
 from charrnn.model import architecture
@@ -115,10 +115,10 @@ def safetensors_content(ckpt: ckpt_io.Checkpoint) -> tuple[dict[str, np.ndarray]
         "format_version": str(ckpt_io.FORMAT_VERSION),
         "cell": arch.cell,
         "num_layers": str(arch.num_layers),
-        "vocab": json.dumps(ckpt.vocab, ensure_ascii=False),
-        "config": json.dumps(ckpt.config),
+        "vocab": jsonout.dumps(ckpt.vocab, ascii=False),
+        "config": jsonout.dumps(ckpt.config),
         "step": str(ckpt.step),
-        "train_state": json.dumps(kept),
+        "train_state": jsonout.dumps(kept),
     }
     return tensors, metadata
 
