@@ -108,7 +108,7 @@ def sampled(checkpoint: Path, prompt: str, length: int, *flags: str) -> str:
         "--no-seed-echo", "--json", "-q", *flags,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)[0]
+    return json.loads(result.stdout)[0]["text"]
 
 
 def streamed(stream) -> tuple[dict[int, str], dict[int, str]]:
@@ -150,7 +150,7 @@ def test_n_choices_for_each_prompt_of_a_list(server):
     assert out.usage.completion_tokens == 30 and out.usage.prompt_tokens == 5
 
 
-def test_a_stop_sequence_ends_the_text_before_it(server):
+def test_a_stop_sequence_ends_the_text_before_it(server, overfit):
     c = server.client()
     for stop, expected in [("h", "defg"), (["gh", "f"], "de"), ("gha", "def")]:
         out = c.completions.create(
@@ -163,6 +163,9 @@ def test_a_stop_sequence_ends_the_text_before_it(server):
         )
         assert streamed(stream) == ({0: expected}, {0: "stop"})
         assert out.usage.completion_tokens == len(expected)
+        stops = [stop] if isinstance(stop, str) else stop
+        flags = [f for s in stops for f in ("--stop", s)]
+        assert sampled(overfit, "abc", 50, "--argmax", *flags) == expected  # sample --stop's
 
 
 def test_a_seed_gives_charrnn_sample_s_text_streamed_or_not(server, overfit):
@@ -186,7 +189,7 @@ def test_a_seed_gives_charrnn_sample_s_text_streamed_or_not(server, overfit):
         model="periodic", prompt="abc", max_tokens=50, n=3, top_p=None, seed=5,
         extra_body={"top_k": 3},
     )  # fmt: skip
-    assert [ch.text for ch in out.choices] == json.loads(result.stdout)
+    assert [ch.text for ch in out.choices] == [s["text"] for s in json.loads(result.stdout)]
 
 
 def test_curl_reads_the_raw_event_stream(server):
@@ -404,6 +407,22 @@ def test_the_app_mounts_in_another_app(overfit):
     assert len(lines) == 2 and lines[0].endswith("choices=1 chars=6 finish=length")
 
 
+def test_an_exported_safetensors_file_serves_the_same_text(overfit, tmp_path):
+    pytest.importorskip("safetensors", reason="the export extra is not installed")
+    from fastapi.testclient import TestClient
+
+    exported = tmp_path / "periodic.safetensors"
+    result = cli("export", overfit, "--format", "safetensors", "-o", exported, "-q")
+    assert result.exit_code == 0, result.output
+    body = {"prompt": "abc", "max_tokens": 80, "temperature": 1.7, "seed": 3}
+    texts = []
+    for path in (overfit, exported):
+        with TestClient(create_app(charrnn.load(path))) as client:
+            texts.append(client.post("/v1/completions", json=body).json()["choices"][0]["text"])
+    assert texts[0] == texts[1] == sampled(overfit, "abc", 80, "--temperature", "1.7",
+                                           "--rng-seed", "3")  # fmt: skip
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_the_engine_draws_what_the_sampler_draws(cell):
     """Two layers of each cell, several requests in flight at once with different settings:
@@ -442,3 +461,21 @@ def test_the_engine_draws_what_the_sampler_draws(cell):
             rng_seed=s["seed"], echo_seed=False,
         )  # fmt: skip
         assert [c["text"] for c in got["choices"]] == ([expected] if n == 1 else expected)
+
+
+def test_a_records_model_s_end_of_record_ends_a_choice_with_stop():
+    """A model trained on records has one output past its vocabulary, the end of a record:
+    drawing it ends the choice as `charrnn sample` ends the sample ("end"), OpenAI's "stop"."""
+    from fastapi.testclient import TestClient
+
+    vocab = list("abcdef")
+    params = init_params(len(vocab) + 1, 12, np.random.default_rng(0), init_scale=0.3)
+    params["by"][-1] = 2.5  # the end is likely: drawn within a few characters
+    model = Model(params, vocab, {}, 0)
+    # (a stop string the model cannot draw: on main, samples() looks for the end with stops)
+    expected = model.samples("ab", 400, rng_seed=9, echo_seed=False, stop=["z"])[0]
+    assert expected.ended == "end" and len(expected.text) < 100
+    with TestClient(create_app(model)) as client:
+        body = {"prompt": "ab", "max_tokens": 400, "seed": 9}
+        [choice] = client.post("/v1/completions", json=body).json()["choices"]
+    assert (choice["text"], choice["finish_reason"]) == (expected.text, "stop")

@@ -16,6 +16,7 @@ One job per module:
   training.py     train, prepare
   text.py         sample (and its beam search), eval
   inspection.py   info, show, plot, gradflow
+  exporting.py    export
   serving.py      serve (the server itself is charrnn/serve/, an optional extra)
 This file imports the commands in the order `charrnn --help` lists them, and holds `main`,
 the console entry point (pyproject.toml: charrnn = "charrnn.cli:main").
@@ -34,6 +35,7 @@ from charrnn.distributed import end_together
 from charrnn.cli.training import prepare, train
 from charrnn.cli.text import eval_text, sample
 from charrnn.cli.inspection import gradflow, info, plot, show
+from charrnn.cli.exporting import export_model
 from charrnn.cli.serving import serve
 
 # isort: on
@@ -42,6 +44,7 @@ __all__ = [
     "Product",
     "app",
     "eval_text",
+    "export_model",
     "gradflow",
     "info",
     "main",

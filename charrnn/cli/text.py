@@ -4,13 +4,13 @@ each of its characters). The model's work is charrnn.api.Model's."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from charrnn import jsonout
 from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
@@ -100,8 +100,21 @@ def sample(
             help="Seed characters not in the vocabulary: an error, or skip them.",
         ),
     ] = Unknown.error,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="STR",
+            help="End each sample where it first draws STR, which is not printed (repeat for "
+            "several: the first one drawn ends it), e.g. --stop $'\\n\\n' for a paragraph.",
+        ),
+    ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
+        bool,
+        typer.Option(
+            "--json",
+            help='Print the samples as one JSON list of {"text", "ended"} objects; ended says '
+            "why: length (all N characters), stop (a --stop string), end (a record's end).",
+        ),
     ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
@@ -115,8 +128,10 @@ def sample(
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if any(not s for s in stop or ()):
+        raise typer.BadParameter("must not be empty", param_hint="'--stop'")
     if beam is not None:
-        _check_beam(ctx, beam, num_samples)
+        _check_beam(ctx, beam, num_samples, stop)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -142,7 +157,7 @@ def sample(
             )
             _print_beams(beams, beam, json_out, quiet)
             return
-        samples = model.sample(
+        samples = model.samples(
             prime,
             length,
             temperature=temperature,
@@ -153,18 +168,25 @@ def sample(
             rng_seed=rng_seed,
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
+            stop=stop or (),
             out=None if json_out else stdout(),  # streamed as it is drawn
         )
     if json_out:
-        emit(to_json([samples] if num_samples == 1 else samples))
+        emit(to_json([{"text": s.text, "ended": s.ended} for s in samples]))
 
 
 # flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
 _DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
 
 
-def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int, stop) -> None:
     """Usage errors for what --beam cannot be combined with."""
+    if stop:
+        raise typer.BadParameter(
+            "beam search keeps continuations of exactly --length characters, so it cannot "
+            "end at a stop string; leave out --stop or --beam",
+            param_hint="'--stop'",
+        )
     for name in _DRAWING_FLAGS:
         source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
@@ -250,9 +272,13 @@ def eval_text(
         model = load_model(checkpoint, quiet)
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        result = model.evaluate(content, unknown=unknown.value, name=name)
-        if per_char is not None:
-            _write_lines(model.char_scores(content), per_char)
+        if per_char is None:
+            result = model.evaluate(content, unknown=unknown.value, name=name)
+        else:  # the score and the lines from one pass
+            with _Lines(per_char) as lines:
+                result = model.evaluate(
+                    content, unknown=unknown.value, name=name, per_char=lines.write
+                )
     if json_out:
         emit(to_json(result.to_dict()))
     elif per_char != "-":
@@ -261,14 +287,27 @@ def eval_text(
         note(result.summary())
 
 
-def _write_lines(records, dest: str) -> None:
-    """One JSON object per line to the file dest (UTF-8), or to stdout for "-"."""
-    if dest == "-":
-        out = stdout()
-        for rec in records:
-            out.write(to_json(rec, readable=True) + "\n")
-        out.flush()
-        return
-    with open(dest, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+class _Lines:
+    """One JSON object per line (charrnn.jsonout: strict JSON) to the file dest (UTF-8), opened
+    at the first line, so that a text refused before any score leaves no file; or to stdout
+    for "-"."""
+
+    def __init__(self, dest: str):
+        self.dest, self.file = dest, None
+
+    def write(self, record: dict) -> None:
+        if self.dest == "-":
+            stdout().write(to_json(record, readable=True) + "\n")
+            return
+        if self.file is None:
+            self.file = open(self.dest, "w", encoding="utf-8")  # closed by __exit__
+        self.file.write(jsonout.dumps(record, ascii=False) + "\n")
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif self.dest == "-":
+            stdout().flush()

@@ -43,12 +43,12 @@ BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
 
 
 def model_name(model) -> str:
-    """The name a model is served under: its run folder's for a run's best.npz or last.npz,
-    else the file's stem."""
+    """The name a model is served under: its folder's for a run's best.npz or last.npz and for
+    the model.safetensors of an exported model-hub folder, else the file's stem."""
     path = Path(model.path) if model.path is not None else None
     if path is None:
         return "charrnn"
-    if path.stem in ("best", "last") and path.parent.name:
+    if path.name in ("best.npz", "last.npz", "model.safetensors") and path.parent.name:
         return path.parent.name
     return path.stem
 
@@ -174,19 +174,17 @@ class _Server:
             await _until_done(job, event, request)
         finally:
             self._finished(job, request)
+        echoed = [req.prompts[c.index // req.n] if req.echo else "" for c in job.choices]
         choices = [
-            (
-                (req.prompts[c.index // req.n] if req.echo else "") + "".join(c.text[: c.ready]),
-                c.finish,
-            )
-            for c in job.choices
+            (prefix + "".join(c.pieces), c.finish)
+            for prefix, c in zip(echoed, job.choices, strict=True)
         ]
         body = protocol.completion_body(
             protocol.new_id(),
             self.name,
             choices,
             sum(map(len, req.prompts)),
-            sum(c.ready for c in job.choices),  # the characters drawn, not those echoed
+            sum(c.chars for c in job.choices),  # the characters drawn, not those echoed
         )
         return JSONResponse(body)
 
@@ -214,7 +212,7 @@ class _Server:
         states = await run_in_threadpool(
             lambda: [warm_state(self.params, x, req.n) for x in ids]
         )  # (n, W) each
-        V = len(self.vocab)
+        V = len(self.params["by"])  # a model trained on records has one more: the end of one
         draw = Draw.settle(V, req.temperature or 1.0, req.top_k, req.top_p, req.temperature == 0)
         groups = [
             Group(
@@ -244,7 +242,7 @@ class _Server:
             self.engine.cancel(job)
         self.in_flight -= 1
         finishes = sorted({c.finish or "abort" for c in job.choices})
-        chars = sum(c.ready for c in job.choices)
+        chars = sum(c.chars for c in job.choices)
         request.state.note = f"choices={len(job.choices)} chars={chars} finish={','.join(finishes)}"
 
     async def _events(self, req: Completion, job: Job, event: asyncio.Event):
@@ -264,9 +262,9 @@ class _Server:
             out = []
             for k in sorted(open_):
                 c = choices[k]
-                finish = c.finish  # read before ready: once finish is set, ready is final
-                ready = c.ready
-                text = "".join(c.text[sent[k] : ready])
+                finish = c.finish  # read first: once it is set, every piece is there
+                ready = len(c.pieces)
+                text = "".join(c.pieces[sent[k] : ready])
                 sent[k] = ready
                 if text or finish:
                     out.append(chunk(c.index, text, finish))
@@ -275,7 +273,8 @@ class _Server:
             if out:
                 yield b"".join(out)
         if req.include_usage:
-            yield chunk(None, usage=protocol.usage(sum(map(len, req.prompts)), sum(sent)))
+            drawn = sum(c.chars for c in choices)
+            yield chunk(None, usage=protocol.usage(sum(map(len, req.prompts)), drawn))
         yield protocol.DONE
 
 

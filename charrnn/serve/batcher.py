@@ -14,7 +14,7 @@ two of them score within about 1e-6 of each other: the same text almost always, 
 
 New groups join at the next step; a finished, cancelled or aborted row leaves before the
 step that would advance it. The engine knows no HTTP: it reads the flags a request sets
-(`cancelled`) and hands text out through each Choice (`text`, `ready`, `finish`) and one
+(`cancelled`) and hands text out through each Choice (`pieces`, then `finish`) and one
 wake-up callback per step (`notify`), which the server turns into its own events.
 """
 
@@ -29,21 +29,27 @@ import numpy as np
 
 from charrnn.model import step, top_output
 from charrnn.parallel import blas_threads
-from charrnn.sample import Draw
+from charrnn.sample import Cut, Draw
 
 NOISE_BLOCK = 1 << 14  # Gumbel values a group draws per RNG call: 64 KB in float32 at most
 
 
 @dataclass
 class Choice:
-    """One row's text as it grows. The engine only appends to `text`, then moves `ready` (the
-    characters that can be handed out: not a possible start of a stop sequence) and sets
-    `finish` last, so a reader in another thread never sees a half-made state."""
+    """One row's text as it grows: the pieces its Cut (charrnn.sample) released, none of them
+    part of a stop string. The engine only appends to `pieces`, then sets `finish`, so that a
+    reader in another thread never sees a half-made state: once it reads `finish`, every
+    piece is there."""
 
     index: int
-    text: list[str] = field(default_factory=list)
-    ready: int = 0
+    pieces: list[str] = field(default_factory=list)
+    chars: int = 0  # characters in pieces
     finish: str | None = None  # "length", "stop" or "abort" once the row is done
+
+    def add(self, piece: str) -> None:
+        if piece:
+            self.pieces.append(piece)
+            self.chars += len(piece)
 
 
 @dataclass
@@ -80,11 +86,12 @@ class Group:
         self.state = state  # (n, W), only until the group joins the batch
         self.draw, self.rng, self.max_tokens, self.stop = draw, rng, max_tokens, stop
         self.choices = [Choice(first_index + j) for j in range(n)]
+        self.cuts = [Cut(stop) for _ in range(n)]  # where each row's text ends
+        self.cuts_needed = bool(stop)
         self.rows = list(range(n))  # the rows still drawing, as indices of choices
         self.i = 0  # characters drawn so far
         self.noise = None  # (steps, n, V): T g + by for the current block of steps
         self.block = 1
-        self.hold = max((len(s) for s in stop), default=1) - 1  # longest partial stop
         self.by: np.ndarray | None = None  # by / max(T, 1), set when the group joins
 
     def offsets(self, by: np.ndarray) -> np.ndarray:
@@ -99,42 +106,30 @@ class Group:
         noise = self.noise[self.i % self.block]  # (n, V)
         return noise if len(self.rows) == n else noise[self.rows]
 
-    def take(self, chars: list[str]) -> None:
-        """Append this step's characters to the rows drawing; a row is done when it reaches
-        max_tokens or completes a stop sequence (cut off, as OpenAI does)."""
+    def take(self, ids: list[int], vocab: list[str]) -> None:
+        """Add this step's characters to the rows drawing; a row is done when it reaches
+        max_tokens, completes a stop string (cut off, as OpenAI does) or, for a model trained
+        on records, draws the end of one (an id past the vocabulary): OpenAI's "stop" too."""
         self.i += 1
-        if not self.stop:  # the common case, kept lean: it runs for every row at every step
-            finish = "length" if self.i >= self.max_tokens else None
-            for j, c in zip(self.rows, chars, strict=True):
-                choice = self.choices[j]
-                choice.text.append(c)
-                choice.ready += 1
-                choice.finish = finish
-            return
-        for j, c in zip(self.rows, chars, strict=True):
-            choice = self.choices[j]
-            choice.text.append(c)
-            finish = "length" if self.i >= self.max_tokens else None
-            ready = len(choice.text)
-            if self.stop:
-                tail = "".join(choice.text[-(self.hold + 1) :])
-                hit = [s for s in self.stop if tail.endswith(s)]
-                if hit:
-                    ready -= max(map(len, hit))
-                    finish = "stop"
-                elif finish is None:
-                    ready -= _partial_stop(tail, self.stop)
-            choice.ready = max(choice.ready, ready)
-            choice.finish = finish
+        last = self.i >= self.max_tokens
+        V = len(vocab)
+        for j, k in zip(self.rows, ids, strict=True):
+            choice, cut = self.choices[j], self.cuts[j]
+            if not self.cuts_needed and k < V:  # the common case, kept lean: every row, every step
+                choice.pieces.append(vocab[k])
+                choice.chars += 1
+            else:
+                choice.add(cut.add(vocab[k] if k < V else None))
+            if cut.ended is None and last:
+                choice.add(cut.finish())
+            if cut.ended is not None:
+                choice.finish = "length" if cut.ended == "length" else "stop"
 
-
-def _partial_stop(tail: str, stop: tuple[str, ...]) -> int:
-    """Length of the longest end of tail that is the start of a stop sequence: characters
-    held back until the next ones say whether they begin one."""
-    for k in range(min(len(tail), max(map(len, stop)) - 1), 0, -1):
-        if any(s.startswith(tail[-k:]) for s in stop):
-            return k
-    return 0
+    def end(self) -> None:
+        """Abort the rows still drawing: what they hold back is part of their text."""
+        for j in self.rows:
+            self.choices[j].add(self.cuts[j].finish())
+            self.choices[j].finish = "abort"
 
 
 class Engine:
@@ -252,10 +247,7 @@ class Engine:
         for job in self._jobs:
             if everything or job.cancelled:
                 for g in job.groups:
-                    for j in g.rows:
-                        choice = g.choices[j]
-                        choice.ready = len(choice.text)
-                        choice.finish = "abort"
+                    g.end()
                 job.notify(job)
         self._remove_finished()
 
@@ -319,11 +311,11 @@ class Engine:
             ids = np.empty(R, dtype=np.intp)  # (R,)
             for draw, Why_T, by, rows in self._draws:
                 ids[rows] = draw.choose(h[rows] @ Why_T, noise[rows], by)
-        chars = [self.vocab[k] for k in ids.tolist()]
+        drawn = ids.tolist()
         start = 0
         for g in groups:
             end = start + len(g.rows)
-            g.take(chars[start:end])
+            g.take(drawn[start:end], self.vocab)
             start = end
         for job in self._jobs:
             job.notify(job)
