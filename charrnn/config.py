@@ -421,7 +421,22 @@ def resolve_config(
         except ConfigError as e:
             raise ConfigError(f"{e} (in {source})") from None
         merged.update(layer)
-    return Config.from_dict(merged)
+    return Config.from_dict(_given_limits_only(merged, [layer for _, layer in layers]))
+
+
+LIMITS = ("max_steps", "max_epochs", "max_time")  # the settings that stop a run
+
+
+def _given_limits_only(merged: dict[str, Any], given: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The rule of limits: when the user gives any of max_steps, max_epochs and max_time (in a
+    config file, a flag or --set), the ones not given are off (0), whatever their built-in
+    default or a resumed run's value; when none is given, the defaults (or the resumed run's
+    limits) hold. So `--max-time 60` trains for 60 seconds, not until max_steps' default 2000;
+    limits given together all hold, and the first one reached stops the run."""
+    named = {key for layer in given for key in layer if key in LIMITS}
+    if not named:
+        return merged
+    return {**merged, **{key: 0 for key in LIMITS if key not in named}}
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -336,14 +336,32 @@ class _Limits:
         return min(limits) if limits else None
 
     def described(self, cfg: Config, steps_per_epoch: int) -> dict:
-        """The limits as the reporter's start record gives them."""
+        """The limits as the reporter's start record gives them; `stops` says in words which
+        of them will stop the run."""
         return {
             "max_steps": self.steps,
             "max_epochs": cfg.max_epochs or None,
             "epoch_steps": self.epoch_steps,
             "steps_per_epoch": steps_per_epoch,
             "max_time": cfg.max_time or None,
+            "stops": self.stops(cfg),
         }
+
+    def stops(self, cfg: Config) -> str:
+        """'stops at step 2,000 (max_steps)', '... or after 60s (max_time), whichever comes
+        first', or 'no limit: stops when interrupted (Ctrl-C)'."""
+        ways = []
+        if self.steps is not None:
+            by_epochs = self.steps == self.epoch_steps
+            which = f"max_epochs {cfg.max_epochs:g}" if by_epochs else "max_steps"
+            ways.append(f"at step {self.steps:,} ({which})")
+        if self.max_time:
+            ways.append(f"after {self.max_time:g}s (max_time)")
+        if cfg.patience:
+            ways.append(f"after {cfg.patience} validations without improvement (patience)")
+        if not ways:
+            return "no limit: stops when interrupted (Ctrl-C)"
+        return "stops " + " or ".join(ways) + (", whichever comes first" if len(ways) > 1 else "")
 
     def reached(self, step: int, elapsed: float) -> str | None:
         if self.epoch_steps is not None and step >= self.epoch_steps:
