@@ -51,11 +51,16 @@ def provenance(result: dict, threads_note: bool = False) -> str:
     peak_text = f", float32 GEMM peak {peak:.0f} GFLOP/s" if peak else ""
     if peak and threads_note:
         peak_text += f" on {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    load = [result.get(k) for k in ("load_1min_start", "load_1min_end") if result.get(k)]
-    load_text = f"; load average {', '.join(f'{x:.1f}' for x in load)}" if load else ""
+    load = [f"{result[k]:.1f}" for k in ("load_1min_start", "load_1min_end") if k in result]
+    load_text = f"; load average {' at the start, '.join(load)} at the end" if load else ""
+    if len(load) == 1:
+        load_text = f"; load average {load[0]} at the end"
     note = f" {result['note'].rstrip('.')}." if result.get("note") else ""
+    when = f"finished {result['when_utc']} UTC"
+    if "started_utc" in result:
+        when = f"from {result['started_utc']} to {result['when_utc'][11:]} UTC"
     return (
-        f"*Measured by `{command(result)}` on {result['when_utc']} UTC: {m['cpu']}, "
+        f"*Measured by `{command(result)}`, {when}: {m['cpu']}, "
         f"{m['cores']} cores, {m['blas']}, NumPy {m['numpy']}{peak_text}{load_text}.{note}*"
     )
 
