@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from charrnn import __version__, jsonout
-from charrnn.model import architecture, layer_names, state_blocks
+from charrnn.model import Arch, architecture, layer_names, state_blocks
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17 (ONNX 1.12): runtimes from onnxruntime 1.12 on read it
@@ -41,62 +41,11 @@ OPERATORS = {"rnn": ("RNN", [0]), "lstm": ("LSTM", [0, 2, 1, 3]), "gru": ("GRU",
 def onnx_model(params: dict[str, np.ndarray], vocab: list[str]):
     """The onnx.ModelProto of the model: checked by onnx.checker before it is returned."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     arch = architecture(params)
     H, V, W = arch.hidden_size, arch.vocab_size, arch.state_width
-    op, order = OPERATORS[arch.cell]
-    weights, nodes = [], []
-
-    def constant(name: str, value) -> str:
-        weights.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
-        nodes.append(helper.make_node(op_type, inputs, outputs, **attrs))
-
-    def gates(a: np.ndarray) -> np.ndarray:  # our gate blocks in ONNX's order, float32
-        return np.concatenate([a[k * H : (k + 1) * H] for k in order]).astype(np.float32)
-
-    axis0, axis1 = constant("axis0", np.array([0])), constant("axis1", np.array([1]))
-    on_off = constant("off_on", np.array([0.0, 1.0], np.float32))
-    node("OneHot", ["ids", constant("V", np.array([V])), on_off], ["x_0"], axis=-1)  # (T, B, V)
-    x, carried = "x_0", {}
-    for layer, which, cols in state_blocks(arch):  # the state's slices, (1, B, H) each
-        name = f"{which}0_{layer}"
-        starts, ends = constant(f"{name}_from", [cols.start]), constant(f"{name}_to", [cols.stop])
-        node("Slice", ["state", starts, ends, axis1], [f"{name}_rows"])  # (B, H)
-        node("Unsqueeze", [f"{name}_rows", axis0], [name])
-        carried[layer, which] = name
-    finals = []
-    for layer in range(arch.num_layers):
-        Wxh, Whh, bh = (params[k] for k in layer_names(layer))
-        inputs = [
-            x,
-            constant(f"W_{layer}", gates(Wxh)[None]),  # (1, G H, V or H)
-            constant(f"R_{layer}", gates(Whh)[None]),  # (1, G H, H)
-            constant(
-                f"B_{layer}", np.concatenate([gates(bh), np.zeros(len(bh), np.float32)])[None]
-            ),
-            "",  # sequence_lens: every sequence has all T steps
-            carried[layer, "h"],
-        ]
-        outputs = [f"y_{layer}", f"h_{layer}"]  # (T, 1, B, H), (1, B, H)
-        extra = {"linear_before_reset": 1} if arch.cell == "gru" else {}
-        if arch.cell == "lstm":
-            inputs.append(carried[layer, "c"])
-            outputs.append(f"c_{layer}")
-        node(op, inputs, outputs, hidden_size=H, **extra)
-        x = f"x_{layer + 1}"
-        node("Squeeze", [f"y_{layer}", axis1], [x])  # (T, B, H): the layer above reads it
-        for out in outputs[1:]:
-            node("Squeeze", [out, axis0], [f"{out}_rows"])  # (B, H)
-            finals.append(f"{out}_rows")
-    node("Concat", finals, ["new_state"], axis=1)  # (B, W), the order of state_blocks
-    Why_T = constant("Why_T", params["Why"].T.astype(np.float32))  # (H, V)
-    node("MatMul", [x, Why_T], ["top_logits"])
-    node("Add", ["top_logits", constant("by", params["by"].astype(np.float32))], ["logits"])
-
+    nodes, weights = _nodes(params, arch)
     float32, int64 = TensorProto.FLOAT, TensorProto.INT64
     graph = helper.make_graph(
         nodes,
@@ -131,3 +80,61 @@ def onnx_model(params: dict[str, np.ndarray], vocab: list[str]):
     )
     onnx.checker.check_model(model)
     return model
+
+
+def _nodes(params: dict[str, np.ndarray], arch: Arch) -> tuple[list, list]:
+    """(the graph's nodes, its initializers): the carried state cut into each layer's (1, B, H)
+    slices, the layers bottom to top, the new state put back together, the output layer."""
+    from onnx import helper, numpy_helper
+
+    H, op, order = arch.hidden_size, *OPERATORS[arch.cell]
+    weights, nodes = [], []
+
+    def constant(name: str, value) -> str:
+        weights.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        nodes.append(helper.make_node(op_type, inputs, outputs, **attrs))
+
+    def gates(a: np.ndarray) -> np.ndarray:  # our gate blocks in ONNX's order, float32
+        return np.concatenate([a[k * H : (k + 1) * H] for k in order]).astype(np.float32)
+
+    axis0, axis1 = constant("axis0", np.array([0])), constant("axis1", np.array([1]))
+    on_off = constant("off_on", np.array([0.0, 1.0], np.float32))
+    V = constant("V", np.array([arch.vocab_size]))
+    node("OneHot", ["ids", V, on_off], ["x_0"], axis=-1)  # (T, B, V): x_t, one-hot
+    carried = {}
+    for layer, which, cols in state_blocks(arch):  # the state's blocks, (1, B, H) each
+        name = f"{which}0_{layer}"
+        starts, ends = constant(f"{name}_from", [cols.start]), constant(f"{name}_to", [cols.stop])
+        node("Slice", ["state", starts, ends, axis1], [f"{name}_rows"])  # (B, H)
+        node("Unsqueeze", [f"{name}_rows", axis0], [name])
+        carried[layer, which] = name
+    finals = []  # each layer's last h (and c), (B, H) each
+    for layer in range(arch.num_layers):
+        Wxh, Whh, bh = (params[k] for k in layer_names(layer))
+        biases = np.concatenate([gates(bh), np.zeros(len(bh), np.float32)])  # Wb, Rb = 0
+        inputs = [
+            f"x_{layer}",  # (T, B, V or H)
+            constant(f"W_{layer}", gates(Wxh)[None]),  # (1, G H, V or H)
+            constant(f"R_{layer}", gates(Whh)[None]),  # (1, G H, H)
+            constant(f"B_{layer}", biases[None]),  # (1, 2 G H)
+            "",  # sequence_lens: every sequence has all T steps
+            carried[layer, "h"],
+        ]
+        outputs = [f"y_{layer}", f"h_{layer}"]  # (T, 1, B, H), (1, B, H)
+        if arch.cell == "lstm":
+            inputs.append(carried[layer, "c"])
+            outputs.append(f"c_{layer}")
+        extra = {"linear_before_reset": 1} if arch.cell == "gru" else {}
+        node(op, inputs, outputs, hidden_size=H, **extra)
+        node("Squeeze", [f"y_{layer}", axis1], [f"x_{layer + 1}"])  # (T, B, H), for the next
+        for out in outputs[1:]:
+            node("Squeeze", [out, axis0], [f"{out}_rows"])
+            finals.append(f"{out}_rows")
+    node("Concat", finals, ["new_state"], axis=1)  # (B, W), the order of state_blocks
+    Why_T = constant("Why_T", params["Why"].T.astype(np.float32))  # (H, V)
+    node("MatMul", [f"x_{arch.num_layers}", Why_T], ["top_logits"])  # (T, B, V)
+    node("Add", ["top_logits", constant("by", params["by"].astype(np.float32))], ["logits"])
+    return nodes, weights
