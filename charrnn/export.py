@@ -94,6 +94,8 @@ def _module(name: str, fmt: str):
 def _check_output(file: Path, out: Path, fmt: str, overwrite: bool) -> None:
     """Refuse an output that is the checkpoint (or a folder that holds it), one that exists
     without overwrite, a folder where a file goes (and the other way round), a missing folder."""
+    if str(out) == "-":
+        raise ExportError("-o - would write to standard output, which export does not; give a path")
     source = file.resolve()
     target = out.resolve()
     if target == source or (fmt == "hf" and target in source.parents):
