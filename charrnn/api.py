@@ -105,7 +105,8 @@ def train(
 
 
 def load(path: str | os.PathLike | None = None) -> Model:
-    """The model in a checkpoint (.npz) or a run folder (its best.npz). Without a path: the one
+    """The model in a checkpoint (.npz or .safetensors) or a run folder (its best.npz; a folder
+    that `charrnn export --format hf` wrote: its model.safetensors). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(path)
     ckpt = ckpt_io.load(file)
