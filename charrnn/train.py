@@ -1,7 +1,11 @@
 """The training loop: truncated BPTT over batches of streams, validation, checkpoints, stopping.
 
-One function, `train`, read top to bottom. It prints nothing: progress goes to a `reporter`
-object that the CLI supplies (rich bar, plain lines or nothing).
+Two ways in: `train_corpus`, everything `charrnn train` does (the config settled by
+config.settle, the corpus read through its cache, then `train`), and `train`, a settled Config
+on a Corpus (what benchmarks and tests call). The loop itself, `_train`, reads top to bottom in
+comment-headed blocks, with the helpers it needs above it; the validate-log-checkpoint block
+(`_evaluate_and_save`) is the same for a step and for the end. It prints nothing: progress goes
+to a `reporter` (charrnn.report: the CLI's bar, plain lines or nothing).
 
 Under MPI (charrnn/distributed.py) every rank runs this loop on its share of the batch's
 streams; rank 0 alone writes the run folder and reports.

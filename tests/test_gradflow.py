@@ -162,8 +162,9 @@ def test_json_has_every_distance_and_matches_the_library(tmp_path, text_file):
         "k", "h_mean", "h_median", "h_ratio", "c_mean", "c_median", "c_ratio", "h_layers"
     }  # fmt: skip
     loaded = ckpt_io.load(ckpt)
+    read = TEXT[: 12 * (10 + 30 + 1)]  # what the command reads: room for 12 windows
     flow = gradflow.measure(
-        loaded.params, VOCAB, TEXT[:3000], max_distance=30, positions=12, burn_in=10, rng_seed=4
+        loaded.params, VOCAB, read, max_distance=30, positions=12, burn_in=10, rng_seed=4
     )
     assert rows == json.loads(json.dumps(flow.rows()))
 
