@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,11 @@ class Served:
                 raise SystemExit(f"the server did not start: {self.log.read_text()}")
             time.sleep(0.1)
         self.url = "http://" + first.split("http://")[1].split("/v1")[0]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -229,7 +235,11 @@ def main() -> None:
         figures.setdefault("ratios", {})[name] = round(
             rows[64]["chars_per_sec"] / rows[1]["chars_per_sec"], 2
         )
+        figures.setdefault("ratios_per_server_cpu_s", {})[name] = round(
+            rows[64]["chars_per_server_cpu_s"] / rows[1]["chars_per_server_cpu_s"], 2
+        )
     print("aggregate chars/s, 64 clients / 1 client:", figures["ratios"])
+    print("chars per server CPU-second, 64 clients / 1:", figures["ratios_per_server_cpu_s"])
     path = write_result(
         "bench-serve",
         figures,
@@ -245,7 +255,7 @@ def _line(row: dict) -> str:
         f"{row['model']:>30} {row['clients']:>3} clients: {row['chars_per_sec']:>9.0f} chars/s, "
         f"TTFC p50 {row['ttfc_ms_p50']:.1f} p99 {row['ttfc_ms_p99']:.1f} ms, gap p50 "
         f"{row['gap_ms_p50']:.2f} p99 {row['gap_ms_p99']:.2f} ms, {row['chars_per_piece']} "
-        "chars/piece"
+        f"chars/piece, server {row['server_cpu_s']} CPU-s"
     )
 
 

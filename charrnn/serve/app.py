@@ -40,6 +40,8 @@ from charrnn.serve.protocol import APIError, Completion, Limits
 
 Log = Callable[[str], None]
 BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
+STREAM_INTERVAL = 0.01  # seconds between the events of a stream, at least
+SHORT_PROMPTS = 256  # prompt characters read on the event loop itself; longer, in a thread
 
 
 def model_name(model) -> str:
@@ -161,17 +163,17 @@ class _Server:
             req = protocol.parse_completion(
                 await _read_body(request, self.limits.max_body), self.name, self.vocab, self.limits
             )
-            event = asyncio.Event()
-            job = await self._start(req, event)
+            listener = _Listener(only_done=not req.stream)
+            job = await self._start(req, listener)
         except BaseException:
             self.in_flight -= 1
             raise
         if req.stream:
             return _Stream(
-                self._events(req, job, event), on_close=partial(self._finished, job, request)
+                self._events(req, job, listener), on_close=partial(self._finished, job, request)
             )
         try:
-            await _until_done(job, event, request)
+            await _until_done(job, listener, request)
         finally:
             self._finished(job, request)
         echoed = [req.prompts[c.index // req.n] if req.echo else "" for c in job.choices]
@@ -205,13 +207,16 @@ class _Server:
                 "invalid_api_key",
             )
 
-    async def _start(self, req: Completion, event: asyncio.Event) -> Job:
-        """Read every prompt into its state (in a worker thread: a long prompt takes time),
-        then hand the job to the engine."""
+    async def _start(self, req: Completion, listener: _Listener) -> Job:
+        """Read every prompt into its state (in a worker thread if they are long: the loop
+        must not wait on them), then hand the job to the engine."""
         ids = [encode(p, self.vocab)[0] for p in req.prompts]
-        states = await run_in_threadpool(
-            lambda: [warm_state(self.params, x, req.n) for x in ids]
-        )  # (n, W) each
+
+        def warm() -> list[np.ndarray]:
+            return [warm_state(self.params, x, req.n) for x in ids]  # (n, W) each
+
+        short = sum(map(len, ids)) <= SHORT_PROMPTS
+        states = warm() if short else await run_in_threadpool(warm)
         V = len(self.params["by"])  # a model trained on records has one more: the end of one
         draw = Draw.settle(V, req.temperature or 1.0, req.top_k, req.top_p, req.temperature == 0)
         groups = [
@@ -225,7 +230,7 @@ class _Server:
             )
             for i, state in enumerate(states)
         ]
-        job = Job(groups, notify=partial(self._waker(), event))
+        job = Job(groups, notify=partial(self._waker(), listener))
         self.engine.submit(job)
         return job
 
@@ -245,10 +250,11 @@ class _Server:
         chars = sum(c.chars for c in job.choices)
         request.state.note = f"choices={len(job.choices)} chars={chars} finish={','.join(finishes)}"
 
-    async def _events(self, req: Completion, job: Job, event: asyncio.Event):
+    async def _events(self, req: Completion, job: Job, listener: _Listener):
         """The server-sent events of a streamed completion: each choice's new text as it is
-        drawn (several characters to an event when the client reads slower than they come),
-        its finish_reason in its last event, then usage (if asked) and [DONE]."""
+        drawn, at most one event per STREAM_INTERVAL (so that under load a piece holds the
+        characters drawn since the last, and sending costs less than drawing), its
+        finish_reason in its last event, then usage (if asked) and [DONE]."""
         id, created = protocol.new_id(), int(time.time())
         chunk = partial(protocol.chunk, id, self.name, created)
         choices = job.choices
@@ -257,8 +263,11 @@ class _Server:
         if req.echo:
             yield b"".join(chunk(c.index, req.prompts[c.index // req.n], None) for c in choices)
         while open_:
-            await event.wait()
-            event.clear()
+            listener.waiting = True  # first, then look: the engine looks at it after adding
+            if not any(len(choices[k].pieces) > sent[k] or choices[k].finish for k in open_):
+                await listener.event.wait()
+            listener.waiting = False
+            listener.event.clear()
             out = []
             for k in sorted(open_):
                 c = choices[k]
@@ -272,6 +281,8 @@ class _Server:
                     open_.discard(k)
             if out:
                 yield b"".join(out)
+            if open_:
+                await asyncio.sleep(STREAM_INTERVAL)  # the characters drawn meanwhile: one piece
         if req.include_usage:
             drawn = sum(c.chars for c in choices)
             yield chunk(None, usage=protocol.usage(sum(map(len, req.prompts)), drawn))
@@ -307,7 +318,7 @@ def _too_large(limit: int) -> str:
     return f"the request body is over {limit} bytes, the most this server reads"
 
 
-async def _until_done(job: Job, event: asyncio.Event, request: Request) -> None:
+async def _until_done(job: Job, listener: _Listener, request: Request) -> None:
     """Wait for every choice of a job that is not streamed, or for its client to hang up."""
 
     async def hung_up() -> None:
@@ -315,31 +326,45 @@ async def _until_done(job: Job, event: asyncio.Event, request: Request) -> None:
             pass
 
     watch = asyncio.ensure_future(hung_up())
+    listener.waiting = True
     try:
         while not job.done:
-            waiting = asyncio.ensure_future(event.wait())
+            waiting = asyncio.ensure_future(listener.event.wait())
             await asyncio.wait({waiting, watch}, return_when=asyncio.FIRST_COMPLETED)
             waiting.cancel()
-            event.clear()
+            listener.event.clear()
             if watch.done():
                 return
     finally:
         watch.cancel()
 
 
+class _Listener:
+    """A response waiting for its job's news: the event the loop sets, and whether to set it
+    (only while the response waits; for a response that is not streamed, only when done)."""
+
+    def __init__(self, only_done: bool):
+        self.event = asyncio.Event()
+        self.only_done = only_done
+        self.waiting = False
+
+
 class _Waker:
-    """From the engine's thread to the event loop: a job's event is set on the loop, with
-    one call_soon_threadsafe for all the news of a step (or of several, if the loop is busy)."""
+    """From the engine's thread to the event loop: a listener's event is set on the loop, with
+    one call_soon_threadsafe for all the news of a step (or of several, if the loop is busy),
+    and none for a listener that is not waiting."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.lock = threading.Lock()
-        self.news: set[asyncio.Event] = set()
+        self.news: set[_Listener] = set()
         self.scheduled = False
 
-    def __call__(self, event: asyncio.Event, job: Job) -> None:  # in the engine's thread
+    def __call__(self, listener: _Listener, job: Job) -> None:  # in the engine's thread
+        if not listener.waiting or (listener.only_done and not job.done):
+            return
         with self.lock:
-            self.news.add(event)
+            self.news.add(listener)
             if self.scheduled:
                 return
             self.scheduled = True
@@ -351,8 +376,8 @@ class _Waker:
     def _deliver(self) -> None:
         with self.lock:
             news, self.news, self.scheduled = self.news, set(), False
-        for event in news:
-            event.set()
+        for listener in news:
+            listener.event.set()
 
 
 class _Stream(StreamingResponse):
