@@ -216,10 +216,15 @@ def main() -> None:
                 asyncio.run(load(served.url, 4, 1, 50))  # warm up: imports, first requests
                 for clients in (1, 8, 64):
                     each = max(1, chars_each // (clients * args.length))
+                    cpu = served.cpu_seconds()
                     row = {
                         "model": name,
                         **asyncio.run(load(served.url, clients, each, args.length)),
                     }
+                    row["server_cpu_s"] = round(served.cpu_seconds() - cpu, 2)
+                    row["chars_per_server_cpu_s"] = round(
+                        row["chars"] / max(row["server_cpu_s"], 0.01)
+                    )
                     figures["load"].append(row)
                     print(_line(row), flush=True)
                 if cell == "rnn":

@@ -19,7 +19,7 @@ API_KEY_ENV = "CHARRNN_API_KEY"
 @app.command(cls=PlainCommand)
 def serve(
     checkpoint: Annotated[
-        Path | None, typer.Argument(metavar="CHECKPOINT_OR_RUN", help=CHECKPOINT_HELP)
+        Path | None, typer.Argument(metavar="[CHECKPOINT_OR_RUN]", help=CHECKPOINT_HELP)
     ] = None,
     host: Annotated[
         str,
