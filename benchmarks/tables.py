@@ -173,7 +173,45 @@ def scale(result: dict) -> str:
     return _table(header, rows, right=False) + "\n\n" + encoding + "\n\n" + provenance(result)
 
 
+def serve(result: dict) -> str:
+    """bench_serve.py: the load rows, then the ratios, the memory run and batched = alone."""
+    rows = [
+        [
+            r["model"],
+            str(r["clients"]),
+            f"{r['chars_per_sec']:,.0f}",
+            f"{r['ttfc_ms_p50']:.0f} / {r['ttfc_ms_p99']:.0f} ms",
+            f"{r['first_requests_ttfc_ms_p99']:,.0f} ms",
+            f"{r['server_ttfc_ms_p50']:.0f} / {r['server_ttfc_ms_p99']:.0f} ms",
+            f"{r['gap_ms_p50']:.1f} / {r['gap_ms_p99']:.0f} ms",
+            f"{r['chars_per_piece']:.1f}",
+            f"{r['chars_per_server_cpu_s']:,.0f}",
+        ]
+        for r in result["load"]
+    ]
+    header = ["model", "clients", "chars/s in all", "TTFC p50 / p99", "first requests' p99"]
+    header += ["at the server p50 / p99"]
+    header += ["gap p50 / p99", "chars per piece", "chars per server CPU-s"]
+    ratios = "; ".join(
+        f"{name}: {x:.2f}x ({result['ratios_per_server_cpu_s'][name]:.2f}x per server CPU-s)"
+        for name, x in result["ratios"].items()
+    )
+    mem, same = result["memory"], result["batched_equals_alone"]
+    rss = [m["rss_mib"] for m in mem["rss_mib"]]
+    lines = [
+        f"Aggregate chars/s at 64 clients over 1 client: {ratios}.",
+        f"Server RSS over {mem['requests']:,} requests of {PROMPT_NOTE}: {rss[0]:.1f} MiB after "
+        f"the first tenth, {rss[-1]:.1f} MiB at the end (at most {max(rss):.1f}).",
+        f"Seeded requests of {same['length']} characters sent {same['requests']} at once that got "
+        f"the text each gets alone: {same['identical']} of {same['requests']}.",
+    ]
+    return _table(header, rows) + "\n\n" + "\n".join(lines) + "\n\n" + provenance(result)
+
+
+PROMPT_NOTE = "20 characters, 64 clients"
+
 KINDS = {
+    "serve": serve,
     "speed-train": speed_train,
     "speed-inference": speed_inference,
     "mpi-step": mpi_step,

@@ -159,6 +159,7 @@ class _Server:
                 "requests",
             )
         self.in_flight += 1
+        request.state.start = time.monotonic()
         try:
             req = protocol.parse_completion(
                 await _read_body(request, self.limits.max_body), self.name, self.vocab, self.limits
@@ -170,7 +171,8 @@ class _Server:
             raise
         if req.stream:
             return _Stream(
-                self._events(req, job, listener), on_close=partial(self._finished, job, request)
+                self._events(req, job, listener, request.state),
+                on_close=partial(self._finished, job, request),
             )
         try:
             await _until_done(job, listener, request)
@@ -248,9 +250,13 @@ class _Server:
         self.in_flight -= 1
         finishes = sorted({c.finish or "abort" for c in job.choices})
         chars = sum(c.chars for c in job.choices)
-        request.state.note = f"choices={len(job.choices)} chars={chars} finish={','.join(finishes)}"
+        first = getattr(request.state, "first", None)  # when a stream's first event went out
+        after = f" first={first - request.state.start:.3f}s" if first is not None else ""
+        request.state.note = (
+            f"choices={len(job.choices)} chars={chars} finish={','.join(finishes)}{after}"
+        )
 
-    async def _events(self, req: Completion, job: Job, listener: _Listener):
+    async def _events(self, req: Completion, job: Job, listener: _Listener, state):
         """The server-sent events of a streamed completion: each choice's new text as it is
         drawn, at most one event per STREAM_INTERVAL (so that under load a piece holds the
         characters drawn since the last, and sending costs less than drawing), its
@@ -280,6 +286,8 @@ class _Server:
                 if finish:
                     open_.discard(k)
             if out:
+                if not hasattr(state, "first"):
+                    state.first = time.monotonic()
                 yield b"".join(out)
             if open_:
                 await asyncio.sleep(STREAM_INTERVAL)  # the characters drawn meanwhile: one piece

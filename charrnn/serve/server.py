@@ -36,6 +36,9 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         ) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no Nagle: a stream's events are small writes that must go out as they are made, not
+        # wait for the client's delayed ACK (40 ms); accepted connections inherit it
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as e:
