@@ -336,25 +336,29 @@ def test_a_client_that_hangs_up_frees_its_row(server):
 
 def test_sigterm_ends_streams_in_flight_and_exits_0(overfit):
     s = Server(overfit, "--grace", "0.3", "--max-tokens", "1000000")
-    streams = [
-        s.client().completions.create(
-            model="run", prompt="ab", max_tokens=1_000_000, temperature=0, stream=True
-        )
-        for _ in range(3)
-    ]
-    firsts = [next(iter(st)) for st in streams]
-    assert all(f.choices[0].text for f in firsts)
-    assert s.health()["rows_in_flight"] == 3
-    s.proc.send_signal(signal.SIGTERM)
-    for st in streams:  # each stream ends: its last event says abort, then [DONE]
-        texts, finish = streamed(st)
-        assert finish == {0: "abort"} and 0 < len(texts[0]) < 1_000_000
-    assert s.proc.wait(30) == 0
-    log = "".join(s.lines)
-    assert log.endswith("Stopped.\n") and "Traceback" not in log
-    assert log.count("POST /v1/completions 200") == 3 and "finish=abort" in log
-    with pytest.raises(OSError):  # it no longer listens
-        socket.create_connection(("127.0.0.1", s.port), timeout=2)
+    try:
+        streams = [
+            s.client().completions.create(
+                model="run", prompt="ab", max_tokens=1_000_000, temperature=0, stream=True
+            )
+            for _ in range(3)
+        ]
+        firsts = [next(iter(st)) for st in streams]
+        assert all(f.choices[0].text for f in firsts)
+        assert s.health()["rows_in_flight"] == 3
+        s.proc.send_signal(signal.SIGTERM)
+        for st in streams:  # each stream ends: its last event says abort, then [DONE]
+            texts, finish = streamed(st)
+            assert finish == {0: "abort"} and 0 < len(texts[0]) < 1_000_000
+        assert s.proc.wait(30) == 0
+        log = "".join(s.lines)
+        assert log.endswith("Stopped.\n") and "Traceback" not in log
+        assert log.count("POST /v1/completions 200") == 3 and "finish=abort" in log
+        with pytest.raises(OSError):  # it no longer listens
+            socket.create_connection(("127.0.0.1", s.port), timeout=2)
+    finally:
+        if s.proc.poll() is None:  # a failed check: no server left behind
+            s.proc.kill()
 
 
 def test_without_the_extra_serve_says_how_to_install_it(overfit, tmp_path):

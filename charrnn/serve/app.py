@@ -41,6 +41,7 @@ from charrnn.serve.protocol import APIError, Completion, Limits
 Log = Callable[[str], None]
 BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
 STREAM_INTERVAL = 0.01  # seconds between the events of a stream, at least
+STREAMS_PER_INTERVAL = 8  # beyond this many requests in flight, streams send less often
 SHORT_PROMPTS = 256  # prompt characters read on the event loop itself; longer, in a thread
 
 
@@ -129,6 +130,7 @@ class _Server:
             "rows_in_flight": self.engine.rows,
             "steps": self.engine.steps,
             "characters": self.engine.characters,
+            "engine_cpu_seconds": round(self.engine.cpu_seconds, 3),
         }
 
     async def models(self, request: Request) -> dict:
@@ -257,10 +259,11 @@ class _Server:
         )
 
     async def _events(self, req: Completion, job: Job, listener: _Listener, state):
-        """The server-sent events of a streamed completion: each choice's new text as it is
-        drawn, at most one event per STREAM_INTERVAL (so that under load a piece holds the
-        characters drawn since the last, and sending costs less than drawing), its
-        finish_reason in its last event, then usage (if asked) and [DONE]."""
+        """The server-sent events of a streamed completion: the first characters as soon as
+        they are drawn, then at most one event per STREAM_INTERVAL (longer with many requests
+        in flight), each holding the characters drawn since the last, so that sending costs
+        less than drawing; its finish_reason in its last event, then usage (if asked) and
+        [DONE]."""
         id, created = protocol.new_id(), int(time.time())
         chunk = partial(protocol.chunk, id, self.name, created)
         choices = job.choices
@@ -289,8 +292,11 @@ class _Server:
                 if not hasattr(state, "first"):
                     state.first = time.monotonic()
                 yield b"".join(out)
-            if open_:
-                await asyncio.sleep(STREAM_INTERVAL)  # the characters drawn meanwhile: one piece
+            if open_:  # the characters drawn meanwhile: one piece. Events cost more than
+                # characters, so with many streams each sends less often (at most about
+                # STREAMS_PER_INTERVAL events per STREAM_INTERVAL in all)
+                busy = max(1.0, self.in_flight / STREAMS_PER_INTERVAL)
+                await asyncio.sleep(STREAM_INTERVAL * busy)
         if req.include_usage:
             drawn = sum(c.chars for c in choices)
             yield chunk(None, usage=protocol.usage(sum(map(len, req.prompts)), drawn))

@@ -152,6 +152,7 @@ class Engine:
         self.rows = 0  # rows in the batch, for /health
         self.steps = 0  # batched steps so far
         self.characters = 0  # characters drawn so far
+        self.cpu_seconds = 0.0  # CPU time of the engine's thread so far
 
     # ---- the server's side ----
 
@@ -209,6 +210,7 @@ class Engine:
             try:
                 if self._jobs:
                     self._step()
+                    self.cpu_seconds = time.thread_time()
             except Exception as e:  # a bug: end the requests in flight, not the server
                 for job in self._jobs:
                     for c in job.choices:

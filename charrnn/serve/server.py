@@ -57,6 +57,8 @@ def run(app, sock: socket.socket, *, grace: float = 5.0) -> None:
         log_level="warning",
         access_log=False,  # the app logs one line per request itself, when it is done
         timeout_graceful_shutdown=grace + 5.0,  # a backstop: the engine ends rows at grace
+        timeout_keep_alive=30,  # uvicorn's 5 s closes a busy client's idle connection as it
+        # sends on it again
         lifespan="on",
     )
     _Server(config, app.state.engine, grace).run(sockets=[sock])
