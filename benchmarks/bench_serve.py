@@ -306,7 +306,8 @@ def main() -> None:
         "bench-serve",
         figures,
         machine_info=machine(),
-        note="untrained models of the shapes named; clients and server share the machine",
+        note="Untrained models of the shapes named; the clients and the server shared the "
+        "machine with other work",
         out=args.out or result_path("bench-serve"),
     )
     print(f"wrote {path}")

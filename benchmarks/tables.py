@@ -190,7 +190,7 @@ def serve(result: dict) -> str:
         for r in result["load"]
     ]
     header = ["model", "clients", "chars/s in all", "TTFC p50 / p99", "first requests' p99"]
-    header += ["at the server p50 / p99"]
+    header += ["at the server p50 / p99 (all requests)"]
     header += ["gap p50 / p99", "chars per piece", "chars per server CPU-s"]
     ratios = "; ".join(
         f"{name}: {x:.2f}x ({result['ratios_per_server_cpu_s'][name]:.2f}x per server CPU-s)"
