@@ -23,6 +23,8 @@ from charrnn.errors import DataError
 
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
+# what a document is: a whole file, or a record (every line; every blank-line-separated block)
+DOCUMENTS = ("file", "line", "paragraph")
 
 
 def id_dtype(vocab_size: int) -> type:
@@ -66,6 +68,11 @@ def check_encoding(encoding: str) -> str:
     if codec is None:
         raise DataError(f"unknown text encoding '{encoding}'")
     return codec
+
+
+def check_documents(documents: str) -> None:
+    if documents not in DOCUMENTS:
+        raise DataError(f"documents must be {', '.join(DOCUMENTS)}, not '{documents}'")
 
 
 def check_decode_errors(errors: str) -> None:
@@ -122,8 +129,39 @@ def code_points(text: str) -> np.ndarray:
 
 @dataclass
 class Corpus:
-    ids: np.ndarray  # (n,) character ids
+    """The ids of a set of documents, one after another.
+
+    A document's first character is read from a zero state: training zeroes a stream's carried
+    state where one begins (`resets`). With records (config `documents` line or paragraph) the
+    ids are E r_1 E r_2 ... E, where E = end_id = len(vocab) is the end-of-record symbol, not a
+    character: the state is zeroed before each E is read, so every record is read from E in a
+    zero state and its last character predicts E."""
+
+    ids: np.ndarray  # (n,) character ids (and end_id)
     vocab: list[str]  # the characters, in id order
+    starts: np.ndarray | None = None  # (D,) where each file's document begins; None: one, at 0
+    end_id: int | None = None  # records: the end-of-record id, len(vocab); None: no records
+    documents: int = 1  # files with text, or records
+
+    @property
+    def model_vocab_size(self) -> int:
+        """The model's outputs: every character, and the end of a record when there are any."""
+        return len(self.vocab) + (self.end_id is not None)
+
+    def resets(self, positions: np.ndarray) -> np.ndarray | None:
+        """Mask (the shape of positions) of the positions before which the state is zeroed:
+        a document's first character, or a record's E. None when there are none, and for a
+        single plain document (its one start is where every stream's state is zero anyway),
+        so that one file trains and validates exactly as it always has."""
+        if self.end_id is not None:
+            mask = np.asarray(self.ids[positions]) == self.end_id
+        elif self.starts is None or len(self.starts) <= 1:
+            return None
+        else:
+            starts = np.asarray(self.starts)
+            where = np.searchsorted(starts, positions).clip(0, len(starts) - 1)
+            mask = starts[where] == positions
+        return mask if mask.any() else None
 
 
 def build_corpus(text: str, name: str = "corpus") -> Corpus:
@@ -158,6 +196,32 @@ def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]
     return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
 
+def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[Corpus, Corpus]:
+    """(training, validation): the contiguous tail of the ids, as `split` cuts one text, so a
+    single file is split as it always was. With several documents the tail is the last ones
+    (and the end of the one before); with records it begins at a record's E, so that no record
+    is cut in two and the training part still ends with one's E."""
+    ids = corpus.ids
+    cut = len(split(ids, val_fraction)[0])
+    if corpus.end_id is not None and cut < len(ids):
+        # the first E at or after the cut: both parts then hold whole records
+        for start in range(cut, len(ids), 1 << 20):
+            found = np.flatnonzero(np.asarray(ids[start : start + (1 << 20)]) == corpus.end_id)
+            if len(found):
+                cut = start + int(found[0])
+                break
+        else:
+            cut = len(ids)
+    starts = corpus.starts if corpus.starts is not None else np.zeros(1, np.int64)
+    starts = np.asarray(starts)
+    first = int(np.searchsorted(starts, cut))
+    train = Corpus(ids[: cut + (corpus.end_id is not None)], corpus.vocab, starts[:first], corpus.end_id)
+    val_starts = np.concatenate([[0], starts[first:] - cut]).astype(np.int64)
+    val_starts = np.unique(val_starts)  # the tail starts a document where it begins
+    val = Corpus(ids[cut:], corpus.vocab, val_starts, corpus.end_id)
+    return train, val
+
+
 class Batches:
     """B parallel streams over the training ids, read T characters at a time.
 
@@ -166,8 +230,11 @@ class Batches:
     the global step (epoch = step // steps_per_epoch), so resuming needs only the step.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int):
+    def __init__(
+        self, ids: np.ndarray, batch_size: int, seq_length: int, corpus: Corpus | None = None
+    ):
         self.ids = ids
+        self.corpus = corpus  # where documents begin: `resets`; None: one document
         self.B, self.T = batch_size, seq_length
         self.L = (len(ids) - 1) // batch_size  # characters per stream
         self.steps_per_epoch = self.L // seq_length
@@ -184,6 +251,13 @@ class Batches:
     def starts_epoch(self, step: int) -> bool:
         """True when `step` is the first of an epoch: carried hidden states are reset there."""
         return step % self.steps_per_epoch == 0
+
+    def resets(self, step: int) -> np.ndarray | None:
+        """(T, B) bool: where a document begins, so the state is zeroed before reading X[t];
+        None when none does (Corpus.resets)."""
+        if self.corpus is None:
+            return None
+        return self.corpus.resets(self._offsets + (step % self.steps_per_epoch) * self.T)
 
     def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(X, Y), each (T, B) of intp ids, for global step `step`."""

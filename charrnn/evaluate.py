@@ -154,6 +154,7 @@ def chunked_loss(
     chunk: int = 256,
     burn_in: int = 512,
     part: tuple[int, int] = (0, 1),
+    corpus=None,
 ) -> tuple[float, int]:
     """Mean loss (nats/char) of a long id sequence scored as n_streams parallel streams: the
     validation score of training, a fraction of `total_loss`'s time.
@@ -164,8 +165,11 @@ def chunked_loss(
     the text before it gives, and the sum is close to the exact single-stream pass.
     part (i, k): score only the i-th of k contiguous shares of the streams and return its part
     of the mean (the k parts sum to it), for the ranks of an MPI run to share the validation.
+    corpus: the data.Corpus whose ids these are, for where documents begin: a stream's state
+    is zeroed there (None: one document).
     Returns (loss, chars_scored).
     """
+    resets = (lambda idx: None) if corpus is None else corpus.resets
     n = len(ids) - 1
     S = max(1, min(n_streams, n // chunk))
     L = n // S
@@ -182,12 +186,14 @@ def chunked_loss(
     for p in range(0, warm, chunk):
         T = min(chunk, warm - p)
         idx = starts[None, burn] - warm + p + np.arange(T)[:, None]  # (T, S_i - 1)
-        state[burn] = run(params, np.asarray(ids[idx], dtype=np.intp), state[burn])[1]
+        x = np.asarray(ids[idx], dtype=np.intp)
+        state[burn] = run(params, x, state[burn], resets=resets(idx))[1]
     total = 0.0
     for p in range(0, L, chunk):
         T = min(chunk, L - p)
         idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S_i)
-        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S_i, H)
+        x = np.asarray(ids[idx], dtype=np.intp)
+        hs, state = run(params, x, state, resets=resets(idx))  # (T + 1, S_i, H)
         targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)  # (T S_i,)
         _, _, losses = log_softmax_loss(params, hs[1:].reshape(-1, hs.shape[-1]), targets)
         total += float(losses.sum(dtype=np.float64))

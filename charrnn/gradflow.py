@@ -54,7 +54,7 @@ def _dstate_rnn(Whh, hs, above, da):
 
 
 def _dstate_lstm(Whh, cache, above, da):
-    _, _, tanh_c, gates = cache
+    _, _, tanh_c, gates, _ = cache
     T, B, H = above.shape
     f, o = gates[:, :, H : 2 * H], gates[:, :, 2 * H : 3 * H]  # (T, B, H)
     dh = da @ Whh  # (T, B, H): dh_{t-1} = Whh^T da_t, as for the vanilla cell
@@ -69,7 +69,7 @@ def _dstate_lstm(Whh, cache, above, da):
 
 
 def _dstate_gru(Whh, cache, above, dah):
-    _, gates, _ = cache
+    _, gates, _, _ = cache
     T, B, H = above.shape
     z = gates[:, :, H : 2 * H]  # (T, B, H)
     dh = dah @ Whh  # (T, B, H): through ah_t = Whh h_{t-1} ...

@@ -19,7 +19,7 @@ import warnings
 import zlib
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from charrnn import cache, distributed, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
-from charrnn.data import Batches, Corpus, split
+from charrnn.data import Batches, Corpus, split_corpus
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
@@ -437,9 +437,9 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     return keep
 
 
-def _validate(params: dict, val_ids: np.ndarray, world: distributed.World) -> float:
+def _validate(params: dict, val: Corpus, world: distributed.World) -> float:
     """The validation loss: each rank scores its share of the streams, the shares are summed."""
-    part, _ = chunked_loss(params, val_ids, part=(world.rank, world.size))
+    part, _ = chunked_loss(params, val.ids, part=(world.rank, world.size), corpus=val)
     return world.sum(part)
 
 
@@ -481,8 +481,14 @@ def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, min
     X, Y = batches.get(s.step)  # (T, B) inputs and targets
     _reset_streams(s, cfg, batches.starts_epoch(s.step))
     keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+    starts = batches.resets(s.step)  # (T, B): where a document begins, or None
     loss, _, s.carry[mine] = loss_and_grads(
-        s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
+        s.params,
+        X[:, mine],
+        Y[:, mine],
+        s.carry[mine],
+        _columns(keep, mine),
+        None if starts is None else starts[:, mine],
     )
     loss = world.mean(loss)  # the gradients now hold the whole batch's mean
     return loss, optim.clip_gradients(loss_and_grads.grads, cfg.clip_mode, cfg.grad_clip)
@@ -501,10 +507,11 @@ def _train(
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
     with world.together():  # an error on any rank ends every rank, and is reported once
-        train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
-        batches = Batches(train_ids, B, T)
-        val_ids = val_ids[: cfg.val_max_chars + 1]
-        validate = cfg.eval_every > 0 and len(val_ids) >= 2
+        train_part, val = split_corpus(corpus, cfg.val_fraction)
+        train_ids = train_part.ids
+        batches = Batches(train_ids, B, T, train_part)
+        val = replace(val, ids=val.ids[: cfg.val_max_chars + 1])  # the validation documents
+        validate = cfg.eval_every > 0 and len(val.ids) >= 2
         resumed = state is not None
         s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
         limits = _Limits.of(cfg, batches.steps_per_epoch)
@@ -526,7 +533,7 @@ def _train(
             **limits.described(cfg, batches.steps_per_epoch),
             "vocab_size": len(corpus.vocab),
             "train_chars": len(train_ids),
-            "val_chars": len(val_ids),
+            "val_chars": len(val.ids),
             "start_elapsed": elapsed0,
             "notice": notice,
             "ranks": world.size,
@@ -568,7 +575,7 @@ def _train(
                 # --- evaluate --------------------------------------------------------------
                 val_loss, improved = None, False
                 if validate and s.step % cfg.eval_every == 0:
-                    val_loss = _validate(s.params, val_ids, world)
+                    val_loss = _validate(s.params, val, world)
                     improved = s.record_validation(val_loss)
 
                 # --- log, then checkpoint ---------------------------------------------------
@@ -602,7 +609,7 @@ def _train(
                     break
 
             # --- the end: a last validation and checkpoint -------------------------------------
-            val_loss = _finish(s, ckpts, metrics_out, val_ids if validate else None, val_loss)
+            val_loss = _finish(s, ckpts, metrics_out, val if validate else None, val_loss)
     finally:
         loss_and_grads.close()
         metrics_out.close()
