@@ -14,9 +14,8 @@ itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,9 +27,8 @@ from charrnn import distributed
 from charrnn.config import Config
 from charrnn.data import encode
 from charrnn.errors import ConfigError
-from charrnn.evaluate import BLOCK, EvalResult, evaluate
-from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
-from charrnn.parallel import blas_threads
+from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
+from charrnn.model import Arch, architecture
 from charrnn.runs import choose_checkpoint, special_file
 from charrnn.sample import (
     Sample,
@@ -44,8 +42,6 @@ from charrnn.sample import (
     write_samples,
 )
 from charrnn.train import TrainResult, train_corpus
-
-LN2 = math.log(2.0)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -237,53 +233,40 @@ class Model:
             (prefix + decode(row, self.vocab), float(s)) for row, s in zip(ids, scores, strict=True)
         ]
 
-    def evaluate(self, text: str, *, unknown: str = "skip", name: str = "text") -> EvalResult:
+    def evaluate(
+        self,
+        text: str,
+        *,
+        unknown: str = "skip",
+        name: str = "text",
+        per_char: Callable[[dict[str, Any]], None] | None = None,
+        top: int = 3,
+    ) -> EvalResult:
         """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
-        DataError; `name` is how that error names the text."""
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name)
+        DataError; `name` is how that error names the text. `per_char`, when given, is called
+        with each scored character's record (as `char_scores` yields them, `top` guesses each)
+        during the same single pass."""
+        each = None
+        if per_char is not None:
+
+            def each(block: Block) -> None:
+                for record in char_records(block, self.vocab, top):
+                    per_char(record)
+
+        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
-        state as `evaluate`: the state is carried per character, the output layer runs over
-        blocks of characters as one product."""
+        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included."""
         ids, _ = encode(text, self.vocab)
-        k = min(top, len(self.vocab))
-        state = zero_state(self.params, 1)  # (1, W)
-        ws = Workspace()
-        # a model whose outputs overflow gives NaN scores (null in JSON), not NumPy's warnings
-        with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
-            for start in range(0, len(ids), BLOCK):
-                x = ids[start : start + BLOCK]  # (T,)
-                T = len(x)
-                hs, state = run(self.params, x[:, None], state, ws)  # (T + 1, 1, H)
-                _, probs, losses = log_softmax_loss(self.params, hs[:T].reshape(T, -1), x, ws)
-                best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
-                best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
-                order = np.argsort(-best_p, axis=1, kind="stable")
-                best = np.take_along_axis(best, order, axis=1).tolist()
-                best_p = np.take_along_axis(best_p, order, axis=1).tolist()
-                for j in range(T):
-                    loss = float(losses[j])  # -ln p of x[j]
-                    yield {
-                        "char": self.vocab[x[j]],
-                        "p": _short(math.exp(-loss)),
-                        "bits": _short(loss / LN2),
-                        "top": [
-                            [self.vocab[c], _short(p)]
-                            for c, p in zip(best[j], best_p[j], strict=True)
-                        ],
-                    }
+        for block in score(self.params, ids):
+            yield from char_records(block, self.vocab, top)
 
 
 def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
     for ids in steps:
         into.append(ids)
         yield ids
-
-
-def _short(x: float) -> float:
-    """x to 6 significant digits: per-character lines stay short and still exact enough."""
-    return float(f"{x:.6g}")

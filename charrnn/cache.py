@@ -95,9 +95,10 @@ from typing import BinaryIO
 
 import numpy as np
 
+from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.data import (
-    DOCUMENTS,
+    N_CODE_POINTS,
     Corpus,
     check_decode_errors,
     check_documents,
@@ -114,7 +115,6 @@ FORMAT_VERSION = 4  # 1: one file of our own; 2: a folder without a checksum; 3:
 IDS, STARTS, META, LOCK = "ids.npy", "starts.npy", "meta.json", "lock"
 BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time; the encoder's working memory is at most
 # ~25x this (text beyond Latin-1: the str, its UTF-32 copy, the ids), ~4x for ASCII
-N_CODE_POINTS = 0x110000
 END = N_CODE_POINTS  # a record's end among code points: beyond every character
 TRUST_AFTER_NS = 1_000_000_000  # a corpus written less than this before its scan: not trusted
 MAX_META_BYTES = 32 << 20  # meta.json of the largest vocabulary is about 8 MB
@@ -837,7 +837,7 @@ def _build(
         replace_atomically(folder / STARTS, lambda out: np.save(out, starts))
         with open(folder / IDS, "rb") as written:
             os.fsync(written.fileno())  # on disk before meta.json says the entry is complete
-        replace_atomically(folder / META, lambda out: out.write(json.dumps(meta).encode()))
+        replace_atomically(folder / META, lambda out: out.write(jsonout.dumps(meta).encode()))
         starts = np.load(folder / STARTS, mmap_mode="r")
         return _corpus(ids, meta["vocab"], starts, meta), meta
     except BaseException as e:

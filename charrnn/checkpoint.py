@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.config import MAX_LAYERS
+from charrnn.data import N_CODE_POINTS
 from charrnn.errors import CheckpointError
 from charrnn.memory import memory_limit, show_bytes
 from charrnn.model import CELLS, Arch, architecture, param_shapes
@@ -51,7 +53,6 @@ BASE_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # in every checkpoint, of any fo
 MAX_MEMBERS = 20_000  # arrays in a file: 1,024 layers of 3 weights with 2 optimizer slots each
 MAX_TEXT = 1 << 16  # characters of 'config', 'train_state' or 'cell': a real one has hundreds
 MAX_RATIO = 1100  # deflate shrinks data at most 1032 times: a member claiming more is crafted
-N_CODE_POINTS = 0x110000  # a vocabulary of distinct characters has at most this many
 
 
 @dataclass
@@ -73,13 +74,13 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
     arrays["cell"] = np.array(arch.cell)
     arrays["num_layers"] = np.array(arch.num_layers, dtype=np.int64)
     arrays["vocab"] = np.array(ckpt.vocab if ckpt.vocab else [], dtype="<U1")
-    arrays["config"] = np.array(json.dumps(ckpt.config))
+    arrays["config"] = np.array(jsonout.dumps(ckpt.config))
     arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
     arrays["step"] = np.array(ckpt.step, dtype=np.int64)
     if ckpt.h_carry is not None:
         arrays["h_carry"] = ckpt.h_carry
     arrays.update({f"opt.{k}": v for k, v in ckpt.opt_state.items()})
-    arrays["train_state"] = np.array(json.dumps(ckpt.train_state))
+    arrays["train_state"] = np.array(jsonout.dumps(ckpt.train_state))
 
     try:
         replace_atomically(path, lambda f: np.savez(f, **arrays))

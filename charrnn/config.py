@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from charrnn.cells import CELLS
 from charrnn.data import DECODE_ERRORS, text_codec
 from charrnn.errors import ConfigError
 
@@ -109,7 +110,7 @@ class Config:
     """All settings of a training run. Build with `Config.from_dict` or `resolve_config`."""
 
     # model
-    cell: str = _one_of("rnn", "lstm", "gru")  # the recurrent cell: vanilla tanh, LSTM or GRU
+    cell: str = _one_of(*CELLS)  # the recurrent cell: vanilla tanh, LSTM or GRU
     num_layers: int = _integer(1, ge=1, le=MAX_LAYERS)  # stacked recurrent layers
     hidden_size: int = _integer(128, ge=1)  # hidden units H (per layer)
     dropout: float = _number(0.0, ge=0, lt=1)  # on each layer's outputs in training

@@ -9,7 +9,6 @@ checkpoint.py's job; choosing it (a run folder, $CHARRNN_CHECKPOINT, the latest 
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import unicodedata
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.model import architecture, param_names
+from charrnn.model import architecture, bpc, param_names
 
-LN2 = math.log(2.0)
 PREVIEW_CHARS = 80  # vocabulary characters shown in the text summary
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 
@@ -46,7 +44,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "vocab": ckpt.vocab,
         "step": ckpt.step,
         "chars_seen": ckpt.train_state.get("chars_seen"),
-        "best_val_bpc": None if best is None else best / LN2,
+        "best_val_bpc": bpc(best),
     }
     info.update(_run_metrics(path.parent / "metrics.jsonl"))
     info["config"] = ckpt.config

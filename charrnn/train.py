@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import cache, distributed, optim
+from charrnn import cache, distributed, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split_corpus
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
+from charrnn.model import bpc
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import (
     RUNS_DIR,
@@ -44,8 +45,6 @@ from charrnn.runs import (
 )
 from charrnn.sample import generate
 from charrnn.state import TrainState, load_for_resume, new_config, resume_config
-
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -63,9 +62,6 @@ class TrainResult:
     primary: bool = True  # this process reports the run: False on MPI ranks other than 0
 
     def to_dict(self) -> dict:
-        def bpc(loss):
-            return None if loss is None else loss / LN2
-
         return {
             "run_dir": str(self.run_dir),
             "steps": self.steps,
@@ -464,8 +460,8 @@ def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
         if val_loss < s.best_val:
             s.best_val = val_loss
             ckpts.save(s, ckpts.best)
-        record = {"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2}
-        metrics_out.write(json.dumps(record) + "\n")
+        record = {"step": s.step, "val_loss": val_loss, "val_bpc": bpc(val_loss)}
+        metrics_out.write(jsonout.dumps(record) + "\n")
     ckpts.save(s, ckpts.last)
     if val_ids is None or not world.bcast(ckpts.best.exists()):
         ckpts.save(s, ckpts.best)
@@ -586,13 +582,13 @@ def _train(
                     "epoch": round(s.step / batches.steps_per_epoch, 4),
                     "train_loss": loss,
                     "val_loss": val_loss,
-                    "val_bpc": None if val_loss is None else val_loss / LN2,
+                    "val_bpc": bpc(val_loss),
                     "grad_norm": norm,
                     "lr": lr,
                     "chars_per_sec": B * T / step_time,
                     "elapsed": round(elapsed0 + time.perf_counter() - start, 3),  # across resumes
                 }
-                metrics_out.write(json.dumps(record) + "\n")
+                metrics_out.write(jsonout.dumps(record) + "\n")
                 if improved:
                     ckpts.save(s, ckpts.best)
                 if s.step % cfg.checkpoint_every == 0:

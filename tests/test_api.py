@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, TEXT, arrays, assert_same_arrays, cli, write_corpus
 
 import charrnn
-from charrnn import api
+from charrnn import api, evaluate
 from charrnn.errors import ConfigError, DataError
 
 SETTINGS = {"hidden_size": 8, "seq_length": 8, "batch_size": 2, "max_steps": 20, "rng_seed": 1}
@@ -175,7 +175,7 @@ def test_char_scores_cross_blocks_like_one_pass(run, monkeypatch):
     model = charrnn.load(run)
     text = TEXT[:500]
     whole = list(model.char_scores(text))
-    monkeypatch.setattr(api, "BLOCK", 7)  # many blocks: the state must carry across them
+    monkeypatch.setattr(evaluate, "BLOCK", 7)  # many blocks: the state must carry across them
     assert list(model.char_scores(text)) == whole
 
 

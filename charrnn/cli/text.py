@@ -4,13 +4,13 @@ each of its characters). The model's work is charrnn.api.Model's."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from charrnn import jsonout
 from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
@@ -272,9 +272,13 @@ def eval_text(
         model = load_model(checkpoint, quiet)
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        result = model.evaluate(content, unknown=unknown.value, name=name)
-        if per_char is not None:
-            _write_lines(model.char_scores(content), per_char)
+        if per_char is None:
+            result = model.evaluate(content, unknown=unknown.value, name=name)
+        else:  # the score and the lines from one pass
+            with _Lines(per_char) as lines:
+                result = model.evaluate(
+                    content, unknown=unknown.value, name=name, per_char=lines.write
+                )
     if json_out:
         emit(to_json(result.to_dict()))
     elif per_char != "-":
@@ -283,14 +287,27 @@ def eval_text(
         note(result.summary())
 
 
-def _write_lines(records, dest: str) -> None:
-    """One JSON object per line to the file dest (UTF-8), or to stdout for "-"."""
-    if dest == "-":
-        out = stdout()
-        for rec in records:
-            out.write(to_json(rec, readable=True) + "\n")
-        out.flush()
-        return
-    with open(dest, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+class _Lines:
+    """One JSON object per line (charrnn.jsonout: strict JSON) to the file dest (UTF-8), opened
+    at the first line, so that a text refused before any score leaves no file; or to stdout
+    for "-"."""
+
+    def __init__(self, dest: str):
+        self.dest, self.file = dest, None
+
+    def write(self, record: dict) -> None:
+        if self.dest == "-":
+            stdout().write(to_json(record, readable=True) + "\n")
+            return
+        if self.file is None:
+            self.file = open(self.dest, "w", encoding="utf-8")  # closed by __exit__
+        self.file.write(jsonout.dumps(record, ascii=False) + "\n")
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif self.dest == "-":
+            stdout().flush()
