@@ -15,7 +15,7 @@ itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,8 +51,9 @@ def check_setting(key: str, value: Any) -> None:
 
 
 def train(
-    corpus: str | os.PathLike,
+    corpus: str | os.PathLike | Sequence[str | os.PathLike],
     *,
+    glob: str | Sequence[str] = (),
     config: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -61,7 +62,9 @@ def train(
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
-    """Train a model on the text file `corpus` ("-": standard input), as `charrnn train` does.
+    """Train a model on `corpus`, as `charrnn train` does: a text file ("-": standard input),
+    a folder (its files, recursively, chosen by the fnmatch patterns `glob`), or a list of them;
+    each file is a document (config `documents`: or each line or paragraph a record).
 
     settings: config keys, e.g. hidden_size=256, max_time=60 (None: not given); they override
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
@@ -86,9 +89,13 @@ def train(
         from charrnn.progress import make_encode_bar, make_reporter
 
         reporter = make_reporter(quiet=False)
-        encode_bar = make_encode_bar(False, "<stdin>" if os.fspath(corpus) == "-" else corpus)
+        first = corpus if isinstance(corpus, (str, os.PathLike)) else next(iter(corpus), "")
+        encode_bar = make_encode_bar(False, "<stdin>" if os.fspath(first) == "-" else first)
     return train_corpus(
-        os.fspath(corpus),
+        os.fspath(corpus)
+        if isinstance(corpus, (str, os.PathLike))
+        else list(map(os.fspath, corpus)),
+        globs=(glob,) if isinstance(glob, str) else tuple(glob),
         config_file=config,
         overrides=settings,
         set_items=set_items,

@@ -86,6 +86,7 @@ import stat
 import sys
 import tempfile
 import time
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -138,7 +139,7 @@ class PreparedCorpus:
     seconds: float
     files: int = 1  # files read
     skipped: int = 0  # files of folders skipped because they look binary
-    fingerprint: str = ""  # the files' digest (charrnn.cache module docstring)
+    crc32: int = 0  # of the ids' bytes: what a run records of its corpus, for resume
 
     def summary(self) -> str:
         """One line for the user: what was encoded (or found) and where the cache is."""
@@ -199,7 +200,9 @@ def prepare(
     check_decode_errors(errors)
     check_documents(documents)
     sources = Sources.of(source, globs)
-    reader = _Reader(sources.name, encoding, errors, block_size, progress or _no_progress, documents)
+    reader = _Reader(
+        sources.name, encoding, errors, block_size, progress or _no_progress, documents
+    )
     streams = [p for p in sources.paths if _is_stream(p)]
     if streams:
         return _prepare_streams(reader, sources, streams, start)
@@ -286,7 +289,7 @@ def _prepared(
         time.perf_counter() - start,
         files=files["count"],
         skipped=files["skipped"],
-        fingerprint=files["digest"],
+        crc32=meta["ids_crc32"],
     )
 
 
@@ -301,6 +304,20 @@ def cache_folders() -> list[Path]:
         return [Path(chosen)]
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return [Path(home) / "charrnn", Path(tempfile.gettempdir()) / "charrnn-cache"]
+
+
+def entry_folders(
+    source: str | os.PathLike | Sequence,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    *,
+    documents: str = "file",
+    globs: Sequence[str] = (),
+) -> list[Path]:
+    """Where the entry of a corpus read with these settings is looked for and built, in order."""
+    sources = Sources.of(source, globs)
+    settings = {"encoding": check_encoding(encoding), "decode_errors": errors}
+    return _cache_folders(sources, sources.key({**settings, "documents": documents}))
 
 
 def _cache_folders(sources: Sources, key: str) -> list[Path]:
@@ -462,8 +479,6 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-
-
 def _write_error(e: OSError, folder: Path) -> Exception:
     if e.errno in NOT_WRITABLE:
         return _FolderNotWritable()  # try the next folder
@@ -538,7 +553,6 @@ def _remove_leftovers(folder: Path) -> None:
         remove_quietly(tmp)
 
 
-
 def _checksum(meta: dict) -> str:
     """SHA-256 of meta without its checksum, as JSON with sorted keys."""
     rest = {k: v for k, v in meta.items() if k != "checksum"}
@@ -583,8 +597,6 @@ def _ids_below(ids: np.ndarray, vocab_size: int) -> bool:
 
 def _chars(code_points: Iterable[int]) -> list[str]:
     return [chr(c) for c in code_points]
-
-
 
 
 # --- building an entry ------------------------------------------------------------------------
@@ -764,6 +776,12 @@ def _scan(reader: _Reader, sources: Sources, replaced, total: int) -> _Scan:
         if n_ids > first:
             starts.append(first)
             n_documents += not reader.records
+    if n_documents == 0 and digest.count == digest.skipped:
+        skipped = f" ({digest.skipped:,} look binary)" if digest.skipped else ""
+        raise DataError(
+            f"'{reader.name}' holds no text files{skipped}; give text files or a folder of "
+            "them (hidden files are skipped; --glob chooses which files)"
+        )
     if n_documents == 0:
         raise empty_error(reader.name)
     return _Scan(np.flatnonzero(seen[:N_CODE_POINTS]), n_ids, n_documents, starts, digest)
@@ -771,9 +789,10 @@ def _scan(reader: _Reader, sources: Sources, replaced, total: int) -> _Scan:
 
 def _write_ids(
     reader: _Reader, sources: Sources, replaced, total: int, path: Path, scan: _Scan
-) -> np.memmap:
+) -> tuple[np.memmap, int]:
     """Pass 2: searchsorted(vocab, code points) (and records' ENDs) into a new .npy at path;
-    returns it mapped read-only. Raises DataError if the set no longer matches pass 1."""
+    returns it mapped read-only, and the CRC-32 of its bytes. Raises DataError if the set no
+    longer matches pass 1."""
     vocab = scan.vocab
     end_id = len(vocab)  # records only
     dtype = np.dtype(id_dtype(len(vocab) + reader.records))
@@ -783,10 +802,10 @@ def _write_ids(
     table = np.searchsorted(vocab, np.arange(vocab[-1] + 1)).astype(dtype)  # (max + 1,)
     byte_table = table[:256].tobytes().ljust(256, b"\0") if dtype.itemsize == 1 else None
     ids = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(scan.n_ids,))
-    done = 0
+    done = crc = 0
     if reader.records:
         ids[0] = end_id
-        done = 1
+        done, crc = 1, zlib.crc32(ids[:1].tobytes())
     digest = _Digest()
     for named, pieces in _each_document(reader, sources, replaced, "write", total, digest):
         for piece in pieces:
@@ -802,6 +821,7 @@ def _write_ids(
                     else:
                         block = np.take(table, np.frombuffer(raw, dtype=f"<u{width}"))
                 ids[done : done + len(block)] = block
+                crc = zlib.crc32(np.ascontiguousarray(block, dtype).data, crc)
             except (IndexError, ValueError):  # a character pass 1 did not see, or more of them
                 raise named.changed() from None
             done += len(block)
@@ -812,7 +832,7 @@ def _write_ids(
     if done != scan.n_ids or digest.hexdigest() != scan.digest.hexdigest():
         raise reader.changed()
     ids.flush()
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r"), crc
 
 
 def _build(
@@ -828,12 +848,14 @@ def _build(
         "n_documents": scan.n_documents,
         "vocab": scan.vocab.tolist(),
     }
-    meta["checksum"] = _checksum(meta)
     remove_quietly(folder / META)  # from here until it is written again, the folder holds no cache
     _remove_leftovers(folder)  # ids.npy: a new file, a process still reading the old keeps it
     try:
-        ids = _write_ids(reader, sources, replaced, total, folder / IDS, scan)
-        starts = np.frombuffer(scan.starts, dtype=np.int64) if scan.starts else np.zeros(0, np.int64)
+        ids, meta["ids_crc32"] = _write_ids(reader, sources, replaced, total, folder / IDS, scan)
+        meta["checksum"] = _checksum(meta)
+        starts = (
+            np.frombuffer(scan.starts, dtype=np.int64) if scan.starts else np.zeros(0, np.int64)
+        )
         replace_atomically(folder / STARTS, lambda out: np.save(out, starts))
         with open(folder / IDS, "rb") as written:
             os.fsync(written.fileno())  # on disk before meta.json says the entry is complete
@@ -929,7 +951,6 @@ def _remove_dead_streams(tmp: Path) -> None:
             continue
         if stale:
             shutil.rmtree(made, ignore_errors=True)
-
 
 
 def _code_point_bytes(text: str) -> tuple[int, bytes]:

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from charrnn.cells import CELLS
-from charrnn.data import DECODE_ERRORS, text_codec
+from charrnn.data import DECODE_ERRORS, DOCUMENTS, text_codec
 from charrnn.errors import ConfigError
 
 # ---- rules: one per field ----
@@ -156,6 +156,13 @@ class Config:
     val_max_chars: int = _integer(1_000_000, ge=1)
     encoding: str = _codec("utf-8")
     decode_errors: str = _one_of(*DECODE_ERRORS)
+    # what a document is: each file (file); each line, or each blank-line-separated block, a
+    # record that ends with the end-of-record symbol (line, paragraph). docs/texts.md
+    documents: str = _one_of(*DOCUMENTS)
+    # validation text (a file or a folder) instead of the tail of the corpus; null = the tail
+    val_file: str | None = _rule(
+        None, _Rule(str, "a path or null", lambda v: 0 < len(v) < 4096, True)
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -216,7 +216,9 @@ def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[Corpus, Corpus]:
     starts = corpus.starts if corpus.starts is not None else np.zeros(1, np.int64)
     starts = np.asarray(starts)
     first = int(np.searchsorted(starts, cut))
-    train = Corpus(ids[: cut + (corpus.end_id is not None)], corpus.vocab, starts[:first], corpus.end_id)
+    train = Corpus(
+        ids[: cut + (corpus.end_id is not None)], corpus.vocab, starts[:first], corpus.end_id
+    )
     val_starts = np.concatenate([[0], starts[first:] - cut]).astype(np.int64)
     val_starts = np.unique(val_starts)  # the tail starts a document where it begins
     val = Corpus(ids[cut:], corpus.vocab, val_starts, corpus.end_id)
@@ -288,3 +290,28 @@ def _mapping(ids: np.ndarray) -> mmap.mmap | None:
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "base", None)
     return base if base is not None and hasattr(mmap, "MADV_DONTNEED") else None
+
+
+def held_out_in(held_out: Corpus, corpus: Corpus, n: int, name: str) -> Corpus:
+    """The first n ids of a separate validation set (`--val-file`) in the training corpus's
+    ids: each character becomes its id in corpus.vocab, and characters the corpus lacks are
+    left out (the model has no id for them), as `eval --unknown skip` leaves them out.
+    DataError when none is left."""
+    ids = np.asarray(held_out.ids[:n], dtype=np.intp)  # (n,): at most val_max_chars + 1
+    mapped, _ = encode("".join(held_out.vocab), corpus.vocab)  # what each character becomes
+    known = np.isin(np.asarray(held_out.vocab), np.asarray(corpus.vocab))
+    table = np.full(held_out.model_vocab_size, -1, dtype=np.intp)
+    table[: len(held_out.vocab)][known] = mapped
+    if held_out.end_id is not None:
+        table[held_out.end_id] = corpus.end_id if corpus.end_id is not None else -1
+    new = table[ids]
+    keep = new >= 0
+    if keep.sum() < 2:
+        raise DataError(
+            f"the validation text '{name}' has no characters of the training corpus; "
+            "give --val-file a text like the corpus"
+        )
+    starts = np.asarray(held_out.starts if held_out.starts is not None else [0])
+    before = np.concatenate([[0], np.cumsum(keep)])  # kept ids before each position
+    new_starts = np.unique(before[np.minimum(starts[starts < len(ids)], len(ids))])
+    return Corpus(new[keep], corpus.vocab, new_starts.astype(np.int64), corpus.end_id)

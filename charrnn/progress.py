@@ -87,8 +87,8 @@ class PlainReporter:
             self._print(info["notice"])
         self._print(
             f"{_verb(info)} {info['run_dir']}{_ranks(info)}: {info['vocab_size']} characters, "
-            f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars; "
-            f"{info['stops']}"
+            f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars"
+            f"{_stops(info)}"
         )
         if info.get("reached"):
             self._print(limit_reached(info))
@@ -143,7 +143,7 @@ class RichReporter:
             self.console.print(info["notice"], markup=False, highlight=False)
         self.console.print(
             f"{_verb(info)} [bold]{info['run_dir']}[/]{_ranks(info)}: {info['vocab_size']} "
-            f"characters, {info['train_chars']:,} training chars; {info['stops']}"
+            f"characters, {info['train_chars']:,} training chars{_stops(info)}"
         )
         if info.get("reached"):
             self.console.print(limit_reached(info), markup=False, highlight=False)
@@ -229,6 +229,11 @@ class Eta:
 def _verb(info: dict) -> str:
     start = info["start_step"]
     return f"resuming from step {start} into" if info.get("resumed") else "training into"
+
+
+def _stops(info: dict) -> str:
+    """'; stops after 60s (max_time)': which limit will stop the run, when the loop says."""
+    return f"; {info['stops']}" if info.get("stops") else ""
 
 
 def _ranks(info: dict) -> str:

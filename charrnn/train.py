@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +29,7 @@ from charrnn import cache, distributed, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
-from charrnn.data import Batches, Corpus, split_corpus
+from charrnn.data import Batches, Corpus, held_out_in, split_corpus
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.model import bpc
@@ -146,7 +146,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def train_corpus(
-    source: str,
+    source: str | Sequence[str],
     *,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -156,20 +156,23 @@ def train_corpus(
     overwrite: bool = False,
     reporter=None,
     encode_bar=None,
+    globs: Sequence[str] = (),
 ) -> TrainResult:
     """Everything `charrnn train` does: settle the config (a new run's, or a resumed run's with
     every compatibility check), read the corpus through its cache, and train.
 
+    `source`: a path or a list of them (files, folders whose files `globs` choose, "-").
     `overrides` are command-line settings (None = not given); `encode_bar` is an optional
     progress callback and context manager shown while a large corpus is encoded. A folder
     `out` that holds a run is refused unless `resume` continues that run or `overwrite` says
     to delete it, and refused before the corpus is read (again under the run's lock in `train`).
     """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     world = distributed.world()
     ckpt = None
     continuing = False
     with world.together():  # an error on any rank ends every rank, and is reported once
-        if world.size > 1 and str(source) == "-":
+        if world.size > 1 and "-" in map(str, sources):
             raise ConfigError(
                 "an MPI run reads its corpus from a file on every rank; give a file, not -"
             )
@@ -200,20 +203,24 @@ def train_corpus(
     # rank 0 reads the corpus first and builds its cache; the other ranks then read the cache
     with world.together():
         if world.root:
-            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+            prepared, val = _read_corpus(sources, globs, cfg, encode_bar)
     with world.together():
         if not world.root:
-            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+            prepared, val = _read_corpus(sources, globs, cfg, encode_bar)
     ids, vocab = prepared.corpus.ids, prepared.corpus.vocab
     if not world.same(
         len(ids), prepared.source_bytes, zlib.crc32("".join(vocab).encode("utf-8", "surrogatepass"))
     ):
         raise world.everywhere(  # each machine has its own copy, and they differ
             DataError(
-                f"the MPI processes read different texts as '{source}'; give every machine "
-                "the same corpus (or put it on a filesystem they share)"
+                f"the MPI processes read different texts as '{prepared.name}'; give every "
+                "machine the same corpus (or put it on a filesystem they share)"
             )
         )
+    with world.together():
+        state = None
+        if ckpt is not None:
+            state = TrainState.from_checkpoint(ckpt, cfg, vocab, _corpus_record(prepared))
     encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
     return train(
         cfg,
@@ -223,15 +230,35 @@ def train_corpus(
         reporter=reporter,
         notice=prepared.summary() if encoded else None,
         existing=existing,
+        val=val,
+        corpus_record=_corpus_record(prepared),
     )
 
 
-def _read_corpus(source: str, cfg: Config, ckpt, encode_bar):
-    """(the corpus through its cache, the state resumed from ckpt or None)."""
+def _corpus_record(prepared: cache.PreparedCorpus) -> dict:
+    """What a checkpoint records of the corpus it was trained on, for resume to compare."""
+    corpus = prepared.corpus
+    return {"chars": len(corpus.ids), "documents": corpus.documents, "crc32": prepared.crc32}
+
+
+def _read_corpus(sources: list, globs: Sequence[str], cfg: Config, encode_bar):
+    """(the corpus through its cache, the validation documents of cfg.val_file or None)."""
     with encode_bar or nullcontext():
-        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
-    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
-    return prepared, state
+        prepared = cache.prepare(
+            sources,
+            cfg.encoding,
+            cfg.decode_errors,
+            documents=cfg.documents,
+            globs=globs,
+            progress=encode_bar,
+        )
+    val = None
+    if cfg.val_file is not None:
+        held_out = cache.prepare(
+            cfg.val_file, cfg.encoding, cfg.decode_errors, documents=cfg.documents, globs=globs
+        )
+        val = held_out_in(held_out.corpus, prepared.corpus, cfg.val_max_chars + 1, held_out.name)
+    return prepared, val
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -250,9 +277,12 @@ def train(
     reporter=None,
     notice: str | None = None,
     existing: str = "refuse",
+    val: Corpus | None = None,
+    corpus_record: dict | None = None,
 ) -> TrainResult:
     """Train a model on corpus into run_dir (None: a new folder under runs/); continue from
-    `state` (a resumed run) when given.
+    `state` (a resumed run) when given. `val`: the validation documents (cfg.val_file's) when
+    they are not the corpus's tail; `corpus_record`: what checkpoints record of the corpus.
 
     The run folder is locked before anything in it is written, so a second training pointed at
     the same folder refuses without touching the first one's files. `existing` says what to do
@@ -284,6 +314,8 @@ def train(
                     notice,
                     overwrite=existing == "overwrite",
                     world=world,
+                    val=val,
+                    corpus_record=corpus_record,
                 )
             except BaseException:
                 remove_unused(made)  # a folder made for a run that failed its checks
@@ -499,17 +531,23 @@ def _train(
     notice: str | None,
     overwrite: bool,
     world: distributed.World,
+    val: Corpus | None = None,
+    corpus_record: dict | None = None,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
     with world.together():  # an error on any rank ends every rank, and is reported once
-        train_part, val = split_corpus(corpus, cfg.val_fraction)
+        if val is None:
+            train_part, val = split_corpus(corpus, cfg.val_fraction)
+        else:  # cfg.val_file: the whole corpus trains
+            train_part = corpus
         train_ids = train_part.ids
         batches = Batches(train_ids, B, T, train_part)
         val = replace(val, ids=val.ids[: cfg.val_max_chars + 1])  # the validation documents
         validate = cfg.eval_every > 0 and len(val.ids) >= 2
         resumed = state is not None
-        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
+        s = state if resumed else TrainState.fresh(cfg, corpus.model_vocab_size, world.size)
+        s.corpus = corpus_record
         limits = _Limits.of(cfg, batches.steps_per_epoch)
         on_disk = resumed and (run_dir / "last.npz").exists()
         ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)

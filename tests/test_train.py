@@ -282,7 +282,11 @@ def _unreadable() -> str:
 # name: (makes the corpus and gives its name, more arguments, the message)
 BAD_CORPORA = {
     "missing": (lambda: "missing.txt", [], "file 'missing.txt' not found; check the path"),
-    "a directory": (_folder, [], "'adir' is a directory; give a text file"),
+    "a directory": (
+        _folder,
+        [],
+        "'adir' holds no text files; give text files or a folder of them (hidden files are skipped; --glob chooses which files)",
+    ),
     "empty": (
         _file("empty.txt", b""),
         [],

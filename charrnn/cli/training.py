@@ -30,8 +30,12 @@ def _default(key: str, text: str) -> str:
 def train(
     ctx: typer.Context,
     corpus: Annotated[
-        str,
-        typer.Argument(metavar="CORPUS", help="Text file to train on (UTF-8), or - for stdin."),
+        list[str],
+        typer.Argument(
+            metavar="CORPUS...",
+            help="Text files, folders of them (read recursively) and - for stdin; each file is "
+            "a document (docs/texts.md).",
+        ),
     ],
     config: Annotated[
         Path | None, typer.Option(metavar="FILE", help="YAML config file; flags override it.")
@@ -143,6 +147,32 @@ def train(
             help=_default("decode_errors", "Invalid bytes: an error, or U+FFFD."),
         ),
     ] = None,
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATTERN",
+            help="Read only the files of CORPUS folders that match (e.g. '*.txt'; repeatable). "
+            "Default: every file that is not hidden and not binary.",
+        ),
+    ] = None,
+    documents: Annotated[
+        str | None,
+        typer.Option(
+            metavar="file|line|paragraph",
+            help=_default(
+                "documents",
+                "What a document is: each file, or each line / blank-line-separated block as "
+                "a record the model learns to end.",
+            ),
+        ),
+    ] = None,
+    val_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE_OR_DIR",
+            help="Validate on this text instead of the corpus's tail (then all of CORPUS trains).",
+        ),
+    ] = None,
     set_items: Annotated[
         list[str] | None,
         typer.Option(
@@ -185,10 +215,12 @@ def train(
     check_flags(settings)
     if json_out:
         need_stdout()
-    need_stdin(corpus)
+    for source in corpus:
+        need_stdin(source)
     with user_errors():
         result = api.train(
-            corpus,
+            corpus if len(corpus) > 1 else corpus[0],
+            glob=glob or (),
             config=config,
             out=out,
             resume=resume,
@@ -206,7 +238,7 @@ def train(
         if not quiet:
             note(
                 f"Interrupted at step {result.steps}; saved {result.last_checkpoint}; "
-                f"continue with: charrnn train {corpus} --resume {result.run_dir}"
+                f"continue with: charrnn train {' '.join(corpus)} --resume {result.run_dir}"
             )
         raise typer.Exit(128 + result.signal)
     if not quiet and not json_out:
