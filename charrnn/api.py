@@ -25,7 +25,7 @@ import numpy as np
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.config import Config
-from charrnn.data import encode
+from charrnn.data import encode, record_ids
 from charrnn.errors import ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
 from charrnn.model import Arch, architecture
@@ -42,6 +42,8 @@ from charrnn.sample import (
     write_samples,
 )
 from charrnn.train import TrainResult, train_corpus
+
+END_NAME = "<end>"  # a record's end, in per-character records (every character is one long)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -112,7 +114,16 @@ def load(path: str | os.PathLike | None = None) -> Model:
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(path)
     ckpt = ckpt_io.load(file)
-    return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
+    return Model(
+        ckpt.params,
+        ckpt.vocab,
+        ckpt.config,
+        ckpt.step,
+        file,
+        ckpt.train_state,
+        chosen_by,
+        ckpt.documents,
+    )
 
 
 @dataclass
@@ -126,6 +137,18 @@ class Model:
     path: Path | None = None  # the checkpoint file
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+    documents: str = "file"  # "line" or "paragraph": a model of records, which ends them
+
+    @property
+    def records(self) -> str | None:
+        """The kind of records a model of records was trained on ("line", "paragraph"), or
+        None. Its end-of-record symbol is id len(vocab), one output past the characters."""
+        return None if self.documents == "file" else self.documents
+
+    @property
+    def _names(self) -> list[str]:
+        """What each output is called in per-character records: the characters, and END_NAME."""
+        return self.vocab + [END_NAME] if self.records else self.vocab
 
     @property
     def arch(self) -> Arch:
@@ -195,6 +218,8 @@ class Model:
         "end"), always a list."""
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        if self.records:  # a record begins after its E, read from a zero state
+            prime_ids = np.concatenate([[len(self.vocab)], prime_ids]).astype(np.intp)
         steps = generate(
             self.params,
             prime_ids,
@@ -207,9 +232,15 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
-        if stops:
+        if stops or self.records:
             return finish_samples(
-                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+                steps,
+                self.vocab,
+                num_samples=num_samples,
+                prefix=prefix,
+                stops=stops,
+                out=out,
+                records=self.records,
             )
         if out is not None:
             drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
@@ -258,19 +289,33 @@ class Model:
         if per_char is not None:
 
             def each(block: Block) -> None:
-                for record in char_records(block, self.vocab, top):
+                for record in char_records(block, self._names, top):
                     per_char(record)
 
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
+        return evaluate(
+            self.params,
+            self.vocab,
+            text,
+            unknown=unknown,
+            name=name,
+            each=each,
+            records=self.records,
+        )
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
         state as `evaluate` (evaluate.score), float64 retry of an overflowing block included."""
+        if self.records:  # as `evaluate` reads it: records, each end scored too
+            ids = record_ids(text, self.vocab, self.records)[0]
+            for block in score(self.params, ids, resets=ids == len(self.vocab)):
+                skip = 1 if block.start == 0 else 0  # the first E is read, not scored
+                yield from char_records(block, self._names, top)[skip:]
+            return
         ids, _ = encode(text, self.vocab)
         for block in score(self.params, ids):
-            yield from char_records(block, self.vocab, top)
+            yield from char_records(block, self._names, top)
 
 
 def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:

@@ -80,7 +80,6 @@ import itertools
 import json
 import mmap
 import os
-import re
 import shutil
 import stat
 import sys
@@ -99,6 +98,7 @@ import numpy as np
 from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.data import (
+    END,
     N_CODE_POINTS,
     Corpus,
     check_decode_errors,
@@ -108,6 +108,7 @@ from charrnn.data import (
     empty_error,
     id_dtype,
     open_error,
+    record_code_points,
 )
 from charrnn.documents import STDIN, Document, Sources
 from charrnn.errors import DataError
@@ -116,7 +117,6 @@ FORMAT_VERSION = 4  # 1: one file of our own; 2: a folder without a checksum; 3:
 IDS, STARTS, META, LOCK = "ids.npy", "starts.npy", "meta.json", "lock"
 BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time; the encoder's working memory is at most
 # ~25x this (text beyond Latin-1: the str, its UTF-32 copy, the ids), ~4x for ASCII
-END = N_CODE_POINTS  # a record's end among code points: beyond every character
 TRUST_AFTER_NS = 1_000_000_000  # a corpus written less than this before its scan: not trusted
 MAX_META_BYTES = 32 << 20  # meta.json of the largest vocabulary is about 8 MB
 CHECK_BLOCK = 16 << 20  # ids checked at a time, then unmapped: at most 64 MB resident
@@ -642,62 +642,34 @@ class _Reader:
                 raise decode_error(self.name, self.encoding, e, offset - pending) from None
 
         while raw := f.read(self.block_size):
-            text = decode(raw, False)
-            if offset == 0 and (nul := text.find("\0")) >= 0:
+            if offset == 0 and (nul := self._nul(raw)) >= 0:
                 raise _Binary(nul)
+            text = decode(raw, False)
             offset += len(raw)
             self.progress(phase, done + offset, total)
             yield text
         yield decode(b"", True)
 
+    def _nul(self, raw: bytes) -> int:
+        """Where the first block of a file has a NUL: a byte 0 for codecs that write ASCII as
+        itself (utf-8, latin-1...), where text never holds one; a decoded U+0000 for others
+        (utf-16, whose text is full of zero bytes). -1 when there is none."""
+        if "\0a".encode(self.encoding) == b"\0a":
+            return raw.find(b"\0")
+        try:
+            return raw.decode(self.encoding, "ignore").find("\0")
+        except UnicodeError:
+            return -1
+
     def pieces(self, texts: Iterator[str]) -> Iterator[str | np.ndarray]:
         """The texts as they are (documents "file"), or as arrays of code points (uint32) in
         which each record is followed by END."""
-        return _records(texts, self.documents) if self.records else texts
+        return record_code_points(texts, self.documents) if self.records else texts
 
     def changed(self) -> DataError:
         return DataError(
             f"'{self.name}' changed while it was being read; run again once it is finished"
         )
-
-
-def _records(texts: Iterator[str], mode: str) -> Iterator[np.ndarray]:
-    """The records of a file's text ("line": every non-empty line; "paragraph": every block of
-    lines between blank lines, its inner newlines kept), each as its code points followed by
-    END. A record is yielded once its end is seen, so one cut by a block is not cut here."""
-    pending = ""
-    for text in itertools.chain(texts, [None]):
-        final = text is None
-        text = (pending + ("" if final else text)).replace("\r\n", "\n")
-        if final:
-            done, pending = text + ("\n" if mode == "line" else "\n\n"), ""
-        elif mode == "line":
-            cut = text.rfind("\n") + 1
-            done, pending = text[:cut], text[cut:]
-        else:
-            cut = text.rfind("\n\n")
-            done, pending = (text[: cut + 2], text[cut + 2 :]) if cut >= 0 else ("", text)
-        if mode == "line":
-            records = [r for r in done.split("\n") if r]
-        else:
-            records = [r for r in (p.strip("\n") for p in re.split(r"\n{2,}", done)) if r]
-        if records:
-            yield _ended(records, mode)
-
-
-def _ended(records: list[str], mode: str) -> np.ndarray:
-    """Code points (uint32) of the records, each followed by END."""
-    if mode == "line":  # no record holds a newline: each one joining them is an END
-        cps = np.frombuffer(("\n".join(records) + "\n").encode("utf-32-le", "surrogatepass"), "<u4")
-        cps = cps.copy()
-        cps[cps == 10] = END
-        return cps
-    # no record holds two newlines in a row, or starts or ends with one: each pair is an END
-    text = "\n\n".join(records) + "\n\n"
-    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4").copy()
-    pair = np.flatnonzero((cps[:-1] == 10) & (cps[1:] == 10))
-    cps[pair] = END
-    return np.delete(cps, pair + 1)
 
 
 @contextmanager
@@ -712,8 +684,8 @@ def _opened(doc: Document) -> Iterator[tuple[BinaryIO, os.stat_result]]:
 
 def _binary_error(doc: Document, offset: int) -> DataError:
     return DataError(
-        f"'{doc.name}' looks like a binary file (a NUL character at character {offset:,}), "
-        "not text; give text files"
+        f"'{doc.name}' looks like a binary file (a NUL at byte {offset:,}), not text; "
+        "give text files"
     )
 
 

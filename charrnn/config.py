@@ -92,6 +92,11 @@ def _one_of(*choices: str) -> Any:
     return _rule(choices[0], rule)
 
 
+def _path() -> Any:
+    """A path, or null (the default)."""
+    return _rule(None, _Rule(str, "a path or null", lambda v: 0 < len(v) < 4096, True))
+
+
 def _codec(default: str) -> Any:
     expected = "a text encoding Python knows, such as utf-8"
     return _rule(default, _Rule(str, expected, _known_codec))
@@ -160,9 +165,10 @@ class Config:
     # record that ends with the end-of-record symbol (line, paragraph). docs/texts.md
     documents: str = _one_of(*DOCUMENTS)
     # validation text (a file or a folder) instead of the tail of the corpus; null = the tail
-    val_file: str | None = _rule(
-        None, _Rule(str, "a path or null", lambda v: 0 < len(v) < 4096, True)
-    )
+    val_file: str | None = _path()
+    # fine-tuning: the checkpoint (or run folder) whose weights a new run started from; set by
+    # --init-from, recorded so that the run says where it began. docs/texts.md
+    init_from: str | None = _path()
 
     def __post_init__(self) -> None:
         for f in fields(self):

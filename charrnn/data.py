@@ -12,8 +12,11 @@ the same ids.
 from __future__ import annotations
 
 import codecs
+import itertools
 import mmap
+import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its o
 N_CODE_POINTS = 0x110000  # Unicode's code points: a vocabulary has at most this many characters
 # what a document is: a whole file, or a record (every line; every blank-line-separated block)
 DOCUMENTS = ("file", "line", "paragraph")
+END = N_CODE_POINTS  # a record's end among code points: beyond every character
 
 
 def id_dtype(vocab_size: int) -> type:
@@ -315,3 +319,58 @@ def held_out_in(held_out: Corpus, corpus: Corpus, n: int, name: str) -> Corpus:
     before = np.concatenate([[0], np.cumsum(keep)])  # kept ids before each position
     new_starts = np.unique(before[np.minimum(starts[starts < len(ids)], len(ids))])
     return Corpus(new[keep], corpus.vocab, new_starts.astype(np.int64), corpus.end_id)
+
+
+# ---- records: documents line and paragraph ----
+
+
+def record_code_points(texts: Iterable[str], mode: str) -> Iterator[np.ndarray]:
+    """The records of a file's text ("line": every non-empty line; "paragraph": every block of
+    lines between blank lines, its inner newlines kept), each as its code points followed by
+    END. A record is yielded once its end is seen, so one cut by a block is not cut here."""
+    pending = ""
+    for text in itertools.chain(texts, [None]):
+        final = text is None
+        text = (pending + ("" if final else text)).replace("\r\n", "\n")
+        if final:
+            done, pending = text + ("\n" if mode == "line" else "\n\n"), ""
+        elif mode == "line":
+            cut = text.rfind("\n") + 1
+            done, pending = text[:cut], text[cut:]
+        else:
+            cut = text.rfind("\n\n")
+            done, pending = (text[: cut + 2], text[cut + 2 :]) if cut >= 0 else ("", text)
+        if mode == "line":
+            records = [r for r in done.split("\n") if r]
+        else:
+            records = [r for r in (p.strip("\n") for p in re.split(r"\n{2,}", done)) if r]
+        if records:
+            yield _ended(records, mode)
+
+
+def _ended(records: list[str], mode: str) -> np.ndarray:
+    """Code points (uint32) of the records, each followed by END."""
+    if mode == "line":  # no record holds a newline: each one joining them is an END
+        cps = np.frombuffer(("\n".join(records) + "\n").encode("utf-32-le", "surrogatepass"), "<u4")
+        cps = cps.copy()
+        cps[cps == 10] = END
+        return cps
+    # no record holds two newlines in a row, or starts or ends with one: each pair is an END
+    text = "\n\n".join(records) + "\n\n"
+    cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4").copy()
+    pair = np.flatnonzero((cps[:-1] == 10) & (cps[1:] == 10))
+    cps[pair] = END
+    return np.delete(cps, pair + 1)
+
+
+def record_ids(text: str, vocab: list[str], mode: str) -> tuple[np.ndarray, int, int]:
+    """A text read as records for a model of vocab: (ids E r_1 E r_2 ... E with E =
+    len(vocab), the number of characters not in vocab (left out), the number of records)."""
+    pieces = list(record_code_points([text], mode))
+    cps = np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)
+    ended = cps == END
+    known = np.array([ord(c) for c in vocab], dtype=np.uint32)
+    pos = np.searchsorted(known, cps).clip(0, len(known) - 1)
+    hit = (known[pos] == cps) | ended
+    ids = np.where(ended, len(vocab), pos)[hit].astype(np.intp)
+    return np.concatenate([[len(vocab)], ids]).astype(np.intp), int((~hit).sum()), int(ended.sum())

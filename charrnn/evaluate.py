@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from charrnn.data import encode, unknown_chars
+from charrnn.data import encode, record_ids, unknown_chars
 from charrnn.errors import DataError
 from charrnn.model import Workspace, bpc, log_softmax_loss, run, top_output, zero_state
 from charrnn.model import trace as model_trace
@@ -48,6 +48,7 @@ class EvalResult:
     perplexity: float  # exp(loss); inf beyond the largest float
     chars: int  # characters scored
     unknown_chars: int  # characters skipped because they are not in the vocabulary
+    record_ends: int = 0  # a model of records: the ends of records scored (in the mean too)
 
     @property
     def reason(self) -> str | None:
@@ -60,6 +61,8 @@ class EvalResult:
         """The result as JSON can hold it (it has no NaN or Infinity): a value that is not a
         finite number is null, and then, only then, `reason` says why."""
         d = asdict(self)
+        if not self.record_ends:  # only a model of records has them
+            del d["record_ends"]
         if self.reason is not None:
             d.update({k: None for k in ("loss", "bpc", "perplexity") if not math.isfinite(d[k])})
             d["reason"] = self.reason
@@ -68,6 +71,8 @@ class EvalResult:
     def summary(self) -> str:
         n = self.unknown_chars
         skipped = f"; {n:,} unknown character{'s' * (n != 1)} skipped" if n else ""
+        if self.record_ends:  # a model of records scores each record's end as a character
+            skipped = f" and {self.record_ends:,} record ends (scored too){skipped}"
         if not math.isfinite(self.loss):
             return f"no finite loss over {self.chars:,} characters{skipped}: {NO_SCORE}"
         perplexity = (
@@ -113,10 +118,14 @@ def evaluate(
     unknown: str = "skip",
     name: str = "text",
     each: Callable[[Block], None] | None = None,
+    records: str | None = None,
 ) -> EvalResult:
     """Score text (see the module docstring); unknown="error" refuses unknown characters.
     `each`, when given, sees every block of the pass as it is scored (`eval --per-char` writes
-    its lines from them), so the score and the per-character lines come from one pass."""
+    its lines from them), so the score and the per-character lines come from one pass.
+    `records` ("line" or "paragraph"): the model's config `documents`, for a model of records."""
+    if records is not None:
+        return _evaluate_records(params, vocab, text, unknown, name, each, records)
     ids, n_unknown = known_ids(text, vocab, name, unknown)
     total = 0.0
     for block in score(params, ids):
@@ -124,6 +133,31 @@ def evaluate(
         if each is not None:
             each(block)
     return result(total, len(ids), n_unknown)
+
+
+def _evaluate_records(params, vocab, text, unknown, name, each, mode) -> EvalResult:
+    """A model of records scores a text as records (data.record_ids): E r_1 E r_2 ... E, the
+    state zeroed before each E is read, and every character and every E after the first scored
+    (the first E is read, not predicted). Its mean is over both: `chars` counts the characters,
+    `record_ends` the Es."""
+    if not text:
+        raise DataError(f"'{name}' is empty; give a text to score")
+    ids, n_unknown, n_records = record_ids(text, vocab, mode)
+    if n_unknown and unknown == "error":
+        known_ids(text, vocab, name, unknown)  # its message names the characters
+    if n_records == 0:
+        raise DataError(f"'{name}' holds no {mode} records; nothing to score")
+    total = 0.0
+    for block in score(params, ids, resets=ids == len(vocab)):
+        if block.start == 0:  # the first E starts the first record: read, not scored
+            block = Block(1, block.ids[1:], block.losses[1:], block.probs[1:])
+        total += block.total
+        if each is not None:
+            each(block)
+    scored = len(ids) - 1
+    return replace(
+        result(total, scored, n_unknown), chars=scored - n_records, record_ends=n_records
+    )
 
 
 def result(total: float, chars: int, unknown_chars: int = 0) -> EvalResult:
@@ -168,6 +202,7 @@ def score(
     carry: np.ndarray | None = None,
     block: int | None = None,
     trace: bool = False,
+    resets: np.ndarray | None = None,
 ) -> Iterator[Block]:
     """The one scoring pass: ids (N,) read left to right from `carry` (1, W) (default: the zero
     state), in blocks of `block` (default BLOCK) characters, each yielded as it is scored.
@@ -184,7 +219,8 @@ def score(
     carry = zero_state(params, 1) if carry is None else carry
     ws = Workspace()  # the block's states and logits are reused block to block
     for start in range(0, len(ids), block):
-        scored, carry = score_block(params, ids[start : start + block], carry, ws, trace)
+        x, r = ids[start : start + block], None if resets is None else resets[start : start + block]
+        scored, carry = score_block(params, x, carry, ws, trace, r)
         if carry.dtype != params["Whh"].dtype:  # scored again in float64: so are the rest
             params = _wide(params)
         scored.start = start
@@ -192,20 +228,26 @@ def score(
 
 
 def score_block(
-    params: dict, x: np.ndarray, carry: np.ndarray, ws=None, trace: bool = False
+    params: dict,
+    x: np.ndarray,
+    carry: np.ndarray,
+    ws=None,
+    trace: bool = False,
+    resets: np.ndarray | None = None,
 ) -> tuple[Block, np.ndarray]:
     """One block of the pass: x (T,) scored from carry (1, W); (the Block, the carry after it).
     Where a float32 model's outputs overflow, the block is scored again in float64 and the carry
     after it is float64. A caller that changes the params between blocks (dynamic evaluation)
     scores each block through this with the params of its choice."""
     ws = Workspace() if ws is None else ws
-    scored, after = _score_block(params, x, carry, ws, trace)
+    scored, after = _score_block(params, x, carry, ws, trace, resets)
     if not np.isfinite(scored.losses).all() and params["Whh"].dtype != np.float64:
-        scored, after = _score_block(_wide(params), x, carry.astype(np.float64), ws, trace)
+        wide = carry.astype(np.float64)
+        scored, after = _score_block(_wide(params), x, wide, ws, trace, resets)
     return scored, after
 
 
-def _score_block(params: dict, x: np.ndarray, carry: np.ndarray, ws, trace: bool):
+def _score_block(params: dict, x: np.ndarray, carry: np.ndarray, ws, trace: bool, resets=None):
     T = len(x)
     # a (1, H) x (H, G H) product is too small to share between threads; an overflow is said
     # by the scores, not by NumPy's warnings
@@ -219,7 +261,9 @@ def _score_block(params: dict, x: np.ndarray, carry: np.ndarray, ws, trace: bool
             # hs[j] is the top layer's output before x[j] (hs[0] from carry), so it predicts
             # x[j]; the state after the block carries on
             states = None
-            hs, after = run(params, x[:, None], carry, ws)  # (T + 1, 1, H)
+            # resets (T,): a record's state is zeroed before its E is read
+            r = None if resets is None else resets[:, None]
+            hs, after = run(params, x[:, None], carry, ws, resets=r)  # (T + 1, 1, H)
             top = hs[:T].reshape(T, -1)  # (T, H)
         _, probs, losses = log_softmax_loss(params, top, x, ws)  # (T, V), (T,)
     return Block(0, x, losses, probs, states), after

@@ -43,7 +43,7 @@ from charrnn.runs import (
     remove_run,
     remove_unused,
 )
-from charrnn.sample import generate
+from charrnn.sample import finish_samples, generate
 from charrnn.state import TrainState, load_for_resume, new_config, resume_config
 
 
@@ -60,6 +60,8 @@ class TrainResult:
     best_checkpoint: Path | None = None
     signal: int | None = None
     primary: bool = True  # this process reports the run: False on MPI ranks other than 0
+    documents: int = 1  # the corpus's documents (files with text, or records)
+    corpus_chars: int = 0  # the corpus's ids (records: with their ends)
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +76,8 @@ class TrainResult:
             "best_val_bpc": bpc(self.best_val_loss),
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "documents": self.documents,
+            "chars": self.corpus_chars,
         }
 
 
@@ -479,8 +483,11 @@ def _columns(keep: np.ndarray | None, streams: slice) -> np.ndarray | None:
 def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
     # its own generator, so previews never change the training's random stream
     g = np.random.default_rng([cfg.rng_seed or 0, s.step])
-    steps = generate(s.params, np.zeros(0, np.intp), cfg.sample_length, g, temperature=0.8)
-    return "".join(vocab[int(ids[0])] for ids in steps)
+    records = cfg.documents != "file"  # then a few records, each begun after an E
+    prime = np.full(int(records), len(vocab), np.intp)
+    M = 5 if records else 1
+    steps = generate(s.params, prime, cfg.sample_length, g, temperature=0.8, num_samples=M)
+    return "\n".join(x.text for x in finish_samples(steps, vocab, num_samples=M))
 
 
 def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
@@ -661,6 +668,8 @@ def _train(
         best_checkpoint=ckpts.best,
         signal=received,
         primary=world.root,
+        documents=corpus.documents,
+        corpus_chars=len(corpus.ids),
     )
 
 

@@ -5,6 +5,7 @@ $XDG_CACHE_HOME in tmp_path (and no $CHARRNN_CACHE_DIR), so the id cache is the 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,11 @@ def in_tmp_path(tmp_path, monkeypatch) -> Path:
     # the id cache goes to the user's cache folder: this test's, never the real home's
     monkeypatch.delenv("CHARRNN_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    # and its fallback, <tmp>/charrnn-cache, is the test's too (`charrnn cache clear` clears it)
+    tmp = tmp_path.with_name(tmp_path.name + "-tmp")  # beside it: tests list tmp_path
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
     return tmp_path
 
 

@@ -285,7 +285,8 @@ BAD_CORPORA = {
     "a directory": (
         _folder,
         [],
-        "'adir' holds no text files; give text files or a folder of them (hidden files are skipped; --glob chooses which files)",
+        "'adir' holds no text files; give text files or a folder of them (hidden files are "
+        "skipped; --glob chooses which files)",
     ),
     "empty": (
         _file("empty.txt", b""),
@@ -315,8 +316,7 @@ BAD_CORPORA = {
     "binary": (
         _file("x.bin", bytes(range(256)) * 8),
         [],
-        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding (e.g. latin-1) "
-        "or --decode-errors replace",
+        "'x.bin' looks like a binary file (a NUL at byte 0), not text; give text files",
     ),
     "unreadable": (_unreadable, [], "cannot read 'locked.txt': permission denied"),
 }

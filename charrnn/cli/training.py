@@ -253,9 +253,19 @@ def train(
 @app.command(cls=PlainCommand)
 def prepare(
     corpus: Annotated[
-        str,
-        typer.Argument(metavar="CORPUS", help="Text file to encode (UTF-8 unless --encoding)."),
+        list[str],
+        typer.Argument(
+            metavar="CORPUS...",
+            help="Text files and folders of them to encode (UTF-8 unless --encoding).",
+        ),
     ],
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATTERN",
+            help="Read only the files of CORPUS folders that match (repeatable), as train does.",
+        ),
+    ] = None,
     encoding: Annotated[
         str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")
     ] = "utf-8",
@@ -263,28 +273,110 @@ def prepare(
         str,
         typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
     ] = "strict",
+    documents: Annotated[
+        str,
+        typer.Option(
+            metavar="file|line|paragraph",
+            help="What a document is, as the config key of train says.",
+        ),
+    ] = "file",
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild the cache even when it is up to date.")
+    ] = False,
+    clear: Annotated[
+        bool,
+        typer.Option("--clear", help="Delete the cache entries of CORPUS instead of building one."),
     ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Encode a corpus into its cache of character ids (CORPUS.charrnn-cache), so that every
-    `train` on it starts at once; `train` does this itself when the cache is missing or stale."""
-    if corpus == "-":
+    """Encode a corpus into its entry of the id cache (in ~/.cache/charrnn, see `charrnn
+    cache`), so that every `train` on it starts at once; `train` does this itself when the
+    entry is missing or stale."""
+    if "-" in corpus:
         raise typer.BadParameter(
-            "prepare caches a file; `charrnn train -` encodes stdin into a temporary cache itself",
+            "prepare caches files; `charrnn train -` encodes stdin into a temporary cache itself",
             param_hint="'CORPUS'",
         )
     if json_out:
         need_stdout()
+    source = corpus if len(corpus) > 1 else corpus[0]
+    if clear:
+        with user_errors():
+            deleted = cache.clear(source)
+        if json_out:
+            emit(to_json({"deleted": [str(p) for p in deleted]}))
+        elif not quiet:
+            note(f"deleted {_entries(len(deleted))} of {' '.join(corpus)}")
+        return
     with user_errors():
-        bar = make_encode_bar(quiet, corpus)
+        bar = make_encode_bar(quiet, corpus[0])
         with bar or nullcontext():
-            prepared = cache.prepare(corpus, encoding, decode_errors, force=force, progress=bar)
+            prepared = cache.prepare(
+                source,
+                encoding,
+                decode_errors,
+                documents=documents,
+                globs=glob or (),
+                force=force,
+                progress=bar,
+            )
     if json_out:
         emit(to_json(prepared.to_dict()))
     elif not quiet:
         note(prepared.summary())
+
+
+def _entries(n: int) -> str:
+    return f"{n} cache entr{'y' if n == 1 else 'ies'}"
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The id cache: list its entries or delete them ($CHARRNN_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/charrnn or ~/.cache/charrnn).",
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list", cls=PlainCommand)
+def cache_list(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the entries as a JSON list.")
+    ] = False,
+) -> None:
+    """List the cache's entries, most recently used first: what each holds and its size."""
+    if json_out:
+        need_stdout()
+    with user_errors():
+        found = cache.entries()
+    if json_out:
+        emit(to_json([e.to_dict() for e in found], readable=True))
+        return
+    if not found:
+        note(f"no cache entries in {', '.join(map(str, cache.cache_folders()))}")
+        return
+    for e in found:
+        what = (
+            "(incomplete: a build was killed)"
+            if e.chars is None
+            else (
+                f"{e.documents:,} {'documents' if e.mode == 'file' else e.mode + ' records'}, "
+                f"{e.chars:,} ids"
+            )
+        )
+        emit(f"{e.path}  {e.bytes / 1e6:,.1f} MB  {' '.join(e.sources)}  {what}")
+
+
+@cache_app.command("clear", cls=PlainCommand)
+def cache_clear(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing.")] = False,
+) -> None:
+    """Delete every entry of the cache (an entry in use by another process is left alone);
+    `charrnn prepare CORPUS --clear` deletes only CORPUS's."""
+    with user_errors():
+        deleted = cache.clear()
+    if not quiet:
+        note(f"deleted {_entries(len(deleted))}")
