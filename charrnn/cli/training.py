@@ -170,7 +170,8 @@ def train(
         str | None,
         typer.Option(
             metavar="FILE_OR_DIR",
-            help="Validate on this text instead of the corpus's tail (then all of CORPUS trains).",
+            help="Validate on this text (a file or folder); all of CORPUS then trains.  "
+            "[default: the last val_fraction of CORPUS]",
         ),
     ] = None,
     set_items: Annotated[
