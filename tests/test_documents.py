@@ -15,6 +15,7 @@ from helpers import TEXT, TINY, cli, user_error
 from test_cells import numerical_grad
 from test_model import ARCHS, B, T, make_tiny
 
+from charrnn import cache
 from charrnn.data import Batches, Corpus, split_corpus
 from charrnn.model import backward, forward, run, zero_state
 
@@ -185,3 +186,76 @@ def test_the_cache_command_lists_and_clears(tmp_path):
     assert len(json.loads(cli("cache", "list", "--json").stdout)) == 1
     assert cli("cache", "clear").exit_code == 0
     assert json.loads(cli("cache", "list", "--json").stdout) == []
+
+
+# ---- records: documents line and paragraph ----
+
+WORDS = ["cat", "cow", "dog", "doe"]
+
+
+@pytest.fixture(scope="module")
+def records_run(tmp_path_factory):
+    """A model trained on one word per line until it knows the words and where they end."""
+    folder = tmp_path_factory.mktemp("records")
+    corpus = folder / "words.txt"
+    corpus.write_text("\n".join(WORDS * 150) + "\n\n\n")  # blank lines are no records
+    result = cli("train", corpus, "--documents", "line", "--hidden-size", 24, "--seq-length", 12,
+                 "--batch-size", 8, "--learning-rate", 0.02, "--max-steps", 300,
+                 "--eval-every", 100, "--rng-seed", 1, "--out", folder / "run", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return corpus, folder / "run"
+
+
+def test_the_ids_of_records_end_each_one(tmp_path):
+    (tmp_path / "r.txt").write_bytes(b"ab\r\n\ncd\n\n\nef")
+    lines = cache.prepare(tmp_path / "r.txt", documents="line").corpus
+    assert lines.vocab == list("abcdef") and lines.end_id == 6 and lines.documents == 3
+    assert np.asarray(lines.ids).tolist() == [6, 0, 1, 6, 2, 3, 6, 4, 5, 6]
+    (tmp_path / "p.txt").write_text("a\nb\n\n\nc\n")
+    paragraphs = cache.prepare(tmp_path / "p.txt", documents="paragraph").corpus
+    assert paragraphs.vocab == ["\n", "a", "b", "c"] and paragraphs.documents == 2
+    assert np.asarray(paragraphs.ids).tolist() == [4, 1, 0, 2, 4, 3, 4]
+    small = cache.prepare(tmp_path / "p.txt", documents="paragraph", block_size=1).corpus
+    assert np.asarray(small.ids).tolist() == np.asarray(paragraphs.ids).tolist()
+
+
+def test_a_records_model_learns_to_end_them(records_run):
+    corpus, run = records_run
+    a = dict(np.load(run / "best.npz", allow_pickle=False))
+    assert str(a["documents"]) == "line" and a["Why"].shape[0] == len(set("".join(WORDS))) + 1
+    drawn = cli("sample", "--checkpoint", run, "--num-samples", 20, "--rng-seed", 3,
+                "--temperature", 0.5, "--json", "-q")  # fmt: skip
+    samples = json.loads(drawn.stdout)
+    assert [s["ended"] for s in samples] == ["end"] * 20
+    assert {s["text"] for s in samples} <= set(WORDS)
+    printed = cli("sample", "--checkpoint", run, "--num-samples", 20, "--rng-seed", 3,
+                  "--temperature", 0.5, "-q")  # fmt: skip
+    assert printed.stdout == "".join(s["text"] + "\n" for s in samples)  # one per line
+    primed = json.loads(cli("sample", "--checkpoint", run, "--seed", "d", "--argmax",
+                            "--json", "-q").stdout)  # fmt: skip
+    assert primed[0]["text"] in ("dog", "doe") and primed[0]["ended"] == "end"
+
+
+def test_eval_of_records_scores_their_ends_and_says_so(records_run):
+    corpus, run = records_run
+    result = json.loads(cli("eval", corpus, "--checkpoint", run, "--json").stdout)
+    assert result["record_ends"] == 600 and result["chars"] == 1800
+    assert result["bpc"] < 0.6  # the second letter is a coin flip: 1 bit in 4 positions
+    said = cli("eval", corpus, "--checkpoint", run).stdout
+    assert "over 1,800 characters and 600 record ends (scored too)" in said
+    import charrnn
+
+    model = charrnn.load(run)
+    scores = list(model.char_scores("cat\ndog\n"))
+    assert [s["char"] for s in scores] == list("cat") + ["<end>"] + list("dog") + ["<end>"]
+    assert scores[3]["p"] > 0.9  # after "cat" the record ends
+
+
+def test_a_records_run_resumes_bitwise(records_run, tmp_path):
+    corpus, _ = records_run
+    args = [corpus, "--documents", "line", *TINY, "--eval-every", 3, "--checkpoint-every", 3]
+    assert cli("train", *args, "--max-steps", 6, "--out", "a", "-q").exit_code == 0
+    assert cli("train", *args, "--max-steps", 3, "--out", "b", "-q").exit_code == 0
+    assert cli("train", corpus, "--resume", "b", "--max-steps", 6, "-q").exit_code == 0
+    a, b = (dict(np.load(f"{r}/last.npz", allow_pickle=False)) for r in "ab")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a if k != "config")
