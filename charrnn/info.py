@@ -14,8 +14,6 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from charrnn import checkpoint as ckpt_io
 from charrnn.model import architecture, bpc, param_names
 
@@ -28,8 +26,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     ckpt = ckpt_io.load(path)
     arch = architecture(ckpt.params)
-    with np.load(path, allow_pickle=False) as z:  # load() checked it; it keeps no version
-        version = int(z["format_version"])
+    version = ckpt.format_version
     best = ckpt.train_state.get("best_val_loss")
     info = {
         "checkpoint": str(path),
