@@ -463,10 +463,8 @@ def _layout(z, declared: dict[str, _Member], path: Path) -> tuple[list[str], lis
     if V > N_CODE_POINTS:
         raise _damaged(f"{where}: 'vocab' declares {V:,} characters, more than Unicode has")
 
-    documents = "file"
-    if version >= 3:
-        if "documents" not in declared:
-            raise _damaged(f"{where}: format 3 needs 'documents', which is missing")
+    documents = "file"  # formats 1 and 2, and a file that leaves it out
+    if "documents" in declared:
         documents = scalar("documents", "U", max_chars=16)
         if documents not in DOCUMENTS:
             raise _damaged(f"{where}: unknown documents {documents[:20]!r}")

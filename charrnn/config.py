@@ -482,6 +482,7 @@ FIXED_ON_RESUME = (
     "decode_errors",
     "documents",
     "val_file",
+    "init_from",
 )
 
 

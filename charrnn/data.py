@@ -17,6 +17,7 @@ import itertools
 import mmap
 import re
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,3 +419,27 @@ def record_ids(text: str, vocab: list[str], mode: str) -> tuple[np.ndarray, int,
     hit = (known[pos] == cps) | ended
     ids = np.where(ended, len(vocab), pos)[hit].astype(np.intp)
     return np.concatenate([[len(vocab)], ids]).astype(np.intp), int((~hit).sum()), int(ended.sum())
+
+
+REMAP_BLOCK = 1 << 24  # ids remapped at a time by in_vocab: 16M, at most 200 MB in flight
+
+
+def in_vocab(corpus: Corpus, vocab: list[str]) -> Corpus:
+    """The corpus with its ids in `vocab`, a superset of its own (fine-tuning's union), in a
+    memory-mapped temporary file, a block at a time: memory does not grow with the corpus.
+    Its end of a record, if it has one, becomes len(vocab)."""
+    if vocab == corpus.vocab:
+        return corpus
+    table = np.searchsorted(code_points("".join(vocab)), code_points("".join(corpus.vocab)))
+    if corpus.end_id is not None:
+        table = np.append(table, len(vocab))  # the end of a record stays past the characters
+    dtype = np.dtype(id_dtype(len(vocab) + (corpus.end_id is not None)))
+    table = table.astype(dtype)
+    with tempfile.TemporaryFile() as f:  # unlinked: the map keeps it until it is dropped
+        ids = np.memmap(f, dtype=dtype, mode="w+", shape=(len(corpus.ids),))
+    for start in range(0, len(ids), REMAP_BLOCK):
+        ids[start : start + REMAP_BLOCK] = table[
+            np.asarray(corpus.ids[start : start + REMAP_BLOCK])
+        ]
+    end_id = len(vocab) if corpus.end_id is not None else None
+    return Corpus(ids, vocab, corpus.starts, end_id, corpus.documents)

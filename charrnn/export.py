@@ -37,7 +37,7 @@ from charrnn.runs import checkpoint_file
 
 FORMATS = ("safetensors", "hf", "onnx")
 INSTALL = "pip install 'charrnn[export]'"
-TRAIN_STATE_KEPT = ("best_val_loss", "chars_seen")  # what `info` reports; no rng, no patience
+TRAIN_STATE_KEPT = ("best_val_loss", "chars_seen", "corpus")  # what `info` reports; no rng
 
 
 @dataclass

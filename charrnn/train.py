@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import cache, distributed, jsonout, optim
+from charrnn import cache, distributed, finetune, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml, settle
-from charrnn.data import Batches, Corpus, held_out_in, split_corpus
+from charrnn.data import Batches, Corpus, held_out_in, in_vocab, split_corpus
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.model import bpc
@@ -188,6 +188,12 @@ def train_corpus(
         cfg = settle(
             config_file, overrides, set_items, saved=saved, ranks=world.size, cores=world.cores
         )
+        base = None  # fine-tuning: the checkpoint a new run starts from
+        if ckpt is None and cfg.init_from is not None:
+            base, file = finetune.load_base(cfg.init_from)
+            arch = finetune.architecture_overrides(base, config_file, overrides or {}, set_items)
+            given = {**(overrides or {}), **arch, "init_from": str(file)}
+            cfg = settle(config_file, given, set_items, ranks=world.size, cores=world.cores)
         existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
         if world.root and out is not None and existing == "refuse":
             if (refusal := existing_run(out)) is not None:
@@ -199,10 +205,10 @@ def train_corpus(
     # rank 0 reads the corpus first and builds its cache; the other ranks then read the cache
     with world.together():
         if world.root:
-            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, encode_bar)
+            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, base, encode_bar)
     with world.together():
         if not world.root:
-            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, encode_bar)
+            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, base, encode_bar)
     ids, vocab = prepared.corpus.ids, prepared.corpus.vocab
     if not world.same(
         len(ids), prepared.source_bytes, zlib.crc32("".join(vocab).encode("utf-8", "surrogatepass"))
@@ -224,6 +230,7 @@ def train_corpus(
         existing=existing,
         val=val,
         corpus_record=_corpus_record(prepared),
+        init=base,
     )
 
 
@@ -243,9 +250,10 @@ def _load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
     return ckpt, ckpt_path.parent
 
 
-def _read_corpus(sources: list, globs: Sequence[str], cfg: Config, ckpt, encode_bar):
+def _read_corpus(sources: list, globs: Sequence[str], cfg: Config, ckpt, base, encode_bar):
     """(the corpus through its cache, the state resumed from ckpt or None, the validation
-    documents of cfg.val_file or None)."""
+    documents of cfg.val_file or None). A fine-tuned run (`base`, or a resumed one whose config
+    has init_from) reads the corpus in the union of its vocabulary and the base model's."""
     with encode_bar or nullcontext():
         prepared = cache.prepare(
             sources,
@@ -255,10 +263,18 @@ def _read_corpus(sources: list, globs: Sequence[str], cfg: Config, ckpt, encode_
             globs=globs,
             progress=encode_bar,
         )
+    corpus = prepared.corpus
+    target = None
+    if base is not None:
+        target = finetune.union_vocab(base, corpus.vocab)
+    elif ckpt is not None and cfg.init_from is not None and set(corpus.vocab) <= set(ckpt.vocab):
+        target = ckpt.vocab  # the union it was fine-tuned in (else from_checkpoint says so)
+    if target is not None:
+        prepared = replace(prepared, corpus=in_vocab(corpus, target))
     state = None
     if ckpt is not None:
-        corpus = prepared.corpus
-        state = TrainState.from_checkpoint(ckpt, cfg, corpus.vocab, _corpus_record(prepared))
+        vocab = prepared.corpus.vocab
+        state = TrainState.from_checkpoint(ckpt, cfg, vocab, _corpus_record(prepared))
     val = None
     if cfg.val_file is not None:
         held_out = cache.prepare(
@@ -292,10 +308,12 @@ def train(
     existing: str = "refuse",
     val: Corpus | None = None,
     corpus_record: dict | None = None,
+    init: ckpt_io.Checkpoint | None = None,
 ) -> TrainResult:
     """Train a model on corpus into run_dir (None: a new folder under runs/); continue from
     `state` (a resumed run) when given. `val`: the validation documents (cfg.val_file's) when
-    they are not the corpus's tail; `corpus_record`: what checkpoints record of the corpus.
+    they are not the corpus's tail; `corpus_record`: what checkpoints record of the corpus;
+    `init`: the checkpoint whose weights a new run starts from (charrnn.finetune).
 
     The run folder is locked before anything in it is written, so a second training pointed at
     the same folder refuses without touching the first one's files. `existing` says what to do
@@ -329,6 +347,7 @@ def train(
                     world=world,
                     val=val,
                     corpus_record=corpus_record,
+                    init=init,
                 )
             except BaseException:
                 remove_unused(made)  # a folder made for a run that failed its checks
@@ -602,7 +621,7 @@ class _Run:
     start_info: dict  # the reporter's start record
 
 
-def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record) -> _Run:
+def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record, init) -> _Run:
     """Split the corpus (unless `val` is the validation set), make or take the state, and
     (rank 0) write config.yaml and open metrics.jsonl; every rank alike, an error on any ends
     them all."""
@@ -614,6 +633,8 @@ def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_rec
         validate = cfg.eval_every > 0 and len(val.ids) >= 2
         resumed = state is not None
         s = state if resumed else TrainState.fresh(cfg, corpus.model_vocab_size, world.size)
+        if init is not None:  # fine-tuning: the trained weights over the fresh ones
+            finetune.start_from(s.params, init, corpus.vocab, corpus.end_id is not None)
         s.corpus = corpus_record
         limits = _Limits.of(cfg, batches.steps_per_epoch)
         on_disk = resumed and (run_dir / "last.npz").exists()
@@ -655,10 +676,11 @@ def _train(
     world: distributed.World,
     val: Corpus | None = None,
     corpus_record: dict | None = None,
+    init: ckpt_io.Checkpoint | None = None,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
-    run = _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record)
+    run = _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record, init)
     s, batches, val_ids, limits, ckpts = run.s, run.batches, run.val_ids, run.limits, run.ckpts
     reporter.start(run.start_info)
     grads = world.gradients(s.params)  # views into the one buffer that the ranks sum

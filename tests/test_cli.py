@@ -134,7 +134,7 @@ def test_train_help_shows_config_defaults_and_clean_metavars():
     assert "{" not in result.stdout and "None" not in result.stdout
     # every config-key flag states its default
     flags = [k for k in inspect.signature(train_command).parameters if k in DEFAULTS]
-    assert len(flags) == 21 and text.count("[default:") == len(flags)
+    assert len(flags) == 22 and text.count("[default:") == len(flags)
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,15 @@ def train(
             "[default: the last val_fraction of CORPUS]",
         ),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CHECKPOINT_OR_RUN",
+            help="Fine-tune: start from this model's weights (a run folder: its best.npz), its "
+            "architecture kept, its vocabulary joined with CORPUS's; optimizer and step start "
+            "fresh.  [default: a fresh model]",
+        ),
+    ] = None,
     set_items: Annotated[
         list[str] | None,
         typer.Option(
