@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,13 @@ def check_flags(values: dict[str, Any]) -> None:
                 str(e).removeprefix(f"config key '{key}': "),
                 param_hint=f"'--{key.replace('_', '-')}'",
             ) from None
+
+
+# --encoding and --decode-errors of the commands that read a text, as eval reads it
+Encoding = Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")]
+DecodeErrors = Annotated[
+    str, typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace.")
+]
 
 
 class Unknown(str, Enum):
