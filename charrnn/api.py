@@ -159,49 +159,14 @@ class Model:
         """Cell, layers, hidden size and vocabulary size."""
         return architecture(self.params)
 
-    def sample(
-        self,
-        seed: str = "",
-        length: int = 500,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        argmax: bool = False,
-        num_samples: int = 1,
-        rng_seed: int | None = None,
-        unknown: str = "error",
-        echo_seed: bool = True,
-        stop: Iterable[str] = (),
-        out: TextIO | None = None,
-    ) -> str | list[str]:
-        """Generate `length` characters after reading the prime text `seed` (the command's
-        --seed): the prime text and its continuation (only the continuation with
-        echo_seed=False); a list of num_samples strings when num_samples > 1. The same rng_seed
-        gives the same text. Characters of the prime text not in the vocabulary are an error
-        (DataError), or dropped with unknown="skip". Each sample ends at the first of the `stop`
-        strings it draws (which is left out), and a model trained on records (config
-        `documents`) ends it at the end of a record. With `out` (a text file such as
-        sys.stdout) the samples are also written there as `charrnn sample` prints them, the
-        first one as it is drawn. `samples` says why each one ended."""
-        texts = [
-            s.text
-            for s in self.samples(
-                seed,
-                length,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                argmax=argmax,
-                num_samples=num_samples,
-                rng_seed=rng_seed,
-                unknown=unknown,
-                echo_seed=echo_seed,
-                stop=stop,
-                out=out,
-            )
-        ]
-        return texts[0] if num_samples == 1 else texts
+    def sample(self, seed: str = "", length: int = 500, **options: Any) -> str | list[str]:
+        """Generate `length` characters after reading `seed`: the seed and its continuation
+        (only the continuation with echo_seed=False); a list of num_samples strings when
+        num_samples > 1. `options` are those of `samples` (temperature, top_k, top_p, argmax,
+        num_samples, rng_seed, unknown, echo_seed, stop, out), which also says why each sample
+        ended. The same rng_seed gives the same text."""
+        texts = [s.text for s in self.samples(seed, length, **options)]
+        return texts[0] if options.get("num_samples", 1) == 1 else texts
 
     def samples(
         self,
@@ -219,8 +184,14 @@ class Model:
         stop: Iterable[str] = (),
         out: TextIO | None = None,
     ) -> list[Sample]:
-        """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
-        "end"), always a list."""
+        """num_samples samples of `length` characters after reading `seed`, each the seed and
+        its continuation (only the continuation with echo_seed=False), with why it ended
+        (Sample.ended: "length", "stop" or "end"). The same rng_seed gives the same text. Seed
+        characters not in the vocabulary are an error (DataError), or dropped with
+        unknown="skip". Each sample ends at the first of the `stop` strings it draws (which is
+        left out), and a model trained on records (config `documents`) ends it at the end of a
+        record. With `out` (a text file such as sys.stdout) the samples are also written there
+        as `charrnn sample` prints them, the first one as it is drawn."""
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         if self.records:  # a record begins after its E, read from a zero state

@@ -196,18 +196,15 @@ def prepare(
     when it is up to date, otherwise by encoding it (and saving the entry unless it holds a
     stream). `documents`: "file" (each file is a document), "line" or "paragraph" (records)."""
     start = time.perf_counter()
-    codec = check_encoding(encoding)  # recorded in meta.json; messages keep the user's spelling
-    check_decode_errors(errors)
-    check_documents(documents)
-    sources = Sources.of(source, globs)
+    sources, folders, settings = _reading(
+        source, encoding, errors, documents=documents, globs=globs
+    )
     reader = _Reader(
         sources.name, encoding, errors, block_size, progress or _no_progress, documents
     )
     streams = [p for p in sources.paths if _is_stream(p)]
     if streams:
         return _prepare_streams(reader, sources, streams, start)
-    settings = {"encoding": codec, "decode_errors": errors, "documents": documents}
-    folders = _cache_folders(sources, sources.key(settings))
     meta = {"format_version": FORMAT_VERSION, "sources": _sources_meta(sources), **settings}
     return _prepare_set(reader, sources, folders, meta, force, start)
 
@@ -306,18 +303,28 @@ def cache_folders() -> list[Path]:
     return [Path(home) / "charrnn", Path(tempfile.gettempdir()) / "charrnn-cache"]
 
 
-def entry_folders(
+def entry_folders(source: str | os.PathLike | Sequence, **reading) -> list[Path]:
+    """Where the entry of a corpus is looked for and built, in order: `reading` are prepare's
+    encoding, errors, documents and globs."""
+    return _reading(source, **reading)[1]
+
+
+def _reading(
     source: str | os.PathLike | Sequence,
     encoding: str = "utf-8",
     errors: str = "strict",
     *,
     documents: str = "file",
     globs: Sequence[str] = (),
-) -> list[Path]:
-    """Where the entry of a corpus read with these settings is looked for and built, in order."""
+) -> tuple[Sources, list[Path], dict]:
+    """(the sources, the folders of their entry, the settings meta.json records), each setting
+    checked."""
+    codec = check_encoding(encoding)  # recorded in meta.json; messages keep the user's spelling
+    check_decode_errors(errors)
+    check_documents(documents)
     sources = Sources.of(source, globs)
-    settings = {"encoding": check_encoding(encoding), "decode_errors": errors}
-    return _cache_folders(sources, sources.key({**settings, "documents": documents}))
+    settings = {"encoding": codec, "decode_errors": errors, "documents": documents}
+    return sources, _cache_folders(sources, sources.key(settings)), settings
 
 
 def _cache_folders(sources: Sources, key: str) -> list[Path]:
