@@ -36,7 +36,7 @@ from charrnn.cells import CELLS as CELL_MODULES
 from charrnn.data import encode
 from charrnn.errors import DataError
 from charrnn.model import Arch, Workspace, architecture, forward, layer_names, run, zero_state
-from charrnn.plot import new_figure
+from charrnn.plot import new_figure, save_figure
 
 BATCH = 64  # positions per backward pass: an LSTM of 256 at K = 200 holds ~0.5 GB of float64
 BURN_BLOCK = 256  # burn-in characters per model.run call
@@ -265,7 +265,4 @@ def save_image(flows: list[GradFlow], out, title: str | None = None) -> None:
     ax.set_title(title or f"the gradient k characters back, over {P} positions")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    try:
-        fig.savefig(out)
-    except ValueError as e:  # an unknown suffix
-        raise DataError(f"cannot write '{out}': {e}; name a .png, .svg or .pdf file") from None
+    save_figure(fig, out, "the image")

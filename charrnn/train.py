@@ -41,6 +41,7 @@ from charrnn.runs import (
     make_run_dir,
     remove_run,
     remove_unused,
+    trim_metrics,
 )
 from charrnn.sample import generate
 from charrnn.state import TrainState, load_for_resume, new_config, resume_config
@@ -120,28 +121,11 @@ def _metrics_file(run_dir: Path, resume_step: int | None):
     the lines kept, which the resumed run's `elapsed` continues from (0 for a new run)."""
     path = run_dir / "metrics.jsonl"
     elapsed = 0.0
-    if resume_step is not None and path.exists():
-        kept = [
-            (ln, rec)
-            for ln in path.read_text(errors="replace").splitlines()
-            if (rec := _json_object(ln)) is not None
-            and isinstance(rec.get("step", 0), int)
-            and rec.get("step", 0) <= resume_step
-        ]
-        _write_atomic(path, "".join(ln + "\n" for ln, _ in kept))
-        times = [r["elapsed"] for _, r in kept if isinstance(r.get("elapsed"), (int, float))]
-        elapsed = float(times[-1]) if times and math.isfinite(times[-1]) else 0.0
-    elif path.exists():
+    if resume_step is not None:  # bounded, and a FIFO or device refused (runs.Metrics)
+        elapsed = trim_metrics(path, resume_step)
+    elif os.path.lexists(path):
         path.unlink()
     return path.open("a", buffering=1), elapsed  # line-buffered: a kill loses no finished line
-
-
-def _json_object(line: str) -> dict | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -25,6 +25,7 @@ from charrnn.cli.streams import (
     user_errors,
 )
 from charrnn.data import read_text
+from charrnn.outputs import check_output, image_format
 from charrnn.runs import choose_checkpoint
 
 
@@ -48,7 +49,7 @@ def info(
 
     need_stdout()
     with user_errors():
-        described = describe(choose_checkpoint(checkpoint)[0])
+        described = describe(choose_checkpoint(checkpoint)[0], warn=_warn)
     emit(to_json(described, readable=True) if json_out else summary(described))
 
 
@@ -105,6 +106,8 @@ def show(
     need_stdin(text)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if not to_stdout:  # refused before the work (outputs.py)
+            output = check_output(output, "the page", [text, model.path])
         content = read_text(text, encoding, decode_errors)[:length]
         name = "<stdin>" if text == "-" else Path(text).name
         page = make_page(
@@ -122,7 +125,7 @@ def show(
         else:
             save_page(page, output)
     if not quiet:
-        note(page.summary() if to_stdout else f"wrote {output}: {page.summary()}")
+        note(page.summary() if to_stdout else f"wrote {output.path}: {page.summary()}")
 
 
 class XAxis(str, Enum):
@@ -167,7 +170,11 @@ def plot(
     if output is None:
         need_stdout()
     with user_errors():
-        curves = [read_curves(run, x.value) for run in runs]
+        if output is not None:  # refused before the work (outputs.py)
+            kind = _kind(output)
+            reads = [r / "metrics.jsonl" if r.is_dir() else r for r in runs]
+            output = check_output(output, "the image", reads)
+        curves = [read_curves(run, x.value, warn=_warn) for run in runs]
         if output is not None:
             save_image(curves, output, x.value)
         else:
@@ -176,7 +183,18 @@ def plot(
             chart = Console(file=stdout(), highlight=False)
             chart.print(text_chart(curves, x.value), end="", soft_wrap=True)
     if output is not None and not quiet:
-        note(f"wrote {output}")
+        note(f"wrote {output.path}{kind}")
+
+
+def _kind(output: Path) -> str:
+    """What the notice adds to `wrote FILE`: the image format when the name does not say it
+    (a file is written under the name given, never FILE.png beside it); checks the suffix."""
+    kind = image_format(output)
+    return "" if output.suffix else f" ({kind.upper()}: the name has no suffix)"
+
+
+def _warn(message: str) -> None:
+    note(f"Warning: {message}")
 
 
 @app.command(cls=PlainCommand)
@@ -243,6 +261,9 @@ def gradflow(
     need_stdin(text)
     with user_errors():
         models = [(path, api.load(path)) for path in checkpoints]
+        if output is not None:  # refused before the work (outputs.py)
+            kind = _kind(output)
+            output = check_output(output, "the image", [text, *(m.path for _, m in models)])
         content = read_text(text)
         name = "<stdin>" if text == "-" else text
         flows = [
@@ -268,4 +289,4 @@ def gradflow(
     else:
         emit("\n\n".join(table(flow) for flow in flows))
     if output is not None and not quiet:
-        note(f"wrote {output}")
+        note(f"wrote {output.path}{kind}")

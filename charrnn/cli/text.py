@@ -23,6 +23,7 @@ from charrnn.cli.streams import (
     user_errors,
 )
 from charrnn.data import read_text, unknown_chars
+from charrnn.outputs import Output, check_output, write_output
 
 
 @app.command(cls=PlainCommand)
@@ -248,6 +249,8 @@ def eval_text(
     need_stdin(text)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if per_char not in (None, "-"):  # refused before the work (outputs.py)
+            per_char = check_output(per_char, "the per-character scores", [text, model.path])
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
         result = model.evaluate(content, unknown=unknown.value, name=name)
@@ -261,14 +264,18 @@ def eval_text(
         note(result.summary())
 
 
-def _write_lines(records, dest: str) -> None:
-    """One JSON object per line to the file dest (UTF-8), or to stdout for "-"."""
+def _write_lines(records, dest: str | Output) -> None:
+    """One JSON object per line to the checked output dest (UTF-8, replaced atomically or
+    written to a stream: outputs.py), or to stdout for "-"."""
     if dest == "-":
         out = stdout()
         for rec in records:
             out.write(to_json(rec, readable=True) + "\n")
         out.flush()
         return
-    with open(dest, "w", encoding="utf-8") as f:
+
+    def write(f) -> None:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    write_output(dest, write, "the per-character scores")
