@@ -24,18 +24,28 @@ from typing import Any, TextIO
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import distributed
+from charrnn import checks, distributed
 from charrnn.config import Config
 from charrnn.data import encode
-from charrnn.errors import ConfigError
+from charrnn.errors import ArgumentError, ConfigError
 from charrnn.evaluate import BLOCK, EvalResult, evaluate
 from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
 from charrnn.parallel import blas_threads
 from charrnn.runs import choose_checkpoint, special_file
-from charrnn.sample import beam_search, collect, decode, encode_prime, generate, write_samples
+from charrnn.sample import (
+    beam_search,
+    check_beam_memory,
+    check_sample_memory,
+    collect,
+    decode,
+    encode_prime,
+    generate,
+    write_samples,
+)
 from charrnn.train import TrainResult, train_corpus
 
 LN2 = math.log(2.0)
+UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -68,6 +78,11 @@ def train(
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
+    corpus = corpus if corpus == "-" else checks.path("corpus", corpus)
+    config, out = checks.optional_path("config", config), checks.optional_path("out", out)
+    resume = checks.optional_path("resume", resume)
+    overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
+    set_items = checks.strings("set_items", set_items)
     for key, value in settings.items():
         if value is not None:
             check_setting(key, value)
@@ -97,7 +112,7 @@ def train(
 def load(path: str | os.PathLike | None = None) -> Model:
     """The model in a checkpoint (.npz) or a run folder (its best.npz). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
-    file, chosen_by = choose_checkpoint(path)
+    file, chosen_by = choose_checkpoint(checks.optional_path("path", path))
     ckpt = ckpt_io.load(file)
     return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
 
@@ -133,13 +148,22 @@ class Model:
         unknown: str = "error",
         echo_seed: bool = True,
         out: TextIO | None = None,
-    ) -> str | list[str]:
+        keep: bool = True,
+    ) -> str | list[str] | None:
         """Generate `length` characters after reading `seed`: the seed and its continuation
         (only the continuation with echo_seed=False); a list of num_samples strings when
         num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
         vocabulary are an error (DataError), or dropped with unknown="skip". With `out` (a text
         file such as sys.stdout) the samples are also written there as `charrnn sample` prints
-        them, the first one as it is drawn."""
+        them, the first one as it is drawn; with out and keep=False nothing is kept and None
+        is returned, so a long sample streams in constant memory. Every argument is checked
+        (checks.py) and the memory it needs estimated before anything is drawn or written."""
+        _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown)
+        for name, flag in (("argmax", argmax), ("echo_seed", echo_seed), ("keep", keep)):
+            checks.boolean(name, flag)
+        if out is not None and not callable(getattr(out, "write", None)):
+            raise ArgumentError(f"out must be a text file (with a write method), not {out!r:.60}")
+        check_sample_memory(self.params, length, num_samples, keep or out is None)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         steps = generate(
             self.params,
@@ -154,13 +178,13 @@ class Model:
         )
         prefix = seed if echo_seed else ""
         if out is not None:
-            drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
-            write_samples(
-                _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
-            )
-            steps = iter(drawn)
-        texts = collect(steps, self.vocab, num_samples, prefix)
-        return texts[0] if num_samples == 1 else texts
+            texts = write_samples(
+                steps, self.vocab, out, num_samples=num_samples, prefix=prefix, length=length,
+                keep=keep,
+            )  # fmt: skip
+        else:
+            texts = collect(steps, self.vocab, num_samples, prefix, length)
+        return None if texts is None else texts[0] if num_samples == 1 else texts
 
     def beam_search(
         self,
@@ -176,6 +200,15 @@ class Model:
         beam of width `beam` finds, best first: (text, log-probability in nats given the seed)
         pairs, each text the seed and its continuation (only the continuation with
         echo_seed=False). Deterministic; see `sample.beam_search`."""
+        seed, unknown = checks.text("seed", seed), checks.choice("unknown", unknown, UNKNOWN)
+        length, beam = checks.count("length", length), checks.count("beam", beam)
+        if checks.count("num_results", num_results) > beam:
+            raise ArgumentError(
+                f"beam={beam} keeps {beam} continuations; ask for num_results <= {beam}, or "
+                "widen the beam"
+            )
+        checks.boolean("echo_seed", echo_seed)
+        check_beam_memory(self.params, length, beam)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         ids, scores = beam_search(self.params, prime_ids, length, beam, num_results)
         prefix = seed if echo_seed else ""
@@ -187,6 +220,8 @@ class Model:
         """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
         DataError; `name` is how that error names the text."""
+        text, name = checks.text("text", text), checks.text("name", name)
+        unknown = checks.choice("unknown", unknown, UNKNOWN)
         return evaluate(self.params, self.vocab, text, unknown=unknown, name=name)
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
@@ -194,7 +229,9 @@ class Model:
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
         state as `evaluate`: the state is carried per character, the output layer runs over
-        blocks of characters as one product."""
+        blocks of characters as one product. Its arguments are checked when the first
+        score is asked for."""
+        text, top = checks.text("text", text), checks.count("top", top)
         ids, _ = encode(text, self.vocab)
         k = min(top, len(self.vocab))
         state = zero_state(self.params, 1)  # (1, W)
@@ -224,10 +261,17 @@ class Model:
                     }
 
 
-def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
-    for ids in steps:
-        into.append(ids)
-        yield ids
+def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):
+    """Model.sample's values, each checked as the `sample` command checks its flags."""
+    checks.text("seed", seed)
+    checks.count("length", length, low=0)  # 0: the seed alone
+    checks.number("temperature", temperature, above=0)
+    checks.optional_count("top_k", top_k)
+    if top_p is not None:
+        checks.number("top_p", top_p, above=0, at_most=1)
+    checks.count("num_samples", num_samples)
+    checks.optional_count("rng_seed", rng_seed)
+    checks.choice("unknown", unknown, UNKNOWN)
 
 
 def _short(x: float) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.errors import DataError
+from charrnn.errors import DataError, option
 
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
@@ -80,9 +80,11 @@ def decode_error(name: str, encoding: str, e: UnicodeError, offset: int = 0) -> 
     if isinstance(e, UnicodeDecodeError):
         return DataError(
             f"'{name}' is not valid {encoding} at byte offset {offset + e.start}; "
-            "pass --encoding (e.g. latin-1) or --decode-errors replace"
+            f"pass {option('encoding')} (e.g. latin-1) or {option('decode_errors', 'replace')}"
         )
-    return DataError(f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding")
+    return DataError(
+        f"'{name}' cannot be read as {encoding}: {e}; pass another {option('encoding')}"
+    )
 
 
 def empty_error(name: str) -> DataError:
@@ -176,7 +178,7 @@ class Batches:
             raise DataError(
                 f"the training text has {len(ids)} characters, too short for one chunk of "
                 f"batch_size x seq_length = {batch_size} x {seq_length} (needs {need}); "
-                "use a longer corpus or lower --batch-size / --seq-length"
+                f"use a longer corpus or lower {option('batch_size')} / {option('seq_length')}"
             )
         self._offsets = np.arange(seq_length)[:, None] + (np.arange(batch_size) * self.L)[None, :]
         self._mapping = _mapping(ids)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from charrnn.data import encode, unknown_chars
-from charrnn.errors import DataError
+from charrnn.errors import DataError, option
 from charrnn.model import Workspace, log_softmax_loss, run, zero_state
 from charrnn.parallel import blas_threads
 from charrnn.sample import show_chars
@@ -89,7 +89,7 @@ def known_ids(
         raise DataError(
             f"'{name}' has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
             f"vocabulary ({show_chars(unknown_chars(text, vocab))}); "
-            f"pass --unknown skip to leave them out of {product}"
+            f"pass {option('unknown', 'skip')} to leave them out of {product}"
         )
     if len(ids) == 0:
         raise DataError(

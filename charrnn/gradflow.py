@@ -34,7 +34,7 @@ import numpy as np
 
 from charrnn.cells import CELLS as CELL_MODULES
 from charrnn.data import encode
-from charrnn.errors import DataError
+from charrnn.errors import DataError, option
 from charrnn.model import Arch, Workspace, architecture, forward, layer_names, run, zero_state
 from charrnn.plot import new_figure, save_figure
 
@@ -187,7 +187,7 @@ def measure(
         raise DataError(
             f"'{name}' has {len(ids):,} characters in the model's vocabulary; measuring "
             f"{K} steps back after a burn-in of {burn_in} needs at least {need:,}: give a "
-            "longer text or lower --max-distance or --burn-in"
+            f"longer text or lower {option('max_distance')} or {option('burn_in')}"
         )
     first = burn_in + K - 1  # the earliest t with a whole window and burn-in before it
     count = len(ids) - 1 - first  # positions first .. len - 2 have an x_{t+1}

@@ -19,7 +19,7 @@ import numpy as np
 from rich.text import Text
 
 from charrnn.config import load_config_file
-from charrnn.errors import CharRNNError, DataError
+from charrnn.errors import CharRNNError, DataError, option
 from charrnn.outputs import Output, image_format, write_output
 from charrnn.runs import Metrics, regular_file
 
@@ -87,8 +87,8 @@ def _chars_per_step(run_dir: Path) -> int:
         sizes = []
     if len(sizes) != 2 or not all(_whole(n) for n in sizes):
         raise DataError(
-            f"--x chars needs batch_size and seq_length, whole numbers from 1 to 2**31, from "
-            f"'{path}'; plot against --x steps instead"
+            f"{option('x', 'chars')} needs batch_size and seq_length, whole numbers from 1 to "
+            f"2**31, from '{path}'; plot against {option('x', 'steps')} instead"
         )
     return sizes[0] * sizes[1]
 

@@ -19,7 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from charrnn.atomic import remove_quietly, replace_atomically
-from charrnn.errors import CheckpointError, DataError, RunLockedError, TooLargeError, TrainingError
+from charrnn.errors import (
+    CheckpointError,
+    DataError,
+    RunLockedError,
+    TooLargeError,
+    TrainingError,
+    option,
+)
 from charrnn.memory import show_bytes
 
 RUNS_DIR = "runs"
@@ -82,11 +89,13 @@ def existing_run(run_dir: str | Path) -> TrainingError | None:
     if "last.npz" in found:
         return TrainingError(
             f"run folder '{run_dir}' already holds a run ({', '.join(found)}); continue it "
-            f"with --resume {run_dir}, or pass --overwrite to delete it and start over"
+            f"with {option('resume', run_dir)}, or pass {option('overwrite', True)} to delete "
+            "it and start over"
         )
     return TrainingError(
         f"run folder '{run_dir}' already holds a run ({', '.join(found)}) with no last.npz to "
-        "--resume from; pass --overwrite to delete it and start over, or another --out"
+        f"{option('resume')} from; pass {option('overwrite', True)} to delete it and start over, or another "
+        f"{option('out')}"
     )
 
 
@@ -138,7 +147,7 @@ def latest_checkpoint(base: str | Path = RUNS_DIR, name: str = "best.npz") -> Pa
     if not found:
         raise CheckpointError(
             f"no trained model found under '{base}/' in this folder; "
-            "run 'charrnn train CORPUS' first or pass --checkpoint FILE"
+            f"run 'charrnn train CORPUS' first or pass {option('checkpoint', 'FILE')}"
         )
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
@@ -177,7 +186,7 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(
                 f"run folder '{self.path.parent}' is in use by another training process; "
-                "wait for it to finish or pass another --out"
+                f"wait for it to finish or pass another {option('out')}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -30,7 +30,7 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import ConfigError, DataError, TrainingError
+from charrnn.errors import ConfigError, DataError, TrainingError, option
 from charrnn.evaluate import chunked_loss
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import (
@@ -168,7 +168,8 @@ def train_corpus(
             continuing = _same_folder(Path(out), resume_dir)
             if continuing and overwrite:
                 raise ConfigError(
-                    "--overwrite would delete the run that --resume continues; give one of them"
+                    f"{option('overwrite', True)} would delete the run that {option('resume')} "
+                    "continues; give one of them"
                 )
         else:
             cfg = new_config(config_file, overrides or {}, set_items, world.size, world.cores)
@@ -296,7 +297,7 @@ def _make_run_dir(run_dir: str | Path | None) -> tuple[Path, list[Path]]:
     except OSError as e:
         where = RUNS_DIR if run_dir is None else run_dir
         raise TrainingError(
-            f"cannot create run folder '{where}': {e.strerror or e}; pass another --out"
+            f"cannot create run folder '{where}': {e.strerror or e}; pass another {option('out')}"
         ) from None
 
 

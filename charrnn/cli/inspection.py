@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from charrnn import api
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
+from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model, most
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -72,7 +72,10 @@ def show(
         ),
     ] = None,
     length: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Show the first N characters of TEXT.")
+        int,
+        typer.Option(
+            min=1, max=most("show_length"), metavar="N", help="Show the first N characters of TEXT."
+        ),
     ] = 5000,
     unknown: Annotated[
         Unknown,
@@ -211,12 +214,15 @@ def gradflow(
     ],
     max_distance: Annotated[
         int,
-        typer.Option(min=1, metavar="K", help="Measure k = 1 .. K characters back."),
+        typer.Option(
+            min=1, max=most("max_distance"), metavar="K", help="Measure k = 1 .. K characters back."
+        ),
     ] = 200,
     positions: Annotated[
         int,
         typer.Option(
             min=1,
+            max=most("positions"),
             metavar="N",
             help="Positions t of the text to average over, drawn at random (with --rng-seed).",
         ),
@@ -225,13 +231,17 @@ def gradflow(
         int,
         typer.Option(
             min=0,
+            max=most("burn_in"),
             metavar="N",
             help="Characters read from a zero state before each window, so the state is a "
             "typical one.",
         ),
     ] = 100,
     rng_seed: Annotated[
-        int, typer.Option(min=0, metavar="N", help="Seed for drawing the positions.")
+        int,
+        typer.Option(
+            min=0, max=most("rng_seed"), metavar="N", help="Seed for drawing the positions."
+        ),
     ] = 0,
     output: Annotated[
         Path | None,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
+from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model, most
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -43,7 +43,9 @@ def sample(
         Path | None,
         typer.Option(metavar="FILE", help="Read the prime text from a UTF-8 file (- for stdin)."),
     ] = None,
-    length: Annotated[int, typer.Option(min=1, metavar="N", help="Characters to generate.")] = 500,
+    length: Annotated[
+        int, typer.Option(min=1, max=most("length"), metavar="N", help="Characters to generate.")
+    ] = 500,
     temperature: Annotated[
         float,
         typer.Option(
@@ -52,7 +54,12 @@ def sample(
     ] = 1.0,
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, metavar="K", help="Draw only among the K most likely characters."),
+        typer.Option(
+            min=1,
+            max=most("top_k"),
+            metavar="K",
+            help="Draw only among the K most likely characters.",
+        ),
     ] = None,
     top_p: Annotated[
         float | None,
@@ -69,6 +76,7 @@ def sample(
         int | None,
         typer.Option(
             min=1,
+            max=most("beam"),
             metavar="K",
             help="Beam search instead of drawing: keep the K most likely continuations (by "
             "total log-probability) and print the best; --num-samples M <= K prints the best M.",
@@ -77,13 +85,17 @@ def sample(
     num_samples: Annotated[
         int,
         typer.Option(
-            min=1, metavar="M", help="Independent samples, computed together as one batch."
+            min=1,
+            max=most("num_samples"),
+            metavar="M",
+            help="Independent samples, computed together as one batch.",
         ),
     ] = 1,
     rng_seed: Annotated[
         int | None,
         typer.Option(
             min=0,
+            max=most("rng_seed"),
             metavar="N",
             help="Seed: the same inputs give the same text (default: random).",
         ),
@@ -154,7 +166,8 @@ def sample(
             rng_seed=rng_seed,
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
-            out=None if json_out else stdout(),  # streamed as it is drawn
+            out=None if json_out else stdout(),  # streamed as it is drawn, nothing kept
+            keep=False,
         )
     if json_out:
         emit(to_json([samples] if num_samples == 1 else samples))
