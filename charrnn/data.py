@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import codecs
 import mmap
+import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from charrnn.errors import DataError, option
+from charrnn.errors import DataError, TooLargeError, option
+from charrnn.memory import show_bytes
 
+MAX_TEXT_BYTES = 256 * 10**6  # a text read whole (eval, gradflow, sample --seed-file): 256 MB
+PIECE_BYTES = 1 << 16  # read_prefix reads this much at a time
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
 
@@ -80,7 +86,8 @@ def decode_error(name: str, encoding: str, e: UnicodeError, offset: int = 0) -> 
     if isinstance(e, UnicodeDecodeError):
         return DataError(
             f"'{name}' is not valid {encoding} at byte offset {offset + e.start}; "
-            f"pass {option('encoding')} (e.g. latin-1) or {option('decode_errors', 'replace')}"
+            f"pass {option('encoding', 'latin-1')} (or the text's own encoding) or "
+            f"{option('decode_errors', 'replace')}"
         )
     return DataError(
         f"'{name}' cannot be read as {encoding}: {e}; pass another {option('encoding')}"
@@ -91,15 +98,74 @@ def empty_error(name: str) -> DataError:
     return DataError(f"'{name}' is empty; give a text with at least a few hundred characters")
 
 
-def read_bytes(source: str | Path) -> bytes:
-    """The raw bytes of a file, or of standard input for "-"."""
-    if str(source) == "-":
-        return sys.stdin.buffer.read()
-    path = Path(source)
+def read_bytes(source: str | Path, limit: int | None = None) -> bytes:
+    """The raw bytes of a file, or of standard input for "-": at most `limit` bytes
+    (MAX_TEXT_BYTES by default), else TooLargeError before more is read, so /dev/zero or an
+    endless pipe ends with "input too large" instead of taking all memory."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    name = "<stdin>" if str(source) == "-" else str(source)
     try:
-        return path.read_bytes()
+        with _open_source(source) as f:
+            if _size(f) > limit:  # a regular file says its size
+                raise _too_large(name, limit)
+            raw = f.read(limit + 1)
     except OSError as e:
-        raise open_error(path, e) from None
+        raise open_error(Path(source), e) from None
+    if len(raw) > limit:
+        raise _too_large(name, limit)
+    return raw
+
+
+def _open_source(source: str | Path) -> AbstractContextManager[BinaryIO]:
+    """The file, or stdin for "-" (left open at the end)."""
+    return nullcontext(sys.stdin.buffer) if str(source) == "-" else open(source, "rb")
+
+
+def _size(f: BinaryIO) -> int:
+    """The size of a regular file; 0 for a pipe, a device, or a stream with no descriptor."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: the test runner's
+        return 0
+
+
+def _too_large(name: str, limit: int) -> TooLargeError:
+    return TooLargeError(
+        f"input too large: '{name}' holds more than {show_bytes(limit)}, the most a text read "
+        "whole may have; give a part of it (e.g. head -c 100M FILE | charrnn ... -)"
+    )
+
+
+def read_prefix(
+    source: str | Path, chars: int, encoding: str = "utf-8", errors: str = "strict"
+) -> str:
+    """The first `chars` characters of a file or of stdin ("-"), read and decoded a piece at a
+    time: what is after them is never read (nor checked for bad bytes). At most
+    MAX_TEXT_BYTES are read."""
+    check_encoding(encoding)
+    check_decode_errors(errors)
+    name = "<stdin>" if str(source) == "-" else str(source)
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    pieces, n, offset = [], 0, 0
+    try:
+        with _open_source(source) as f:
+            while n < chars:
+                raw = f.read(PIECE_BYTES)
+                if offset + len(raw) > MAX_TEXT_BYTES:
+                    raise _too_large(name, MAX_TEXT_BYTES)
+                pending = decoder.getstate()[0]  # bytes of a character the last piece cut
+                pending = len(pending) if isinstance(pending, (bytes, bytearray)) else 0
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeError as e:
+                    raise decode_error(name, encoding, e, offset - pending) from None
+                pieces.append(text)
+                n, offset = n + len(text), offset + len(raw)
+                if not raw:
+                    break
+    except OSError as e:
+        raise open_error(Path(source), e) from None
+    return "".join(pieces)[:chars]
 
 
 def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -113,6 +179,7 @@ def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict
 
 
 def read_text(source: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """A whole text file (or stdin for "-") decoded; at most MAX_TEXT_BYTES (read_bytes)."""
     name = "<stdin>" if str(source) == "-" else str(source)
     return decode(read_bytes(source), name, encoding, errors)
 

@@ -94,8 +94,8 @@ def existing_run(run_dir: str | Path) -> TrainingError | None:
         )
     return TrainingError(
         f"run folder '{run_dir}' already holds a run ({', '.join(found)}) with no last.npz to "
-        f"{option('resume')} from; pass {option('overwrite', True)} to delete it and start over, or another "
-        f"{option('out')}"
+        f"{option('resume')} from; pass {option('overwrite', True)} to delete it and start "
+        f"over, or another {option('out')}"
     )
 
 

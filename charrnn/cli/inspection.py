@@ -24,7 +24,7 @@ from charrnn.cli.streams import (
     to_json,
     user_errors,
 )
-from charrnn.data import read_text
+from charrnn.data import read_prefix, read_text
 from charrnn.outputs import check_output, image_format
 from charrnn.runs import choose_checkpoint
 
@@ -111,7 +111,7 @@ def show(
         model = load_model(checkpoint, quiet)
         if not to_stdout:  # refused before the work (outputs.py)
             output = check_output(output, "the page", [text, model.path])
-        content = read_text(text, encoding, decode_errors)[:length]
+        content = read_prefix(text, length, encoding, decode_errors)  # no more is read
         name = "<stdin>" if text == "-" else Path(text).name
         page = make_page(
             model.params,
