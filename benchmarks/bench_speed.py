@@ -10,15 +10,16 @@ data loading. When torch is installed (`pip install torch==2.13.0`, the `bench` 
 trains the same model written in PyTorch (benchmarks/torch_reference.py: nn.RNN, nn.LSTM or
 nn.GRU) for the same number of steps and prints the ratio. Sampling and exact eval speeds per
 cell close the table. Figures are medians of --repeats repetitions; charrnn and torch alternate
-within a repetition so that both see the same machine load. A JSON copy goes to
-benchmarks/results/speed.json.
+within a repetition so that both see the same machine load. The figures, with the machine (CPU,
+cores, BLAS, GEMM peak) and the command, go to benchmarks/results/speed-<date>.json (or --out);
+`make docs-tables` turns that file into the tables of docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import tempfile
@@ -26,11 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from gemm_peak import measure_gemm_peak  # noqa: E402
+from results_io import blas_name, cpu_model, machine, write_result  # noqa: E402
 from torch_reference import torch_train_chars_per_sec  # noqa: E402
 
 from charrnn.config import Config  # noqa: E402
@@ -56,10 +59,11 @@ def flops_per_char(hidden: int, vocab: int, gates: int = 1) -> float:
     return 6.0 * (gates * hidden * hidden + hidden * vocab)
 
 
-def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn") -> float:
+def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn", workers=0) -> float:
     """Steady-state chars/s of the real training loop, from metrics.jsonl's elapsed column."""
     cfg = Config(
         cell=cell,
+        workers=workers,
         hidden_size=hidden,
         batch_size=batch,
         seq_length=seq_length,
@@ -78,10 +82,10 @@ def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn") ->
     return batch * seq_length * steps / seconds
 
 
-def calibrate_steps(corpus, hidden, batch, seq_length, seconds: float, cell="rnn") -> int:
+def calibrate_steps(corpus, hidden, batch, seq_length, seconds, cell="rnn", workers=0) -> int:
     """Enough steps for about `seconds` of charrnn training (at least 3, at most 300)."""
     t0 = time.perf_counter()
-    charrnn_train_speed(corpus, hidden, batch, seq_length, 2, cell)
+    charrnn_train_speed(corpus, hidden, batch, seq_length, 2, cell, workers)
     per_step = (time.perf_counter() - t0) / (WARMUP + 2)
     return int(min(300, max(3, seconds / per_step)))
 
@@ -105,6 +109,12 @@ def eval_speed(params, vocab: list[str], text: str) -> float:
     return result.chars / (time.perf_counter() - t0)
 
 
+def gemm_peak(threads: int) -> float:
+    """The machine's float32 GEMM throughput with BLAS on `threads` threads (0: all of them)."""
+    with threadpool_limits(limits=threads or None, user_api="blas"):
+        return measure_gemm_peak()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="five sizes instead of the full grid")
@@ -112,7 +122,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="target time of one measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells to measure")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="charrnn's workers and torch's threads (0: their defaults, one per core); 1 keeps "
+        "the comparison fair on a machine other jobs load, where multi-threaded torch collapses",
+    )
+    ap.add_argument(
+        "--eval-chars", type=int, default=1_000_000, help="characters of the eval measurement"
+    )
+    ap.add_argument("--name", default="speed", help="results file: results/<name>-<date>.json")
+    ap.add_argument("--out", type=Path, help="write the results here instead")
+    ap.add_argument("--note", default="", help="a remark kept in the results file")
     args = ap.parse_args()
 
     corpus = build_corpus(read_text(CORPUS), str(CORPUS))
@@ -123,6 +145,8 @@ def main() -> None:
             import torch
 
             have_torch = True
+            if args.threads:
+                torch.set_num_threads(args.threads)
             torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         except ImportError:
             torch_info = "torch not installed (pip install torch==2.13.0): no ratios"
@@ -131,9 +155,10 @@ def main() -> None:
 
     # the peak is the best the machine showed: measured before and again after the table, so
     # that another process busy at one of the two moments does not understate it
-    peak = measure_gemm_peak()
+    load_start = os.getloadavg()[0]
+    peak = gemm_peak(args.threads)
     print(
-        f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {blas_name()}, numpy {np.__version__}; "
         f"float32 GEMM peak (2048^3): {peak:.1f} GFLOP/s (start); {torch_info}",
         flush=True,
     )
@@ -150,7 +175,8 @@ def main() -> None:
         for hidden, batch, seq in grid:
             rows.append(measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak))
 
-    end_peak = measure_gemm_peak()
+    start_peak = peak
+    end_peak = gemm_peak(args.threads)
     if end_peak > peak:
         peak = end_peak
         for row in rows:
@@ -167,7 +193,7 @@ def main() -> None:
     )
 
     # sampling and eval at hidden 512 (random weights: speed does not depend on training)
-    text = read_text(CORPUS)[:1_000_000]
+    text = read_text(CORPUS)[: args.eval_chars]
     inference = {}
     print()
     for cell in cells:
@@ -178,34 +204,36 @@ def main() -> None:
         inference[cell] = {"sample_1": one, "sample_64": many, "eval": ev}
         print(
             f"{cell}, hidden 512: sampling {one:,.0f} chars/s (1 stream), {many:,.0f} chars/s "
-            f"(--num-samples 64, all streams); eval of 1 MB {ev:,.0f} chars/s (exact pass)"
+            f"(--num-samples 64, all streams); eval of {len(text):,} chars {ev:,.0f} chars/s"
         )
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "gemm_peak_gflops": peak,
-                "gemm_peak_end_gflops": end_peak,
-                "torch": torch_info,
-                "repeats": args.repeats,
-                "train": rows,
-                "inference_hidden_512": inference,
-                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-            },
-            indent=2,
-        )
+    figures = {
+        "quick": args.quick,
+        "threads": args.threads,
+        "eval_chars": len(text),
+        "torch": torch_info,
+        "repeats": args.repeats,
+        "gemm_peak_start_gflops": start_peak,
+        "gemm_peak_end_gflops": end_peak,
+        "load_1min_start": load_start,
+        "load_1min_end": os.getloadavg()[0],
+        "train": rows,
+        "inference_hidden_512": inference,
+    }
+    path = write_result(
+        args.name, figures, machine_info=machine(peak), note=args.note, out=args.out
     )
-    print(f"results: {args.out}")
+    print(f"results: {path}")
 
 
 def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dict:
     """One row of the table: charrnn and torch alternating, medians of args.repeats."""
     V = len(corpus.vocab)
-    steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds, cell)
+    workers = args.threads or auto_workers(batch)
+    steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds, cell, workers)
     ours, theirs = [], []
     for rep in range(args.repeats):
-        ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps, cell))
+        ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps, cell, workers))
         if have_torch:
             theirs.append(
                 torch_train_chars_per_sec(
@@ -220,11 +248,12 @@ def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dic
         "batch": batch,
         "seq_length": seq,
         "steps": steps,
-        "workers": auto_workers(batch),
+        "workers": workers,
         "charrnn_chars_per_sec": cps,
         "charrnn_runs": ours,
         "gflops": gflops,
         "pct_peak": 100 * gflops / peak,
+        "load_1min": os.getloadavg()[0],  # other jobs on the machine, as the row ended
     }
     tcol = rcol = "-"
     if theirs:

@@ -7,16 +7,16 @@
     print(model.evaluate(open("held_out.txt").read()).bpc)
 
 The `train`, `sample` and `eval` commands are thin layers over these functions. Nothing here
-prints unless asked (`train(..., quiet=False)` draws the command line's progress on stderr);
-problems are the library's own exceptions (charrnn.errors, base class CharRNNError). The loop
-itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/evaluate.py.
+prints unless asked (`train(..., quiet=False)` writes progress lines on stderr; or give it a
+`reporter`); problems are the library's own exceptions (charrnn.errors, base class
+CharRNNError). The loop itself is charrnn/train.py, generation charrnn/sample.py, scoring a
+text charrnn/evaluate.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,33 +25,35 @@ import numpy as np
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import checks, distributed
-from charrnn.config import Config
+from charrnn.config import check_settings
 from charrnn.data import encode
 from charrnn.errors import ArgumentError, ConfigError
-from charrnn.evaluate import BLOCK, EvalResult, evaluate
-from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
-from charrnn.parallel import blas_threads
+from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
+from charrnn.model import Arch, architecture
+from charrnn.report import PlainReporter
 from charrnn.runs import choose_checkpoint, special_file
 from charrnn.sample import (
+    Sample,
     beam_search,
     check_beam_memory,
     check_sample_memory,
+    check_stops,
     collect,
     decode,
     encode_prime,
+    finish_samples,
     generate,
     write_samples,
 )
 from charrnn.train import TrainResult, train_corpus
 
-LN2 = math.log(2.0)
 UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
 
 
 def check_setting(key: str, value: Any) -> None:
     """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
     check a command-line flag gets before training starts."""
-    Config.from_dict({key: value})
+    check_settings({key: value})
 
 
 def train(
@@ -62,6 +64,8 @@ def train(
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
     quiet: bool = True,
+    reporter: Any = None,
+    encode_bar: Any = None,
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
@@ -71,8 +75,14 @@ def train(
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
     out: the run folder (default: a new runs/<date-time>/). resume: a run folder or checkpoint
     to continue. A folder `out` that already holds a run is a TrainingError unless `resume`
-    continues it or overwrite=True deletes it first. quiet=False shows progress on stderr. A
-    bad setting raises ConfigError before anything is written.
+    continues it or overwrite=True deletes it first. A bad setting raises ConfigError before
+    anything is written.
+
+    Progress goes to `reporter`, an object with the methods of charrnn.report.NullReporter
+    (start, step, sample, end); none by default, plain log lines on stderr with quiet=False
+    (report.PlainReporter). `encode_bar`, a callback progress(phase, done, total) that is also
+    a context manager, is shown the encoding of a large corpus into its cache. Under MPI both
+    are used on rank 0 alone.
 
     Started by mpiexec or srun as several processes, each process trains its share of every
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
@@ -83,19 +93,13 @@ def train(
     resume = checks.optional_path("resume", resume)
     overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
     set_items = checks.strings("set_items", set_items)
-    for key, value in settings.items():
-        if value is not None:
-            check_setting(key, value)
     what = None if config is None else special_file(config)
     if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
         raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
-    reporter = encode_bar = None
-    # the command line's bar on a terminal, plain log lines otherwise; under MPI on rank 0 alone
-    if not quiet and distributed.world().root:
-        from charrnn.progress import make_encode_bar, make_reporter
-
-        reporter = make_reporter(quiet=False)
-        encode_bar = make_encode_bar(False, "<stdin>" if os.fspath(corpus) == "-" else corpus)
+    if reporter is None and not quiet:
+        reporter = PlainReporter()
+    if not distributed.world().root:  # rank 0 reports
+        reporter = encode_bar = None
     return train_corpus(
         os.fspath(corpus),
         config_file=config,
@@ -110,7 +114,8 @@ def train(
 
 
 def load(path: str | os.PathLike | None = None) -> Model:
-    """The model in a checkpoint (.npz) or a run folder (its best.npz). Without a path: the one
+    """The model in a checkpoint (.npz or .safetensors) or a run folder (its best.npz; a folder
+    that `charrnn export --format hf` wrote: its model.safetensors). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(checks.optional_path("path", path))
     ckpt = ckpt_io.load(file)
@@ -147,23 +152,68 @@ class Model:
         rng_seed: int | None = None,
         unknown: str = "error",
         echo_seed: bool = True,
+        stop: Iterable[str] = (),
         out: TextIO | None = None,
         keep: bool = True,
     ) -> str | list[str] | None:
-        """Generate `length` characters after reading `seed`: the seed and its continuation
-        (only the continuation with echo_seed=False); a list of num_samples strings when
-        num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
-        vocabulary are an error (DataError), or dropped with unknown="skip". With `out` (a text
-        file such as sys.stdout) the samples are also written there as `charrnn sample` prints
-        them, the first one as it is drawn; with out and keep=False nothing is kept and None
-        is returned, so a long sample streams in constant memory. Every argument is checked
-        (checks.py) and the memory it needs estimated before anything is drawn or written."""
+        """Generate `length` characters after reading the prime text `seed` (the command's
+        --seed): the prime text and its continuation (only the continuation with
+        echo_seed=False); a list of num_samples strings when num_samples > 1. The same rng_seed
+        gives the same text. Characters of the prime text not in the vocabulary are an error
+        (DataError), or dropped with unknown="skip". Each sample ends at the first of the `stop`
+        strings it draws (which is left out), and a model trained on records (config
+        `documents`) ends it at the end of a record. With `out` (a text file such as
+        sys.stdout) the samples are also written there as `charrnn sample` prints them, the
+        first one as it is drawn; with out and keep=False nothing is kept and None is returned,
+        so a long sample streams in constant memory. `samples` says why each one ended."""
+        found = self.samples(
+            seed,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            argmax=argmax,
+            num_samples=num_samples,
+            rng_seed=rng_seed,
+            unknown=unknown,
+            echo_seed=echo_seed,
+            stop=stop,
+            out=out,
+            keep=keep,
+        )
+        if found is None:
+            return None
+        texts = [s.text for s in found]
+        return texts[0] if num_samples == 1 else texts
+
+    def samples(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+        num_samples: int = 1,
+        rng_seed: int | None = None,
+        unknown: str = "error",
+        echo_seed: bool = True,
+        stop: Iterable[str] = (),
+        out: TextIO | None = None,
+        keep: bool = True,
+    ) -> list[Sample] | None:
+        """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
+        "end"), a list; None with out and keep=False when no stop strings are given (nothing
+        kept: see `sample`). Every argument is checked (checks.py) and the memory it needs
+        estimated before anything is drawn or written."""
         _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown)
         for name, flag in (("argmax", argmax), ("echo_seed", echo_seed), ("keep", keep)):
             checks.boolean(name, flag)
         if out is not None and not callable(getattr(out, "write", None)):
             raise ArgumentError(f"out must be a text file (with a write method), not {out!r:.60}")
         check_sample_memory(self.params, length, num_samples, keep or out is None)
+        stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         steps = generate(
             self.params,
@@ -177,6 +227,10 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
+        if stops:
+            return finish_samples(
+                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+            )
         if out is not None:
             texts = write_samples(
                 steps, self.vocab, out, num_samples=num_samples, prefix=prefix, length=length,
@@ -184,7 +238,7 @@ class Model:
             )  # fmt: skip
         else:
             texts = collect(steps, self.vocab, num_samples, prefix, length)
-        return None if texts is None else texts[0] if num_samples == 1 else texts
+        return None if texts is None else [Sample(t, "length") for t in texts]
 
     def beam_search(
         self,
@@ -196,10 +250,10 @@ class Model:
         unknown: str = "error",
         echo_seed: bool = True,
     ) -> list[tuple[str, float]]:
-        """The num_results most likely continuations of `length` characters after `seed` that a
-        beam of width `beam` finds, best first: (text, log-probability in nats given the seed)
-        pairs, each text the seed and its continuation (only the continuation with
-        echo_seed=False). Deterministic; see `sample.beam_search`."""
+        """The num_results most likely continuations of `length` characters after the prime
+        text `seed` that a beam of width `beam` finds, best first: (text, log-probability in
+        nats given the prime text) pairs, each text the prime text and its continuation (only
+        the continuation with echo_seed=False). Deterministic; see `sample.beam_search`."""
         seed, unknown = checks.text("seed", seed), checks.choice("unknown", unknown, UNKNOWN)
         length, beam = checks.count("length", length), checks.count("beam", beam)
         if checks.count("num_results", num_results) > beam:
@@ -216,49 +270,43 @@ class Model:
             (prefix + decode(row, self.vocab), float(s)) for row, s in zip(ids, scores, strict=True)
         ]
 
-    def evaluate(self, text: str, *, unknown: str = "skip", name: str = "text") -> EvalResult:
+    def evaluate(
+        self,
+        text: str,
+        *,
+        unknown: str = "skip",
+        name: str = "text",
+        per_char: Callable[[dict[str, Any]], None] | None = None,
+        top: int = 3,
+    ) -> EvalResult:
         """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
-        DataError; `name` is how that error names the text."""
+        DataError; `name` is how that error names the text. `per_char`, when given, is called
+        with each scored character's record (as `char_scores` yields them, `top` guesses each)
+        during the same single pass."""
         text, name = checks.text("text", text), checks.text("name", name)
-        unknown = checks.choice("unknown", unknown, UNKNOWN)
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name)
+        unknown, top = checks.choice("unknown", unknown, UNKNOWN), checks.count("top", top)
+        if per_char is not None and not callable(per_char):
+            raise ArgumentError(f"per_char must be a function of one record, not {per_char!r:.60}")
+        each = None
+        if per_char is not None:
+
+            def each(block: Block) -> None:
+                for record in char_records(block, self.vocab, top):
+                    per_char(record)
+
+        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
-        state as `evaluate`: the state is carried per character, the output layer runs over
-        blocks of characters as one product. Its arguments are checked when the first
-        score is asked for."""
+        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included.
+        Its arguments are checked when the first record is asked for."""
         text, top = checks.text("text", text), checks.count("top", top)
         ids, _ = encode(text, self.vocab)
-        k = min(top, len(self.vocab))
-        state = zero_state(self.params, 1)  # (1, W)
-        ws = Workspace()
-        # a model whose outputs overflow gives NaN scores (null in JSON), not NumPy's warnings
-        with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
-            for start in range(0, len(ids), BLOCK):
-                x = ids[start : start + BLOCK]  # (T,)
-                T = len(x)
-                hs, state = run(self.params, x[:, None], state, ws)  # (T + 1, 1, H)
-                _, probs, losses = log_softmax_loss(self.params, hs[:T].reshape(T, -1), x, ws)
-                best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
-                best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
-                order = np.argsort(-best_p, axis=1, kind="stable")
-                best = np.take_along_axis(best, order, axis=1).tolist()
-                best_p = np.take_along_axis(best_p, order, axis=1).tolist()
-                for j in range(T):
-                    loss = float(losses[j])  # -ln p of x[j]
-                    yield {
-                        "char": self.vocab[x[j]],
-                        "p": _short(math.exp(-loss)),
-                        "bits": _short(loss / LN2),
-                        "top": [
-                            [self.vocab[c], _short(p)]
-                            for c, p in zip(best[j], best_p[j], strict=True)
-                        ],
-                    }
+        for block in score(self.params, ids):
+            yield from char_records(block, self.vocab, top)
 
 
 def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):
@@ -272,8 +320,3 @@ def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed
     checks.count("num_samples", num_samples)
     checks.optional_count("rng_seed", rng_seed)
     checks.choice("unknown", unknown, UNKNOWN)
-
-
-def _short(x: float) -> float:
-    """x to 6 significant digits: per-character lines stay short and still exact enough."""
-    return float(f"{x:.6g}")

@@ -12,10 +12,10 @@ the same ids.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import mmap
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,9 +26,10 @@ from charrnn.errors import DataError, TooLargeError, option
 from charrnn.memory import show_bytes
 
 MAX_TEXT_BYTES = 256 * 10**6  # a text read whole (eval, gradflow, sample --seed-file): 256 MB
-PIECE_BYTES = 1 << 16  # read_prefix reads this much at a time
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
+PREFIX_BLOCK = 1 << 16  # bytes read at a time by read_prefix
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
+N_CODE_POINTS = 0x110000  # Unicode's code points: a vocabulary has at most this many characters
 
 
 def id_dtype(vocab_size: int) -> type:
@@ -105,7 +106,7 @@ def read_bytes(source: str | Path, limit: int | None = None) -> bytes:
     limit = MAX_TEXT_BYTES if limit is None else limit
     name = "<stdin>" if str(source) == "-" else str(source)
     try:
-        with _open_source(source) as f:
+        with _open_bytes(source) as f:
             if _size(f) > limit:  # a regular file says its size
                 raise _too_large(name, limit)
             raw = f.read(limit + 1)
@@ -114,11 +115,6 @@ def read_bytes(source: str | Path, limit: int | None = None) -> bytes:
     if len(raw) > limit:
         raise _too_large(name, limit)
     return raw
-
-
-def _open_source(source: str | Path) -> AbstractContextManager[BinaryIO]:
-    """The file, or stdin for "-" (left open at the end)."""
-    return nullcontext(sys.stdin.buffer) if str(source) == "-" else open(source, "rb")
 
 
 def _size(f: BinaryIO) -> int:
@@ -139,33 +135,46 @@ def _too_large(name: str, limit: int) -> TooLargeError:
 def read_prefix(
     source: str | Path, chars: int, encoding: str = "utf-8", errors: str = "strict"
 ) -> str:
-    """The first `chars` characters of a file or of stdin ("-"), read and decoded a piece at a
-    time: what is after them is never read (nor checked for bad bytes). At most
+    """The first `chars` characters of a file, or of standard input for "-": read and decoded
+    a block at a time, so that no more of it is read than those characters need (a byte the
+    codec cannot decode past them is never seen). Errors as `read_text` words them; at most
     MAX_TEXT_BYTES are read."""
     check_encoding(encoding)
     check_decode_errors(errors)
     name = "<stdin>" if str(source) == "-" else str(source)
     decoder = codecs.getincrementaldecoder(encoding)(errors)
-    pieces, n, offset = [], 0, 0
+    parts, have, offset = [], 0, 0  # offset: bytes given to the decoder so far
     try:
-        with _open_source(source) as f:
-            while n < chars:
-                raw = f.read(PIECE_BYTES)
-                if offset + len(raw) > MAX_TEXT_BYTES:
+        with _open_bytes(source) as f:
+            while have < chars:
+                raw = f.read(PREFIX_BLOCK)
+                if offset + len(raw) > MAX_TEXT_BYTES:  # /dev/zero in a codec that yields nothing
                     raise _too_large(name, MAX_TEXT_BYTES)
-                pending = decoder.getstate()[0]  # bytes of a character the last piece cut
-                pending = len(pending) if isinstance(pending, (bytes, bytearray)) else 0
+                held = len(decoder.getstate()[0])  # bytes of a character cut by the last block
                 try:
                     text = decoder.decode(raw, final=not raw)
                 except UnicodeError as e:
-                    raise decode_error(name, encoding, e, offset - pending) from None
-                pieces.append(text)
-                n, offset = n + len(text), offset + len(raw)
+                    # the bytes before the bad one may hold every character still needed
+                    good = isinstance(e, UnicodeDecodeError) and e.start >= held
+                    text = decoder.decode(raw[: e.start - held]) if good else ""
+                    if have + len(text) < chars:
+                        raise decode_error(name, encoding, e, offset - held) from None
+                    raw = b""  # the characters asked for are all there: stop
+                offset += len(raw)
+                parts.append(text)
+                have += len(text)
                 if not raw:
                     break
     except OSError as e:
         raise open_error(Path(source), e) from None
-    return "".join(pieces)[:chars]
+    return "".join(parts)[:chars]
+
+
+def _open_bytes(source: str | Path):
+    """The file as a binary stream, or standard input's for "-" (left open when done)."""
+    if str(source) == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(source, "rb")
 
 
 def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:

@@ -73,3 +73,7 @@ def as_command() -> Iterator[None]:
 
 class TooLargeError(CharRNNError):
     """An input or a request is larger than the stated limit or than this process can hold."""
+
+
+class ExportError(CharRNNError):
+    """A model cannot be exported: a missing package, an output that must not be replaced."""

@@ -20,12 +20,13 @@ import fcntl
 import os
 import stat
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from charrnn.atomic import replace_atomically
+from charrnn.atomic import atomic_file
 from charrnn.errors import DataError
 from charrnn.runs import RUN_FILES
 
@@ -89,19 +90,29 @@ def write_output(
     """Check path (check_output, unless it is one already) and write(f) into it: atomically
     into a file, in order into a stream. An OSError becomes a DataError; the old file stays."""
     out = path if isinstance(path, Output) else check_output(path, what, reads)
+    with writing(out, what) as f:
+        write(f)
+    return out
+
+
+@contextmanager
+def writing(
+    path: str | os.PathLike | Output,
+    what: str = "the output",
+    reads: Iterable[str | os.PathLike | None] = (),
+) -> Iterator[BinaryIO]:
+    """write_output as a `with` block: the binary file to write is the block's; a file is
+    renamed into place when the block ends without an error, and removed otherwise."""
+    out = path if isinstance(path, Output) else check_output(path, what, reads)
     try:
-        if out.stream:
-            with _open_stream(out.path) as f:
-                write(f)
-        else:
-            replace_atomically(out.target, write)
+        with _open_stream(out.path) if out.stream else atomic_file(out.target) as f:
+            yield f
     except OSError as e:
         kept = f"; '{out.path}' is as it was" if not out.stream and out.target.exists() else ""
         raise DataError(
             f"cannot write {what} to '{out.path}': {e.strerror or e}{kept}; free disk space "
             "or name another file"
         ) from None
-    return out
 
 
 # what matplotlib writes by a file's suffix (pgf, which needs LaTeX, left out); no suffix: PNG

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXT, cli, metrics, user_error, write_corpus
+from helpers import TEXT, cli, metrics, usage_error, user_error, write_corpus
 
 from charrnn.plot import read_curves
 
@@ -135,4 +135,4 @@ def test_errors(tmp_path, runs):
     assert user_error(result) == (
         "cannot write 'curves.xyz': .xyz is not an image format; name a .png, .svg or .pdf file"
     )
-    assert cli("plot").exit_code == 2
+    usage_error(cli("plot"), "RUN...")

@@ -12,7 +12,15 @@ from typing import Annotated
 import typer
 
 from charrnn import api
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model, most
+from charrnn.cli.options import (
+    CHECKPOINT_HELP,
+    DecodeErrors,
+    Encoding,
+    Unknown,
+    check_flags,
+    load_model,
+    most,
+)
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -24,7 +32,7 @@ from charrnn.cli.streams import (
     to_json,
     user_errors,
 )
-from charrnn.data import read_prefix, read_text
+from charrnn.data import read_prefix
 from charrnn.outputs import check_output, image_format
 from charrnn.runs import choose_checkpoint
 
@@ -35,8 +43,8 @@ def info(
         Path | None,
         typer.Argument(
             metavar="[CHECKPOINT_OR_RUN]",
-            help="A checkpoint .npz, or a run folder (its best.npz). Default: the one sample "
-            "and eval would use.",
+            help="A checkpoint .npz or .safetensors, or a run folder (its best.npz). Default: "
+            "the one sample and eval would use.",
         ),
     ] = None,
     json_out: Annotated[
@@ -84,11 +92,8 @@ def show(
             help="Characters not in the vocabulary: leave them out (counted), or an error.",
         ),
     ] = Unknown.skip,
-    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
-    decode_errors: Annotated[
-        str,
-        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
-    ] = "strict",
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
@@ -111,7 +116,7 @@ def show(
         model = load_model(checkpoint, quiet)
         if not to_stdout:  # refused before the work (outputs.py)
             output = check_output(output, "the page", [text, model.path])
-        content = read_prefix(text, length, encoding, decode_errors)  # no more is read
+        content = read_prefix(text, length, encoding, decode_errors)  # no more than that
         name = "<stdin>" if text == "-" else Path(text).name
         page = make_page(
             model.params,
@@ -182,9 +187,12 @@ def plot(
             save_image(curves, output, x.value)
         else:
             from rich.console import Console
+            from rich.text import Text
 
-            chart = Console(file=stdout(), highlight=False)
-            chart.print(text_chart(curves, x.value), end="", soft_wrap=True)
+            chart = Text()
+            for piece, style in text_chart(curves, x.value):
+                chart.append(piece, style=style)
+            Console(file=stdout(), highlight=False).print(chart, end="", soft_wrap=True)
     if output is not None and not quiet:
         note(f"wrote {output.path}{kind}")
 
@@ -243,6 +251,8 @@ def gradflow(
             min=0, max=most("rng_seed"), metavar="N", help="Seed for drawing the positions."
         ),
     ] = 0,
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -264,9 +274,12 @@ def gradflow(
     """Measure the vanishing gradient: the norm of d loss_t / d h_(t-k), the gradient of the
     loss at position t with respect to the hidden state k characters earlier, for k = 1 .. K,
     averaged over many positions of a text. For the LSTM also its cell state c; with several
-    layers, the h of every layer together (--json has each layer's)."""
+    layers, the h of every layer together (--json has each layer's). The positions are drawn
+    from the first N x (burn-in + K + 1) characters of TEXT, room for N windows side by side;
+    no more of it is read."""
     from charrnn.gradflow import measure, save_image, table
 
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})
     need_stdout()
     need_stdin(text)
     with user_errors():
@@ -274,7 +287,8 @@ def gradflow(
         if output is not None:  # refused before the work (outputs.py)
             kind = _kind(output)
             output = check_output(output, "the image", [text, *(m.path for _, m in models)])
-        content = read_text(text)
+        window = burn_in + max_distance + 1  # what one position reads
+        content = read_prefix(text, positions * window, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
         flows = [
             measure(

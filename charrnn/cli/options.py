@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +36,13 @@ def check_flags(values: dict[str, Any]) -> None:
             ) from None
 
 
+# --encoding and --decode-errors of the commands that read a text, as eval reads it
+Encoding = Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")]
+DecodeErrors = Annotated[
+    str, typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace.")
+]
+
+
 class Unknown(str, Enum):
     """What to do with characters that are not in the model's vocabulary."""
 
@@ -44,8 +51,8 @@ class Unknown(str, Enum):
 
 
 CHECKPOINT_HELP = (
-    "Checkpoint .npz, or a run folder (its best.npz). Default: the one $CHARRNN_CHECKPOINT "
-    "names, else the most recently written runs/*/best.npz."
+    "Checkpoint .npz or .safetensors, or a run folder (its best.npz). Default: the one "
+    "$CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."
 )
 
 

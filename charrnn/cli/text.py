@@ -4,14 +4,23 @@ each of its characters). The model's work is charrnn.api.Model's."""
 
 from __future__ import annotations
 
-import json
 import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model, most
+from charrnn import jsonout
+from charrnn.cli.options import (
+    CHECKPOINT_HELP,
+    DecodeErrors,
+    Encoding,
+    Unknown,
+    check_flags,
+    load_model,
+    most,
+)
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -23,7 +32,7 @@ from charrnn.cli.streams import (
     user_errors,
 )
 from charrnn.data import read_text, unknown_chars
-from charrnn.outputs import Output, check_output, write_output
+from charrnn.outputs import Output, check_output, writing
 
 
 @app.command(cls=PlainCommand)
@@ -113,8 +122,21 @@ def sample(
             help="Seed characters not in the vocabulary: an error, or skip them.",
         ),
     ] = Unknown.error,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="STR",
+            help="End each sample where it first draws STR, which is not printed (repeat for "
+            "several: the first one drawn ends it), e.g. --stop $'\\n\\n' for a paragraph.",
+        ),
+    ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
+        bool,
+        typer.Option(
+            "--json",
+            help='Print the samples as one JSON list of {"text", "ended"} objects; ended says '
+            "why: length (all N characters), stop (a --stop string), end (a record's end).",
+        ),
     ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
@@ -128,8 +150,10 @@ def sample(
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if any(not s for s in stop or ()):
+        raise typer.BadParameter("must not be empty", param_hint="'--stop'")
     if beam is not None:
-        _check_beam(ctx, beam, num_samples)
+        _check_beam(ctx, beam, num_samples, stop)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -155,7 +179,7 @@ def sample(
             )
             _print_beams(beams, beam, json_out, quiet)
             return
-        samples = model.sample(
+        samples = model.samples(
             prime,
             length,
             temperature=temperature,
@@ -166,19 +190,26 @@ def sample(
             rng_seed=rng_seed,
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
+            stop=stop or (),
             out=None if json_out else stdout(),  # streamed as it is drawn, nothing kept
             keep=False,
         )
     if json_out:
-        emit(to_json([samples] if num_samples == 1 else samples))
+        emit(to_json([{"text": s.text, "ended": s.ended} for s in samples]))
 
 
 # flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
 _DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
 
 
-def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int, stop) -> None:
     """Usage errors for what --beam cannot be combined with."""
+    if stop:
+        raise typer.BadParameter(
+            "beam search keeps continuations of exactly --length characters, so it cannot "
+            "end at a stop string; leave out --stop or --beam",
+            param_hint="'--stop'",
+        )
     for name in _DRAWING_FLAGS:
         source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
@@ -230,11 +261,8 @@ def eval_text(
             help="Characters not in the vocabulary: skip them (counted), or an error.",
         ),
     ] = Unknown.skip,
-    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
-    decode_errors: Annotated[
-        str,
-        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
-    ] = "strict",
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     per_char: Annotated[
         str | None,
         typer.Option(
@@ -266,9 +294,13 @@ def eval_text(
             per_char = check_output(per_char, "the per-character scores", [text, model.path])
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        result = model.evaluate(content, unknown=unknown.value, name=name)
-        if per_char is not None:
-            _write_lines(model.char_scores(content), per_char)
+        if per_char is None:
+            result = model.evaluate(content, unknown=unknown.value, name=name)
+        else:  # the score and the lines from one pass
+            with _Lines(per_char) as lines:
+                result = model.evaluate(
+                    content, unknown=unknown.value, name=name, per_char=lines.write
+                )
     if json_out:
         emit(to_json(result.to_dict()))
     elif per_char != "-":
@@ -277,18 +309,27 @@ def eval_text(
         note(result.summary())
 
 
-def _write_lines(records, dest: str | Output) -> None:
-    """One JSON object per line to the checked output dest (UTF-8, replaced atomically or
-    written to a stream: outputs.py), or to stdout for "-"."""
-    if dest == "-":
-        out = stdout()
-        for rec in records:
-            out.write(to_json(rec, readable=True) + "\n")
-        out.flush()
-        return
+class _Lines:
+    """One JSON object per line (charrnn.jsonout: strict JSON) to the checked output dest
+    (UTF-8; outputs.py: a file replaced atomically when the pass ends without an error, or a
+    stream), opened at the first line, so that a text refused before any score leaves no
+    file; or to stdout for "-"."""
 
-    def write(f) -> None:
-        for rec in records:
-            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+    def __init__(self, dest: str | Output):
+        self.dest, self.file, self.held = dest, None, ExitStack()
 
-    write_output(dest, write, "the per-character scores")
+    def write(self, record: dict) -> None:
+        if self.dest == "-":
+            stdout().write(to_json(record, readable=True) + "\n")
+            return
+        if self.file is None:  # committed or removed by __exit__
+            self.file = self.held.enter_context(writing(self.dest, "the per-character scores"))
+        self.file.write((jsonout.dumps(record, ascii=False) + "\n").encode("utf-8"))
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.held.__exit__(*exc)
+        if self.file is None and self.dest == "-":
+            stdout().flush()

@@ -3,7 +3,6 @@ corpus's cache of character ids). The training itself is charrnn.api.train's."""
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +12,10 @@ import typer
 from charrnn import api, cache
 from charrnn.cli.options import check_flags
 from charrnn.cli.program import PlainCommand, app
+from charrnn.cli.progress import make_encode_bar, make_reporter
 from charrnn.cli.streams import emit, need_stdin, need_stdout, note, to_json, user_errors
 from charrnn.config import DEFAULTS
-from charrnn.progress import make_encode_bar
+from charrnn.model import bpc
 
 
 def _default(key: str, text: str) -> str:
@@ -193,7 +193,8 @@ def train(
             out=out,
             resume=resume,
             overwrite=overwrite,
-            quiet=quiet,
+            reporter=make_reporter(quiet),  # a bar on a terminal, plain lines otherwise
+            encode_bar=make_encode_bar(quiet, "<stdin>" if corpus == "-" else corpus),
             set_items=set_items or [],
             **settings,
         )
@@ -211,7 +212,7 @@ def train(
         raise typer.Exit(128 + result.signal)
     if not quiet and not json_out:
         best = result.best_val_loss
-        score = "" if best is None else f"; best val loss {best:.4f} ({best / math.log(2):.3f} bpc)"
+        score = "" if best is None else f"; best val loss {best:.4f} ({bpc(best):.3f} bpc)"
         note(
             f"done: {result.steps} steps in {result.seconds:.1f}s{score}; "
             f"checkpoints in {result.run_dir}"
@@ -246,6 +247,7 @@ def prepare(
             "prepare caches a file; `charrnn train -` encodes stdin into a temporary cache itself",
             param_hint="'CORPUS'",
         )
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})  # usage errors, as train's
     if json_out:
         need_stdout()
     with user_errors():
