@@ -179,9 +179,9 @@ def plot(
         need_stdout()
     with user_errors():
         if output is not None:  # refused before the work (outputs.py)
-            kind = _kind(output)
             reads = [r / "metrics.jsonl" if r.is_dir() else r for r in runs]
             output = check_output(output, "the image", reads)
+            kind = _kind(output.path)
         curves = [read_curves(run, x.value, warn=_warn) for run in runs]
         if output is not None:
             save_image(curves, output, x.value)
@@ -285,8 +285,8 @@ def gradflow(
     with user_errors():
         models = [(path, api.load(path)) for path in checkpoints]
         if output is not None:  # refused before the work (outputs.py)
-            kind = _kind(output)
             output = check_output(output, "the image", [text, *(m.path for _, m in models)])
+            kind = _kind(output.path)
         window = burn_in + max_distance + 1  # what one position reads
         content = read_prefix(text, positions * window, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
