@@ -91,9 +91,12 @@ def path(name: str, value: Any) -> Path:
     if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
         raise ArgumentError(f"{name} must be a path (a str or pathlib.Path), not {_shown(value)}")
     s = os.fspath(value)
-    if not isinstance(s, str) or s == "" or "\0" in s:
-        what = "empty" if s == "" else "not a str" if not isinstance(s, str) else "has a NUL"
-        raise ArgumentError(f"{name} must name a file, but the path given is {what}: {s!r:.80}")
+    if not isinstance(s, str):
+        raise ArgumentError(f"{name} must be a path (a str or pathlib.Path), not {_shown(s)}")
+    if s == "":
+        raise ArgumentError(f"{name} must name a file, but the path given is empty")
+    if "\0" in s:
+        raise ArgumentError(f"{name} must name a file, but the path given has a NUL: {s!r:.80}")
     return Path(s)
 
 

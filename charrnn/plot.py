@@ -79,8 +79,9 @@ def read_curves(
 def _chars_per_step(run_dir: Path) -> int:
     """batch_size x seq_length of the run's config.yaml, each a whole number from 1 to 2**31."""
     path = run_dir / "config.yaml"
+    found = regular_file(path, "a run's config.yaml")  # a FIFO would never be read to its end
     try:
-        cfg = load_config_file(path) if regular_file(path, "a run's config.yaml") else {}
+        cfg = load_config_file(path) if found else {}
         sizes = [cfg.get(key) for key in ("batch_size", "seq_length")]
     except (CharRNNError, AttributeError):  # AttributeError: a YAML list, not a mapping
         sizes = []
