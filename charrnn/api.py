@@ -24,10 +24,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import distributed
+from charrnn import checks, distributed
 from charrnn.config import check_settings
 from charrnn.data import encode, record_ids
-from charrnn.errors import ConfigError
+from charrnn.errors import ArgumentError, ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
 from charrnn.model import Arch, architecture
 from charrnn.report import PlainReporter
@@ -35,6 +35,8 @@ from charrnn.runs import choose_checkpoint, special_file
 from charrnn.sample import (
     Sample,
     beam_search,
+    check_beam_memory,
+    check_sample_memory,
     check_stops,
     collect,
     decode,
@@ -45,6 +47,7 @@ from charrnn.sample import (
 )
 from charrnn.train import TrainResult, train_corpus
 
+UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
 END_NAME = "<end>"  # a record's end, in per-character records (every character is one long)
 
 
@@ -89,6 +92,15 @@ def train(
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
+    many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
+    sources = [checks.path("corpus", c) if c != "-" else c for c in (corpus if many else [corpus])]
+    if not sources:
+        raise ArgumentError("corpus must name a text file, a folder or -; the list is empty")
+    globs = checks.strings("glob", [glob] if isinstance(glob, str) else glob)
+    config, out = checks.optional_path("config", config), checks.optional_path("out", out)
+    resume = checks.optional_path("resume", resume)
+    overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
+    set_items = checks.strings("set_items", set_items)
     what = None if config is None else special_file(config)
     if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
         raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
@@ -97,10 +109,8 @@ def train(
     if not distributed.world().root:  # rank 0 reports
         reporter = encode_bar = None
     return train_corpus(
-        os.fspath(corpus)
-        if isinstance(corpus, (str, os.PathLike))
-        else list(map(os.fspath, corpus)),
-        globs=(glob,) if isinstance(glob, str) else tuple(glob),
+        [os.fspath(c) for c in sources] if many else os.fspath(sources[0]),
+        globs=globs,
         config_file=config,
         overrides=settings,
         set_items=set_items,
@@ -116,7 +126,7 @@ def load(path: str | os.PathLike | None = None) -> Model:
     """The model in a checkpoint (.npz or .safetensors) or a run folder (its best.npz; a folder
     that `charrnn export --format hf` wrote: its model.safetensors). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
-    file, chosen_by = choose_checkpoint(path)
+    file, chosen_by = choose_checkpoint(checks.optional_path("path", path))
     ckpt = ckpt_io.load(file)
     return Model(
         ckpt.params,
@@ -159,14 +169,52 @@ class Model:
         """Cell, layers, hidden size and vocabulary size."""
         return architecture(self.params)
 
-    def sample(self, seed: str = "", length: int = 500, **options: Any) -> str | list[str]:
-        """Generate `length` characters after reading `seed`: the seed and its continuation
-        (only the continuation with echo_seed=False); a list of num_samples strings when
-        num_samples > 1. `options` are those of `samples` (temperature, top_k, top_p, argmax,
-        num_samples, rng_seed, unknown, echo_seed, stop, out), which also says why each sample
-        ended. The same rng_seed gives the same text."""
-        texts = [s.text for s in self.samples(seed, length, **options)]
-        return texts[0] if options.get("num_samples", 1) == 1 else texts
+    def sample(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+        num_samples: int = 1,
+        rng_seed: int | None = None,
+        unknown: str = "error",
+        echo_seed: bool = True,
+        stop: Iterable[str] = (),
+        out: TextIO | None = None,
+        keep: bool = True,
+    ) -> str | list[str] | None:
+        """Generate `length` characters after reading the prime text `seed` (the command's
+        --seed): the prime text and its continuation (only the continuation with
+        echo_seed=False); a list of num_samples strings when num_samples > 1. The same rng_seed
+        gives the same text. Characters of the prime text not in the vocabulary are an error
+        (DataError), or dropped with unknown="skip". Each sample ends at the first of the `stop`
+        strings it draws (which is left out), and a model trained on records (config
+        `documents`) ends it at the end of a record. With `out` (a text file such as
+        sys.stdout) the samples are also written there as `charrnn sample` prints them, the
+        first one as it is drawn; with out and keep=False nothing is kept and None is returned,
+        so a long sample streams in constant memory. `samples` says why each one ended."""
+        found = self.samples(
+            seed,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            argmax=argmax,
+            num_samples=num_samples,
+            rng_seed=rng_seed,
+            unknown=unknown,
+            echo_seed=echo_seed,
+            stop=stop,
+            out=out,
+            keep=keep,
+        )
+        if found is None:
+            return None
+        texts = [s.text for s in found]
+        return texts[0] if num_samples == 1 else texts
 
     def samples(
         self,
@@ -183,15 +231,18 @@ class Model:
         echo_seed: bool = True,
         stop: Iterable[str] = (),
         out: TextIO | None = None,
-    ) -> list[Sample]:
-        """num_samples samples of `length` characters after reading `seed`, each the seed and
-        its continuation (only the continuation with echo_seed=False), with why it ended
-        (Sample.ended: "length", "stop" or "end"). The same rng_seed gives the same text. Seed
-        characters not in the vocabulary are an error (DataError), or dropped with
-        unknown="skip". Each sample ends at the first of the `stop` strings it draws (which is
-        left out), and a model trained on records (config `documents`) ends it at the end of a
-        record. With `out` (a text file such as sys.stdout) the samples are also written there
-        as `charrnn sample` prints them, the first one as it is drawn."""
+        keep: bool = True,
+    ) -> list[Sample] | None:
+        """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
+        "end"), a list; None with out and keep=False when no stop strings are given (nothing
+        kept: see `sample`). Every argument is checked (checks.py) and the memory it needs
+        estimated before anything is drawn or written."""
+        _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown)
+        for name, flag in (("argmax", argmax), ("echo_seed", echo_seed), ("keep", keep)):
+            checks.boolean(name, flag)
+        if out is not None and not callable(getattr(out, "write", None)):
+            raise ArgumentError(f"out must be a text file (with a write method), not {out!r:.60}")
+        check_sample_memory(self.params, length, num_samples, keep or out is None)
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         if self.records:  # a record begins after its E, read from a zero state
@@ -219,12 +270,13 @@ class Model:
                 records=self.records,
             )
         if out is not None:
-            drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
-            write_samples(
-                _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
-            )
-            steps = iter(drawn)
-        return [Sample(t, "length") for t in collect(steps, self.vocab, num_samples, prefix)]
+            texts = write_samples(
+                steps, self.vocab, out, num_samples=num_samples, prefix=prefix, length=length,
+                keep=keep,
+            )  # fmt: skip
+        else:
+            texts = collect(steps, self.vocab, num_samples, prefix, length)
+        return None if texts is None else [Sample(t, "length") for t in texts]
 
     def beam_search(
         self,
@@ -240,6 +292,15 @@ class Model:
         text `seed` that a beam of width `beam` finds, best first: (text, log-probability in
         nats given the prime text) pairs, each text the prime text and its continuation (only
         the continuation with echo_seed=False). Deterministic; see `sample.beam_search`."""
+        seed, unknown = checks.text("seed", seed), checks.choice("unknown", unknown, UNKNOWN)
+        length, beam = checks.count("length", length), checks.count("beam", beam)
+        if checks.count("num_results", num_results) > beam:
+            raise ArgumentError(
+                f"beam={beam} keeps {beam} continuations; ask for num_results <= {beam}, or "
+                "widen the beam"
+            )
+        checks.boolean("echo_seed", echo_seed)
+        check_beam_memory(self.params, length, beam)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         ids, scores = beam_search(self.params, prime_ids, length, beam, num_results)
         prefix = seed if echo_seed else ""
@@ -261,6 +322,10 @@ class Model:
         DataError; `name` is how that error names the text. `per_char`, when given, is called
         with each scored character's record (as `char_scores` yields them, `top` guesses each)
         during the same single pass."""
+        text, name = checks.text("text", text), checks.text("name", name)
+        unknown, top = checks.choice("unknown", unknown, UNKNOWN), checks.count("top", top)
+        if per_char is not None and not callable(per_char):
+            raise ArgumentError(f"per_char must be a function of one record, not {per_char!r:.60}")
         each = None
         if per_char is not None:
 
@@ -282,7 +347,9 @@ class Model:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
-        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included."""
+        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included.
+        Its arguments are checked when the first record is asked for."""
+        text, top = checks.text("text", text), checks.count("top", top)
         if self.records:  # as `evaluate` reads it: records, each end scored too
             ids = record_ids(text, self.vocab, self.records)[0]
             for block in score(self.params, ids, resets=ids == len(self.vocab)):
@@ -294,7 +361,14 @@ class Model:
             yield from char_records(block, self._names, top)
 
 
-def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
-    for ids in steps:
-        into.append(ids)
-        yield ids
+def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):
+    """Model.sample's values, each checked as the `sample` command checks its flags."""
+    checks.text("seed", seed)
+    checks.count("length", length, low=0)  # 0: the seed alone
+    checks.number("temperature", temperature, above=0)
+    checks.optional_count("top_k", top_k)
+    if top_p is not None:
+        checks.number("top_p", top_p, above=0, at_most=1)
+    checks.count("num_samples", num_samples)
+    checks.optional_count("rng_seed", rng_seed)
+    checks.choice("unknown", unknown, UNKNOWN)

@@ -111,7 +111,9 @@ from charrnn.data import (
     record_code_points,
 )
 from charrnn.documents import STDIN, Document, Sources
-from charrnn.errors import DataError
+from charrnn.errors import DataError, TooLargeError
+from charrnn.memory import show_bytes
+from charrnn.runs import special_file
 
 FORMAT_VERSION = 4  # 1: one file of our own; 2: a folder without a checksum; 3: beside one file
 IDS, STARTS, META, LOCK = "ids.npy", "starts.npy", "meta.json", "lock"
@@ -874,17 +876,62 @@ def _prepare_streams(
 
 
 def _spool(given: str, dest: Path) -> None:
-    """Copy stdin or the pipe `given` into the file dest, a block at a time."""
+    """Copy stdin or the pipe `given` into the file dest, a block at a time, and no more than
+    _Spool allows; a device (/dev/zero would fill the disk) is refused."""
     if given == STDIN:
-        with open(dest, "wb") as out:
-            shutil.copyfileobj(sys.stdin.buffer, out, BLOCK_SIZE)
-        return
+        if _device_stdin():  # `< /dev/zero`
+            raise DataError("standard input is a character device, not text; pipe text in")
+        src, name = sys.stdin.buffer, "<stdin>"
+    else:
+        try:
+            src, name = open(given, "rb"), given
+        except OSError as e:
+            raise open_error(Path(given), e) from None
+        mode = os.fstat(src.fileno()).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+            src.close()
+            kind = special_file(given) or "a device"
+            raise DataError(
+                f"'{given}' is {kind}, not a text file; give a file, or pipe text in with -"
+            )
     try:
-        src = open(given, "rb")
-    except OSError as e:
-        raise open_error(Path(given), e) from None
-    with src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, BLOCK_SIZE)
+        with open(dest, "wb") as out:
+            room = _Spool(out, name, str(dest.parent))
+            while raw := src.read(BLOCK_SIZE):
+                room.write(raw)
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+
+
+def _device_stdin() -> bool:
+    """Whether stdin is a character device other than a terminal (/dev/zero, /dev/urandom)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # the test runner's stdin has no descriptor
+        return False
+    return stat.S_ISCHR(mode) and not sys.stdin.isatty()
+
+
+class _Spool:
+    """The copy of a stream in the temporary folder, refused past half the folder's free space
+    when it began (the other half: its ids), so `train - < /dev/zero` ends with an error, not
+    a full disk."""
+
+    def __init__(self, f: BinaryIO, name: str, folder: str):
+        self.f, self.name, self.folder, self.written = f, name, folder, 0
+        self.room = max(0, shutil.disk_usage(folder).free // 2 - (64 << 20))
+
+    def write(self, raw: bytes) -> None:
+        self.written += len(raw)
+        if self.written > self.room:
+            raise TooLargeError(
+                f"input too large: '{self.name}' is more than the {show_bytes(self.room)} the "
+                f"temporary folder '{self.folder}' has room for (half its free space, the other "
+                "half for its ids); set TMPDIR to a folder with more free space"
+            )
+        self.f.write(raw)
+
 
 
 @contextmanager
