@@ -16,7 +16,7 @@ text charrnn/evaluate.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,10 +24,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import distributed
+from charrnn import checks, distributed
 from charrnn.config import check_settings
-from charrnn.data import encode
-from charrnn.errors import ConfigError
+from charrnn.data import encode, record_ids
+from charrnn.errors import ArgumentError, ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
 from charrnn.model import Arch, architecture
 from charrnn.report import PlainReporter
@@ -35,6 +35,8 @@ from charrnn.runs import choose_checkpoint, special_file
 from charrnn.sample import (
     Sample,
     beam_search,
+    check_beam_memory,
+    check_sample_memory,
     check_stops,
     collect,
     decode,
@@ -45,6 +47,9 @@ from charrnn.sample import (
 )
 from charrnn.train import TrainResult, train_corpus
 
+UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
+END_NAME = "<end>"  # a record's end, in per-character records (every character is one long)
+
 
 def check_setting(key: str, value: Any) -> None:
     """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
@@ -53,8 +58,9 @@ def check_setting(key: str, value: Any) -> None:
 
 
 def train(
-    corpus: str | os.PathLike,
+    corpus: str | os.PathLike | Sequence[str | os.PathLike],
     *,
+    glob: str | Sequence[str] = (),
     config: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -65,7 +71,9 @@ def train(
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
-    """Train a model on the text file `corpus` ("-": standard input), as `charrnn train` does.
+    """Train a model on `corpus`, as `charrnn train` does: a text file ("-": standard input),
+    a folder (its files, recursively, chosen by the fnmatch patterns `glob`), or a list of them;
+    each file is a document (config `documents`: or each line or paragraph a record).
 
     settings: config keys, e.g. hidden_size=256, max_time=60 (None: not given); they override
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
@@ -84,6 +92,15 @@ def train(
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
+    many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
+    sources = [checks.path("corpus", c) if c != "-" else c for c in (corpus if many else [corpus])]
+    if not sources:
+        raise ArgumentError("corpus must name a text file, a folder or -; the list is empty")
+    globs = checks.strings("glob", [glob] if isinstance(glob, str) else glob)
+    config, out = checks.optional_path("config", config), checks.optional_path("out", out)
+    resume = checks.optional_path("resume", resume)
+    overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
+    set_items = checks.strings("set_items", set_items)
     what = None if config is None else special_file(config)
     if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
         raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
@@ -92,7 +109,8 @@ def train(
     if not distributed.world().root:  # rank 0 reports
         reporter = encode_bar = None
     return train_corpus(
-        os.fspath(corpus),
+        [os.fspath(c) for c in sources] if many else os.fspath(sources[0]),
+        globs=globs,
         config_file=config,
         overrides=settings,
         set_items=set_items,
@@ -108,9 +126,18 @@ def load(path: str | os.PathLike | None = None) -> Model:
     """The model in a checkpoint (.npz or .safetensors) or a run folder (its best.npz; a folder
     that `charrnn export --format hf` wrote: its model.safetensors). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
-    file, chosen_by = choose_checkpoint(path)
+    file, chosen_by = choose_checkpoint(checks.optional_path("path", path))
     ckpt = ckpt_io.load(file)
-    return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
+    return Model(
+        ckpt.params,
+        ckpt.vocab,
+        ckpt.config,
+        ckpt.step,
+        file,
+        ckpt.train_state,
+        chosen_by,
+        ckpt.documents,
+    )
 
 
 @dataclass
@@ -124,6 +151,18 @@ class Model:
     path: Path | None = None  # the checkpoint file
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+    documents: str = "file"  # "line" or "paragraph": a model of records, which ends them
+
+    @property
+    def records(self) -> str | None:
+        """The kind of records a model of records was trained on ("line", "paragraph"), or
+        None. Its end-of-record symbol is id len(vocab), one output past the characters."""
+        return None if self.documents == "file" else self.documents
+
+    @property
+    def _names(self) -> list[str]:
+        """What each output is called in per-character records: the characters, and END_NAME."""
+        return self.vocab + [END_NAME] if self.records else self.vocab
 
     @property
     def arch(self) -> Arch:
@@ -145,7 +184,8 @@ class Model:
         echo_seed: bool = True,
         stop: Iterable[str] = (),
         out: TextIO | None = None,
-    ) -> str | list[str]:
+        keep: bool = True,
+    ) -> str | list[str] | None:
         """Generate `length` characters after reading the prime text `seed` (the command's
         --seed): the prime text and its continuation (only the continuation with
         echo_seed=False); a list of num_samples strings when num_samples > 1. The same rng_seed
@@ -154,24 +194,26 @@ class Model:
         strings it draws (which is left out), and a model trained on records (config
         `documents`) ends it at the end of a record. With `out` (a text file such as
         sys.stdout) the samples are also written there as `charrnn sample` prints them, the
-        first one as it is drawn. `samples` says why each one ended."""
-        texts = [
-            s.text
-            for s in self.samples(
-                seed,
-                length,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                argmax=argmax,
-                num_samples=num_samples,
-                rng_seed=rng_seed,
-                unknown=unknown,
-                echo_seed=echo_seed,
-                stop=stop,
-                out=out,
-            )
-        ]
+        first one as it is drawn; with out and keep=False nothing is kept and None is returned,
+        so a long sample streams in constant memory. `samples` says why each one ended."""
+        found = self.samples(
+            seed,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            argmax=argmax,
+            num_samples=num_samples,
+            rng_seed=rng_seed,
+            unknown=unknown,
+            echo_seed=echo_seed,
+            stop=stop,
+            out=out,
+            keep=keep,
+        )
+        if found is None:
+            return None
+        texts = [s.text for s in found]
         return texts[0] if num_samples == 1 else texts
 
     def samples(
@@ -189,11 +231,22 @@ class Model:
         echo_seed: bool = True,
         stop: Iterable[str] = (),
         out: TextIO | None = None,
-    ) -> list[Sample]:
+        keep: bool = True,
+    ) -> list[Sample] | None:
         """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
-        "end"), always a list."""
+        "end"), a list; None with out and keep=False when no stop strings are given (nothing
+        kept: see `sample`). Every argument is checked (checks.py) and the memory it needs
+        estimated before anything is drawn or written."""
+        _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown)
+        for name, flag in (("argmax", argmax), ("echo_seed", echo_seed), ("keep", keep)):
+            checks.boolean(name, flag)
+        if out is not None and not callable(getattr(out, "write", None)):
+            raise ArgumentError(f"out must be a text file (with a write method), not {out!r:.60}")
+        check_sample_memory(self.params, length, num_samples, keep or out is None)
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        if self.records:  # a record begins after its E, read from a zero state
+            prime_ids = np.concatenate([[len(self.vocab)], prime_ids]).astype(np.intp)
         steps = generate(
             self.params,
             prime_ids,
@@ -206,17 +259,24 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
-        if stops:
+        if stops or self.records:
             return finish_samples(
-                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+                steps,
+                self.vocab,
+                num_samples=num_samples,
+                prefix=prefix,
+                stops=stops,
+                out=out,
+                records=self.records,
             )
         if out is not None:
-            drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
-            write_samples(
-                _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
-            )
-            steps = iter(drawn)
-        return [Sample(t, "length") for t in collect(steps, self.vocab, num_samples, prefix)]
+            texts = write_samples(
+                steps, self.vocab, out, num_samples=num_samples, prefix=prefix, length=length,
+                keep=keep,
+            )  # fmt: skip
+        else:
+            texts = collect(steps, self.vocab, num_samples, prefix, length)
+        return None if texts is None else [Sample(t, "length") for t in texts]
 
     def beam_search(
         self,
@@ -232,6 +292,15 @@ class Model:
         text `seed` that a beam of width `beam` finds, best first: (text, log-probability in
         nats given the prime text) pairs, each text the prime text and its continuation (only
         the continuation with echo_seed=False). Deterministic; see `sample.beam_search`."""
+        seed, unknown = checks.text("seed", seed), checks.choice("unknown", unknown, UNKNOWN)
+        length, beam = checks.count("length", length), checks.count("beam", beam)
+        if checks.count("num_results", num_results) > beam:
+            raise ArgumentError(
+                f"beam={beam} keeps {beam} continuations; ask for num_results <= {beam}, or "
+                "widen the beam"
+            )
+        checks.boolean("echo_seed", echo_seed)
+        check_beam_memory(self.params, length, beam)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         ids, scores = beam_search(self.params, prime_ids, length, beam, num_results)
         prefix = seed if echo_seed else ""
@@ -253,26 +322,53 @@ class Model:
         DataError; `name` is how that error names the text. `per_char`, when given, is called
         with each scored character's record (as `char_scores` yields them, `top` guesses each)
         during the same single pass."""
+        text, name = checks.text("text", text), checks.text("name", name)
+        unknown, top = checks.choice("unknown", unknown, UNKNOWN), checks.count("top", top)
+        if per_char is not None and not callable(per_char):
+            raise ArgumentError(f"per_char must be a function of one record, not {per_char!r:.60}")
         each = None
         if per_char is not None:
 
             def each(block: Block) -> None:
-                for record in char_records(block, self.vocab, top):
+                for record in char_records(block, self._names, top):
                     per_char(record)
 
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
+        return evaluate(
+            self.params,
+            self.vocab,
+            text,
+            unknown=unknown,
+            name=name,
+            each=each,
+            records=self.records,
+        )
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
-        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included."""
+        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included.
+        Its arguments are checked when the first record is asked for."""
+        text, top = checks.text("text", text), checks.count("top", top)
+        if self.records:  # as `evaluate` reads it: records, each end scored too
+            ids = record_ids(text, self.vocab, self.records)[0]
+            for block in score(self.params, ids, resets=ids == len(self.vocab)):
+                skip = 1 if block.start == 0 else 0  # the first E is read, not scored
+                yield from char_records(block, self._names, top)[skip:]
+            return
         ids, _ = encode(text, self.vocab)
         for block in score(self.params, ids):
-            yield from char_records(block, self.vocab, top)
+            yield from char_records(block, self._names, top)
 
 
-def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
-    for ids in steps:
-        into.append(ids)
-        yield ids
+def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):
+    """Model.sample's values, each checked as the `sample` command checks its flags."""
+    checks.text("seed", seed)
+    checks.count("length", length, low=0)  # 0: the seed alone
+    checks.number("temperature", temperature, above=0)
+    checks.optional_count("top_k", top_k)
+    if top_p is not None:
+        checks.number("top_p", top_p, above=0, at_most=1)
+    checks.count("num_samples", num_samples)
+    checks.optional_count("rng_seed", rng_seed)
+    checks.choice("unknown", unknown, UNKNOWN)

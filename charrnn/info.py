@@ -8,21 +8,23 @@ checkpoint.py's job; choosing it (a run folder, $CHARRNN_CHECKPOINT, the latest 
 
 from __future__ import annotations
 
-import json
 import textwrap
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.model import architecture, bpc, param_names
+from charrnn.runs import Metrics
 
 PREVIEW_CHARS = 80  # vocabulary characters shown in the text summary
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 
 
-def describe(path: str | Path) -> dict[str, Any]:
-    """Everything `charrnn info` reports about the checkpoint file at path."""
+def describe(path: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything `charrnn info` reports about the checkpoint file at path; `warn` hears of
+    lines of the run's metrics.jsonl that were skipped."""
     path = Path(path)
     ckpt = ckpt_io.load(path)
     arch = architecture(ckpt.params)
@@ -36,35 +38,42 @@ def describe(path: str | Path) -> dict[str, Any]:
         "hidden_size": arch.hidden_size,
         "parameters": sum(int(ckpt.params[k].size) for k in param_names(arch)),
         "dtype": str(ckpt.params["Whh"].dtype),
-        "vocab_size": arch.vocab_size,
+        "vocab_size": len(ckpt.vocab),
+        "documents_mode": ckpt.documents,  # file, or line / paragraph: records (one more output)
         "vocab_preview": show_vocab(ckpt.vocab),
         "vocab": ckpt.vocab,
         "step": ckpt.step,
         "chars_seen": ckpt.train_state.get("chars_seen"),
         "best_val_bpc": bpc(best),
+        # what the run trained on (charrnn.train._corpus_record): documents, characters
+        "corpus": _corpus(ckpt.train_state.get("corpus")),
+        "init_from": ckpt.config.get("init_from"),
     }
-    info.update(_run_metrics(path.parent / "metrics.jsonl"))
+    info.update(_run_metrics(path.parent / "metrics.jsonl", warn))
     info["config"] = ckpt.config
     return info
 
 
-def _run_metrics(metrics: Path) -> dict[str, Any]:
-    """The run's last step and last validation, from its metrics.jsonl (None without one)."""
+def _corpus(record) -> dict[str, int] | None:
+    """{"documents", "chars"} of the corpus a checkpoint records, or None (older ones)."""
+    if not isinstance(record, dict):
+        return None
+    values = {k: record.get(k) for k in ("documents", "chars")}
+    ok = all(type(v) is int and 0 <= v < 2**63 for v in values.values())
+    return values if ok else None
+
+
+def _run_metrics(metrics: Path, warn: Callable[[str], None] | None) -> dict[str, Any]:
+    """The run's last step and last validation, from its metrics.jsonl (None without one);
+    lines that hold no valid record (runs.Metrics) are skipped, and `warn` told once."""
     last_step = last_val = last_val_step = None
-    try:
-        lines = metrics.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            continue
+    records = Metrics(metrics)
+    for _, rec in records:
         last_step = rec["step"]
-        if isinstance(rec.get("val_bpc"), (int, float)):
+        if rec.get("val_bpc") is not None:
             last_val, last_val_step = rec["val_bpc"], rec["step"]
+    if warn is not None and records.problem():
+        warn(records.problem())
     return {"run_steps": last_step, "last_val_bpc": last_val, "last_val_step": last_val_step}
 
 
@@ -108,11 +117,31 @@ def summary(info: dict[str, Any]) -> str:
             f"{info['parameters']:,} parameters, {info['dtype']}",
         ),
         ("vocabulary", f'{info["vocab_size"]} characters: "{info["vocab_preview"]}"{more}'),
+        *_corpus_rows(info),
         ("trained", trained),
         ("validation", val),
         ("config", _wrap(config) or "(none saved)"),
     ]
     return "\n".join(f"{label:<11} {text}" for label, text in rows)
+
+
+def _corpus_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The `corpus` row (what it trained on: documents or records, and characters) and the
+    `started` row of a fine-tuned model."""
+    rows = []
+    corpus, mode = info.get("corpus"), info.get("documents_mode", "file")
+    if mode == "file" and corpus is not None:
+        n = corpus["documents"]
+        what = f"{n:,} document{'s' * (n != 1)}, {corpus['chars']:,} characters"
+        rows.append(("corpus", what))
+    elif mode != "file":
+        what = f"records (documents: {mode}), each ended by the end-of-record symbol"
+        if corpus is not None:
+            what = f"{corpus['documents']:,} {what}; {corpus['chars']:,} ids with the ends"
+        rows.append(("corpus", what))
+    if info.get("init_from"):
+        rows.append(("started", f"from {info['init_from']} (fine-tuned)"))
+    return rows
 
 
 def _wrap(text: str, width: int = 100, indent: int = 12) -> str:

@@ -282,7 +282,12 @@ def _unreadable() -> str:
 # name: (makes the corpus and gives its name, more arguments, the message)
 BAD_CORPORA = {
     "missing": (lambda: "missing.txt", [], "file 'missing.txt' not found; check the path"),
-    "a directory": (_folder, [], "'adir' is a directory; give a text file"),
+    "a directory": (
+        _folder,
+        [],
+        "'adir' holds no text files; give text files or a folder of them (hidden files are "
+        "skipped; --glob chooses which files)",
+    ),
     "empty": (
         _file("empty.txt", b""),
         [],
@@ -305,14 +310,13 @@ BAD_CORPORA = {
     "invalid UTF-8": (
         _file("bad.txt", b"hello\xffworld " * 50),
         [],
-        "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding (e.g. latin-1) "
-        "or --decode-errors replace",
+        "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding latin-1 "
+        "(or the text's own encoding) or --decode-errors replace",
     ),
     "binary": (
         _file("x.bin", bytes(range(256)) * 8),
         [],
-        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding (e.g. latin-1) "
-        "or --decode-errors replace",
+        "'x.bin' looks like a binary file (a NUL at byte 0), not text; give text files",
     ),
     "unreadable": (_unreadable, [], "cannot read 'locked.txt': permission denied"),
 }
