@@ -14,9 +14,10 @@ itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,8 +28,9 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
 from charrnn.config import Config
 from charrnn.data import encode
+from charrnn.dynamic import Adapter, Settings, gradient_rms
 from charrnn.errors import ConfigError
-from charrnn.evaluate import BLOCK, EvalResult, evaluate
+from charrnn.evaluate import BLOCK, EvalResult, evaluate, known_ids
 from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
 from charrnn.parallel import blas_threads
 from charrnn.runs import choose_checkpoint, special_file
@@ -99,7 +101,16 @@ def load(path: str | os.PathLike | None = None) -> Model:
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(path)
     ckpt = ckpt_io.load(file)
-    return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
+    return Model(
+        ckpt.params,
+        ckpt.vocab,
+        ckpt.config,
+        ckpt.step,
+        file,
+        ckpt.train_state,
+        chosen_by,
+        ckpt.opt_state,
+    )
 
 
 @dataclass
@@ -113,6 +124,7 @@ class Model:
     path: Path | None = None  # the checkpoint file
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+    opt_state: dict = field(default_factory=dict)  # the optimiser's slots, "slot.param"
 
     @property
     def arch(self) -> Arch:
@@ -196,7 +208,6 @@ class Model:
         state as `evaluate`: the state is carried per character, the output layer runs over
         blocks of characters as one product."""
         ids, _ = encode(text, self.vocab)
-        k = min(top, len(self.vocab))
         state = zero_state(self.params, 1)  # (1, W)
         ws = Workspace()
         # a model whose outputs overflow gives NaN scores (null in JSON), not NumPy's warnings
@@ -206,22 +217,75 @@ class Model:
                 T = len(x)
                 hs, state = run(self.params, x[:, None], state, ws)  # (T + 1, 1, H)
                 _, probs, losses = log_softmax_loss(self.params, hs[:T].reshape(T, -1), x, ws)
-                best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
-                best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
-                order = np.argsort(-best_p, axis=1, kind="stable")
-                best = np.take_along_axis(best, order, axis=1).tolist()
-                best_p = np.take_along_axis(best_p, order, axis=1).tolist()
-                for j in range(T):
-                    loss = float(losses[j])  # -ln p of x[j]
-                    yield {
-                        "char": self.vocab[x[j]],
-                        "p": _short(math.exp(-loss)),
-                        "bits": _short(loss / LN2),
-                        "top": [
-                            [self.vocab[c], _short(p)]
-                            for c, p in zip(best[j], best_p[j], strict=True)
-                        ],
-                    }
+                yield from _records(self.vocab, x, probs, losses, top)
+
+    def adapt(
+        self,
+        text: str,
+        settings: Settings | None = None,
+        *,
+        unknown: str = "skip",
+        name: str = "text",
+        per_char: Callable[[dict[str, Any]], None] | None = None,
+        top: int = 3,
+    ) -> tuple[Model, EvalResult]:
+        """Dynamic evaluation (charrnn.dynamic, docs/dynamic.md): score text while the weights
+        adapt to it, each character by the weights adapted to the characters before it.
+        Returns the adapted model (a new Model: this one is unchanged) and the score, which
+        `evaluate` would give without adapting. Unknown characters as in `evaluate`.
+        per_char: called with each character's record, as `char_scores` yields them, from the
+        weights of that moment."""
+        ids, n_unknown = known_ids(text, self.vocab, name, unknown)
+        adapter = self.adapter(settings)
+        total = 0.0
+        for seg in adapter.read(ids, keep_probs=per_char is not None):
+            total += float(seg.losses.sum(dtype=np.float64))
+            if per_char is not None:
+                for record in _records(self.vocab, seg.ids, seg.probs, seg.losses, top):
+                    per_char(record)
+        adapted = dataclasses.replace(self, params=adapter.adapted(), path=None)
+        return adapted, EvalResult.of(total / len(ids), len(ids), n_unknown)
+
+    def adapter(self, settings: Settings | None = None) -> Adapter:
+        """A copy of the weights that adapts as it scores (charrnn.dynamic.Adapter), with the
+        gradient statistics of this model's optimiser state."""
+        rms = gradient_rms(self.opt_state, self.config, self.step)
+        return Adapter(self.params, settings or Settings(), rms)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model as a checkpoint (atomically): its weights, vocabulary, config, step
+        and optimiser state, without the training's carried state, so it samples, scores and
+        adapts as the original does but is not a run to resume."""
+        ckpt_io.save(
+            ckpt_io.Checkpoint(
+                params=self.params,
+                vocab=self.vocab,
+                config=self.config,
+                step=self.step,
+                opt_state=self.opt_state,
+                train_state=self.train_state,
+            ),
+            path,
+        )
+
+
+def _records(vocab: list[str], x: np.ndarray, probs: np.ndarray, losses: np.ndarray, top: int):
+    """char_scores' record of each of the characters x (T,), scored from probs (T, V) with
+    losses (T,) (nats)."""
+    k = min(top, len(vocab))
+    best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
+    best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
+    order = np.argsort(-best_p, axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1).tolist()
+    best_p = np.take_along_axis(best_p, order, axis=1).tolist()
+    for j in range(len(x)):
+        loss = float(losses[j])  # -ln p of x[j]
+        yield {
+            "char": vocab[x[j]],
+            "p": _short(math.exp(-loss)),
+            "bits": _short(loss / LN2),
+            "top": [[vocab[c], _short(p)] for c, p in zip(best[j], best_p[j], strict=True)],
+        }
 
 
 def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:

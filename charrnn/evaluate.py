@@ -43,6 +43,15 @@ class EvalResult:
     chars: int  # characters scored
     unknown_chars: int  # characters skipped because they are not in the vocabulary
 
+    @classmethod
+    def of(cls, loss: float, chars: int, unknown_chars: int) -> EvalResult:
+        """The result of a mean loss over chars characters."""
+        try:
+            perplexity = math.exp(loss)
+        except OverflowError:  # exp(710) is beyond a float
+            perplexity = math.inf
+        return cls(loss, loss / math.log(2), perplexity, chars, unknown_chars)
+
     @property
     def reason(self) -> str | None:
         """Why a value is not a finite number, or None when all are."""
@@ -104,18 +113,7 @@ def evaluate(
 ) -> EvalResult:
     """Score text (see the module docstring); unknown="error" refuses unknown characters."""
     ids, n_unknown = known_ids(text, vocab, name, unknown)
-    loss = _mean_loss(params, ids)
-    try:
-        perplexity = math.exp(loss)
-    except OverflowError:  # exp(710) is beyond a float
-        perplexity = math.inf
-    return EvalResult(
-        loss=loss,
-        bpc=loss / math.log(2),
-        perplexity=perplexity,
-        chars=len(ids),
-        unknown_chars=n_unknown,
-    )
+    return EvalResult.of(_mean_loss(params, ids), len(ids), n_unknown)
 
 
 def _mean_loss(params: dict, ids: np.ndarray) -> float:

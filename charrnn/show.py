@@ -97,14 +97,22 @@ class Page:
         return f"{self.chars:,} characters, {score}" + (f"; best units: {best}" if best else "")
 
 
-def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES) -> Reading:
+def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES, adapter=None) -> Reading:
     """One pass over ids (T,) from a zero state. Position t is scored from the state after ids
     before it (the first from the zero state), as `evaluate.total_loss` scores it. A float32
     model whose outputs overflow is read again in float64, as `evaluate` scores it; bits are
-    nan only when float64 overflows too."""
+    nan only when float64 overflows too. With an adapter (charrnn.dynamic.Adapter over the
+    same weights), the bits and guesses are those of dynamic evaluation, each character's from
+    the weights adapted to the text before it; the activations stay the trained weights'."""
     reading = _read(params, ids, k)
     if not np.isfinite(reading.bits).all() and any(v.dtype != np.float64 for v in params.values()):
         reading = _read({name: v.astype(np.float64) for name, v in params.items()}, ids, k)
+    if adapter is not None:
+        segments = list(adapter.read(ids, keep_probs=True))
+        probs = np.concatenate([seg.probs for seg in segments])  # (T, V)
+        reading.bits = np.concatenate([seg.losses for seg in segments]) / LN2
+        reading.top_ids = np.argsort(-probs, axis=1, kind="stable")[:, : reading.top_ids.shape[1]]
+        reading.top_p = np.take_along_axis(probs, reading.top_ids, axis=1)
     return reading
 
 
@@ -336,14 +344,16 @@ def make_page(
     model_name: str = "model",
     name: str = "text",
     unknown: str = "skip",
+    adapter=None,
 ) -> Page:
     """The page for text (all of it: the caller cuts it to length). Characters not in the
-    vocabulary are left out and counted, or with unknown="error" a DataError."""
+    vocabulary are left out and counted, or with unknown="error" a DataError. With an adapter
+    (charrnn.dynamic.Adapter), surprise is dynamic evaluation's (`read`)."""
     ids, n_unknown = known_ids(text, vocab, name, unknown, "show", "the page")
     arch = architecture(params)
     check_size(len(ids), arch)
     chars = "".join(vocab[i] for i in ids)
-    reading = read(params, ids)
+    reading = read(params, ids, adapter=adapter)
     features = text_features(chars)
     r = correlations(reading.acts.astype(np.float64), np.stack(list(features.values()), axis=1))
     top, labels = top_units(r), unit_labels(arch)
@@ -357,7 +367,9 @@ def make_page(
         "MODEL": html.escape(model_name),
         "ABOUT": html.escape(
             f"{arch.num_layers}-layer {arch.cell}, hidden size {arch.hidden_size}; "
-            f"{len(ids):,} characters of {name} read from a zero state: {score}{left_out}"
+            f"{len(ids):,} characters of {name} read from a zero state"
+            + (", adapting to them as it reads (dynamic evaluation)" if adapter else "")
+            + f": {score}{left_out}"
         ),
         "PICKER": _picker(labels, arch, top, r),
         "UNITS": _unit_list(labels, top, r),

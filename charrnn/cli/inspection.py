@@ -12,7 +12,18 @@ from typing import Annotated
 import typer
 
 from charrnn import api
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
+from charrnn.cli.options import (
+    CHECKPOINT_HELP,
+    DynamicDecayOption,
+    DynamicLrOption,
+    DynamicMethod,
+    DynamicMethodOption,
+    DynamicSegmentOption,
+    Unknown,
+    check_flags,
+    dynamic_settings,
+    load_model,
+)
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -85,6 +96,18 @@ def show(
         str,
         typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
     ] = "strict",
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Colour by the surprise of dynamic evaluation: the model adapts to the text "
+            "as it reads (docs/dynamic.md).",
+        ),
+    ] = False,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
@@ -97,6 +120,7 @@ def show(
     from charrnn.show import make_page, model_name, save_page
 
     check_flags({"encoding": encoding, "decode_errors": decode_errors})
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
     to_stdout = output in (None, "-")
     if to_stdout:
         need_stdout()
@@ -114,6 +138,7 @@ def show(
             model_name=model_name(model.path, model.step),
             name=name,
             unknown=unknown.value,
+            adapter=model.adapter(settings) if dynamic else None,
         )
         if to_stdout:
             out = stdout()

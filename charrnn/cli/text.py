@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from charrnn.cli.options import CHECKPOINT_HELP, Unknown, check_flags, load_model
+from charrnn.cli.options import (
+    CHECKPOINT_HELP,
+    DynamicDecayOption,
+    DynamicLrOption,
+    DynamicMethod,
+    DynamicMethodOption,
+    DynamicSegmentOption,
+    Unknown,
+    check_flags,
+    dynamic_settings,
+    load_model,
+)
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
     emit,
@@ -103,12 +116,26 @@ def sample(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
     ] = False,
+    adapt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="First adapt the model to a UTF-8 text (a dynamic-evaluation pass over it, "
+            "docs/dynamic.md), so that the sample continues in its manner: names, spelling, "
+            "layout. The checkpoint is not changed.",
+        ),
+    ] = None,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
     """Generate text from a trained model, streamed to stdout as it is drawn; with --beam,
     the likeliest continuation that a beam search finds, printed when the search is done."""
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
     if not (temperature > 0 and math.isfinite(temperature)):
         raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
     if top_p is not None and not 0 < top_p <= 1:
@@ -120,8 +147,16 @@ def sample(
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
+    if adapt is not None and adapt == seed_file == Path("-"):
+        raise typer.BadParameter("stdin can be read once; give a file", param_hint="'--adapt'")
+    if adapt is not None:
+        need_stdin(adapt)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if adapt is not None:
+            model, read = model.adapt(read_text(adapt), settings, name=str(adapt))
+            if not quiet:
+                note(f"adapted to {adapt}: {read.summary()}")
         prime = read_text(seed_file) if seed_file is not None else seed or ""
         dropped = unknown_chars(prime, model.vocab) if unknown is Unknown.skip else []
         if dropped and not quiet:
@@ -231,18 +266,49 @@ def eval_text(
     ] = None,
     json_out: Annotated[
         bool,
-        typer.Option("--json", help="Print loss, bpc, perplexity, chars, unknown_chars as JSON."),
+        typer.Option(
+            "--json",
+            help="Print loss, bpc, perplexity, chars, unknown_chars (and with --dynamic its "
+            "settings) as JSON.",
+        ),
     ] = False,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation: the weights take a small step on each segment once it is "
+            "scored, so the model adapts to the text as it reads (docs/dynamic.md). The "
+            "checkpoint is not changed.",
+        ),
+    ] = False,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
+    save_adapted: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="With --dynamic: write the model adapted to the whole text as a new "
+            "checkpoint FILE (.npz), to sample or score with.",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
-    """Score a text exactly: mean loss in nats per character, bits per character, perplexity."""
+    """Score a text exactly: mean loss in nats per character, bits per character, perplexity;
+    with --dynamic, while the model adapts to the text."""
     check_flags({"encoding": encoding, "decode_errors": decode_errors})
     if per_char == "-" and json_out:
         raise typer.BadParameter(
             "--per-char - and --json would both write to stdout; give --per-char a file",
             param_hint="'--per-char'",
+        )
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
+    if save_adapted is not None and not dynamic:
+        raise typer.BadParameter(
+            "only dynamic evaluation adapts the model; add --dynamic", param_hint="'--save-adapted'"
         )
     need_stdout()
     need_stdin(text)
@@ -250,25 +316,37 @@ def eval_text(
         model = load_model(checkpoint, quiet)
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        result = model.evaluate(content, unknown=unknown.value, name=name)
-        if per_char is not None:
-            _write_lines(model.char_scores(content), per_char)
+        if dynamic:
+            with _line_writer(per_char) as write:
+                adapted, result = model.adapt(
+                    content, settings, unknown=unknown.value, name=name, per_char=write
+                )
+            if save_adapted is not None:
+                adapted.save(save_adapted)
+        else:
+            result = model.evaluate(content, unknown=unknown.value, name=name)
+            if per_char is not None:
+                with _line_writer(per_char) as write:
+                    for record in model.char_scores(content):
+                        write(record)
     if json_out:
-        emit(to_json(result.to_dict()))
+        emit(to_json(result.to_dict() | ({"dynamic": settings.to_dict()} if dynamic else {})))
     elif per_char != "-":
         emit(result.summary())
     elif not quiet:  # stdout holds the per-character lines
         note(result.summary())
 
 
-def _write_lines(records, dest: str) -> None:
-    """One JSON object per line to the file dest (UTF-8), or to stdout for "-"."""
-    if dest == "-":
+@contextmanager
+def _line_writer(dest: str | None) -> Iterator[Callable[[dict], None] | None]:
+    """A function that writes one JSON object per line to the file dest (UTF-8), or to stdout
+    for "-"; None for no dest."""
+    if dest is None:
+        yield None
+    elif dest == "-":
         out = stdout()
-        for rec in records:
-            out.write(to_json(rec, readable=True) + "\n")
+        yield lambda record: out.write(to_json(record, readable=True) + "\n")
         out.flush()
-        return
-    with open(dest, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    else:
+        with open(dest, "w", encoding="utf-8") as f:
+            yield lambda record: f.write(json.dumps(record, ensure_ascii=False) + "\n")
