@@ -148,6 +148,10 @@ class Config:
     # a stream's carried state is zeroed with this probability before each chunk, so that the
     # model learns to start well from a zero state, as sample and eval do
     reset_prob: float = _number(0.03, ge=0, le=1)
+    # each input character is replaced by a random one with this probability in training (the
+    # targets stay), so the model learns to fall back into text after characters it did not
+    # expect, as after an unusual seed (docs/dynamic.md, "Samples that survive any seed")
+    input_noise: float = _number(0.0, ge=0, lt=1)
     # randomness
     rng_seed: int | None = _integer(None, ge=0, none_ok=True)  # None = pick one at random
     # data

@@ -419,6 +419,17 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     return keep
 
 
+def _noisy_inputs(s: TrainState, cfg: Config, X: np.ndarray, V: int) -> np.ndarray:
+    """X (T, B) with each id replaced, with probability input_noise, by one drawn uniformly from
+    the V characters: the inputs of a step (the targets stay). Nothing is drawn when it is 0."""
+    if cfg.input_noise == 0:
+        return X
+    hit = s.rng.random(X.shape) < cfg.input_noise  # (T, B)
+    noisy = X.copy()
+    noisy[hit] = s.rng.integers(0, V, int(hit.sum()))
+    return noisy
+
+
 def _validate(params: dict, val_ids: np.ndarray, world: distributed.World) -> float:
     """The validation loss: each rank scores its share of the streams, the shares are summed."""
     part, _ = chunked_loss(params, val_ids, part=(world.rank, world.size))
@@ -463,6 +474,7 @@ def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, min
     X, Y = batches.get(s.step)  # (T, B) inputs and targets
     _reset_streams(s, cfg, batches.starts_epoch(s.step))
     keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+    X = _noisy_inputs(s, cfg, X, s.params["by"].shape[0])
     loss, _, s.carry[mine] = loss_and_grads(
         s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
     )

@@ -1,0 +1,54 @@
+"""input_noise: input characters replaced by random ones in training, the targets kept
+(train._noisy_inputs). Its draws come from the run's generator, so a resumed run is the run
+that never stopped, bit for bit; it changes the training; 0 draws nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from helpers import TEXT, arrays, assert_same_arrays, cli, metrics, without_timing
+
+from charrnn.config import Config
+from charrnn.state import TrainState
+from charrnn.train import _noisy_inputs
+
+SMALL = ["--hidden-size", "12", "--seq-length", "8", "--batch-size", "4", "--rng-seed", "3"]
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result
+
+
+def test_resume_with_input_noise_is_bitwise_identical(tmp_path):
+    """Stopped at step 10 and resumed to 35 (past an epoch's end, with dropout, resets and
+    two workers drawing from the same generator) is the run that went to 35 at once."""
+    corpus = tmp_path / "short.txt"
+    corpus.write_text(TEXT[:1000], encoding="utf-8")
+    args = [*SMALL, "--cell", "gru", "--num-layers", "2", "--dropout", "0.1"]
+    args += ["--eval-every", "5", "--checkpoint-every", "5", "-q", "--set", "input_noise=0.1"]
+    args += ["--set", "reset_prob=0.3", "--set", "workers=2"]
+    ok(cli("train", corpus, *args, "--max-steps", "10", "--out", "A"))
+    ok(cli("train", corpus, "--resume", "A", "--max-steps", "35", "-q"))
+    ok(cli("train", corpus, *args, "--max-steps", "35", "--out", "B"))
+    assert_same_arrays(arrays(Path("A/last.npz")), arrays(Path("B/last.npz")))
+    assert without_timing(metrics(Path("A"))) == without_timing(metrics(Path("B")))
+    ok(cli("train", corpus, *args, "--max-steps", "35", "--set", "input_noise=0", "--out", "C"))
+    assert not np.array_equal(arrays(Path("C/last.npz"))["Wxh"], arrays(Path("B/last.npz"))["Wxh"])
+
+
+def test_noisy_inputs_replace_about_the_rate_and_leave_the_batch_alone():
+    cfg = Config.from_dict({"input_noise": 0.2, "rng_seed": 0, "batch_size": 50})
+    s = TrainState.fresh(cfg, vocab_size=7)
+    X = np.arange(100 * 50).reshape(100, 50) % 7  # (T, B)
+    before = X.copy()
+    noisy = _noisy_inputs(s, cfg, X, 7)
+    assert np.array_equal(X, before)  # the batch (its targets' source) is untouched
+    changed = (noisy != X).mean()
+    # a replaced id equals the old one with chance 1/7: 0.2 * 6/7 = 0.171 are different
+    assert 0.15 < changed < 0.19
+    assert noisy.min() >= 0 and noisy.max() < 7
+    state = s.rng.bit_generator.state
+    off = Config.from_dict({"rng_seed": 0})
+    assert _noisy_inputs(s, off, X, 7) is X and s.rng.bit_generator.state == state
