@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/charrnn train data/shakespeare.txt --config configs/demo.yaml
-	$(BIN)/charrnn sample --seed "ROMEO:" --length 500 --temperature 0.8
+	$(BIN)/charrnn sample --seed "FALSTAFF." --length 500 --temperature 0.8
 
 test: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
@@ -37,9 +37,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check charrnn tests benchmarks
 	$(BIN)/ruff format --check charrnn tests benchmarks
 
-# the PyTorch reference is optional: without torch the table has no ratios
+# the PyTorch reference is optional: without torch the table has no ratios. torch is installed
+# on its own (not '.[bench]', which would replace the editable install of `make setup`)
 bench: $(STAMP)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet '.[bench]' \
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0 \
 		|| echo "torch==2.13.0 could not be installed: the table will have no ratios"
 	$(BIN)/python benchmarks/bench_speed.py $(BENCH_ARGS)
 
@@ -47,7 +48,7 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py
 
 # data-parallel training over MPI: compute and Allreduce time of a step for 1 and 2 ranks, the
-# Allreduce of each model size, and the expected speedup on 2 to 64 nodes (README "Scaling out")
+# Allreduce of each model size, and the expected speedup on 2 to 64 nodes (docs/scaling-out.md)
 bench-mpi: $(STAMP)
 	$(BIN)/python benchmarks/bench_mpi.py $(MPI_ARGS)
 

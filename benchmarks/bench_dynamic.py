@@ -112,7 +112,7 @@ def bench(path: str, args) -> dict:
 
 
 def _dynamic(model: api.Model, ids, settings) -> float:
-    return sum(float(s.losses.sum(dtype="float64")) for s in model.adapter(settings).read(ids))
+    return sum(block.total for block in model.adapter(settings).read(ids))
 
 
 def main(argv=None) -> int:

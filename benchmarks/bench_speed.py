@@ -10,8 +10,9 @@ data loading. When torch is installed (`pip install torch==2.13.0`, the `bench` 
 trains the same model written in PyTorch (benchmarks/torch_reference.py: nn.RNN, nn.LSTM or
 nn.GRU) for the same number of steps and prints the ratio. Sampling and exact eval speeds per
 cell close the table. Figures are medians of --repeats repetitions; charrnn and torch alternate
-within a repetition so that both see the same machine load. A JSON copy goes to
-benchmarks/results/speed.json.
+within a repetition so that both see the same machine load. The figures, with the machine (CPU,
+cores, BLAS, GEMM peak) and the command, go to benchmarks/results/speed-<date>.json (or --out);
+`make docs-tables` turns that file into the tables of docs/performance.md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from gemm_peak import measure_gemm_peak  # noqa: E402
+from results_io import machine, write_result  # noqa: E402
 from torch_reference import torch_train_chars_per_sec  # noqa: E402
 
 from charrnn.config import Config  # noqa: E402
@@ -112,7 +114,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="target time of one measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells to measure")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
+    ap.add_argument("--name", default="speed", help="results file: results/<name>-<date>.json")
+    ap.add_argument("--out", type=Path, help="write the results here instead")
+    ap.add_argument("--note", default="", help="a remark kept in the results file")
     args = ap.parse_args()
 
     corpus = build_corpus(read_text(CORPUS), str(CORPUS))
@@ -150,6 +154,7 @@ def main() -> None:
         for hidden, batch, seq in grid:
             rows.append(measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak))
 
+    start_peak = peak
     end_peak = measure_gemm_peak()
     if end_peak > peak:
         peak = end_peak
@@ -181,22 +186,19 @@ def main() -> None:
             f"(--num-samples 64, all streams); eval of 1 MB {ev:,.0f} chars/s (exact pass)"
         )
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "gemm_peak_gflops": peak,
-                "gemm_peak_end_gflops": end_peak,
-                "torch": torch_info,
-                "repeats": args.repeats,
-                "train": rows,
-                "inference_hidden_512": inference,
-                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-            },
-            indent=2,
-        )
+    figures = {
+        "quick": args.quick,
+        "torch": torch_info,
+        "repeats": args.repeats,
+        "gemm_peak_start_gflops": start_peak,
+        "gemm_peak_end_gflops": end_peak,
+        "train": rows,
+        "inference_hidden_512": inference,
+    }
+    path = write_result(
+        args.name, figures, machine_info=machine(peak), note=args.note, out=args.out
     )
-    print(f"results: {args.out}")
+    print(f"results: {path}")
 
 
 def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dict:

@@ -15,7 +15,6 @@ itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,14 +29,21 @@ from charrnn.config import Config
 from charrnn.data import encode
 from charrnn.dynamic import Adapter, Settings, gradient_rms
 from charrnn.errors import ConfigError
-from charrnn.evaluate import BLOCK, EvalResult, evaluate, known_ids
-from charrnn.model import Arch, Workspace, architecture, log_softmax_loss, run, zero_state
-from charrnn.parallel import blas_threads
+from charrnn.evaluate import Block, EvalResult, char_records, evaluate, known_ids, result, score
+from charrnn.model import Arch, architecture
 from charrnn.runs import choose_checkpoint, special_file
-from charrnn.sample import beam_search, collect, decode, encode_prime, generate, write_samples
+from charrnn.sample import (
+    Sample,
+    beam_search,
+    check_stops,
+    collect,
+    decode,
+    encode_prime,
+    finish_samples,
+    generate,
+    write_samples,
+)
 from charrnn.train import TrainResult, train_corpus
-
-LN2 = math.log(2.0)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -97,7 +103,8 @@ def train(
 
 
 def load(path: str | os.PathLike | None = None) -> Model:
-    """The model in a checkpoint (.npz) or a run folder (its best.npz). Without a path: the one
+    """The model in a checkpoint (.npz or .safetensors) or a run folder (its best.npz; a folder
+    that `charrnn export --format hf` wrote: its model.safetensors). Without a path: the one
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(path)
     ckpt = ckpt_io.load(file)
@@ -144,14 +151,55 @@ class Model:
         rng_seed: int | None = None,
         unknown: str = "error",
         echo_seed: bool = True,
+        stop: Iterable[str] = (),
         out: TextIO | None = None,
     ) -> str | list[str]:
         """Generate `length` characters after reading `seed`: the seed and its continuation
         (only the continuation with echo_seed=False); a list of num_samples strings when
         num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
-        vocabulary are an error (DataError), or dropped with unknown="skip". With `out` (a text
-        file such as sys.stdout) the samples are also written there as `charrnn sample` prints
-        them, the first one as it is drawn."""
+        vocabulary are an error (DataError), or dropped with unknown="skip". Each sample ends
+        at the first of the `stop` strings it draws (which is left out), and a model trained on
+        records (config `documents`) ends it at the end of a record. With `out` (a text file
+        such as sys.stdout) the samples are also written there as `charrnn sample` prints
+        them, the first one as it is drawn. `samples` says why each one ended."""
+        texts = [
+            s.text
+            for s in self.samples(
+                seed,
+                length,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                argmax=argmax,
+                num_samples=num_samples,
+                rng_seed=rng_seed,
+                unknown=unknown,
+                echo_seed=echo_seed,
+                stop=stop,
+                out=out,
+            )
+        ]
+        return texts[0] if num_samples == 1 else texts
+
+    def samples(
+        self,
+        seed: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+        num_samples: int = 1,
+        rng_seed: int | None = None,
+        unknown: str = "error",
+        echo_seed: bool = True,
+        stop: Iterable[str] = (),
+        out: TextIO | None = None,
+    ) -> list[Sample]:
+        """`sample`'s samples with why each one ended (Sample.ended: "length", "stop" or
+        "end"), always a list."""
+        stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         steps = generate(
             self.params,
@@ -165,14 +213,17 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
+        if stops:
+            return finish_samples(
+                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+            )
         if out is not None:
             drawn: list[np.ndarray] = []  # every step's ids, kept as they are printed
             write_samples(
                 _kept(steps, drawn), self.vocab, out, num_samples=num_samples, prefix=prefix
             )
             steps = iter(drawn)
-        texts = collect(steps, self.vocab, num_samples, prefix)
-        return texts[0] if num_samples == 1 else texts
+        return [Sample(t, "length") for t in collect(steps, self.vocab, num_samples, prefix)]
 
     def beam_search(
         self,
@@ -195,29 +246,31 @@ class Model:
             (prefix + decode(row, self.vocab), float(s)) for row, s in zip(ids, scores, strict=True)
         ]
 
-    def evaluate(self, text: str, *, unknown: str = "skip", name: str = "text") -> EvalResult:
+    def evaluate(
+        self,
+        text: str,
+        *,
+        unknown: str = "skip",
+        name: str = "text",
+        per_char: Callable[[dict[str, Any]], None] | None = None,
+        top: int = 3,
+    ) -> EvalResult:
         """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
-        DataError; `name` is how that error names the text."""
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name)
+        DataError; `name` is how that error names the text. `per_char`, when given, is called
+        with each scored character's record (as `char_scores` yields them, `top` guesses each)
+        during the same single pass."""
+        each = _records_to(per_char, self.vocab, top)
+        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
         skips them): {"char", "p": the probability the model gave it, "bits": -log2 p, "top":
         the `top` likeliest characters as [char, p] pairs}. The same single pass from a zero
-        state as `evaluate`: the state is carried per character, the output layer runs over
-        blocks of characters as one product."""
+        state as `evaluate` (evaluate.score), float64 retry of an overflowing block included."""
         ids, _ = encode(text, self.vocab)
-        state = zero_state(self.params, 1)  # (1, W)
-        ws = Workspace()
-        # a model whose outputs overflow gives NaN scores (null in JSON), not NumPy's warnings
-        with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
-            for start in range(0, len(ids), BLOCK):
-                x = ids[start : start + BLOCK]  # (T,)
-                T = len(x)
-                hs, state = run(self.params, x[:, None], state, ws)  # (T + 1, 1, H)
-                _, probs, losses = log_softmax_loss(self.params, hs[:T].reshape(T, -1), x, ws)
-                yield from _records(self.vocab, x, probs, losses, top)
+        for block in score(self.params, ids):
+            yield from char_records(block, self.vocab, top)
 
     def adapt(
         self,
@@ -232,19 +285,18 @@ class Model:
         """Dynamic evaluation (charrnn.dynamic, docs/dynamic.md): score text while the weights
         adapt to it, each character by the weights adapted to the characters before it.
         Returns the adapted model (a new Model: this one is unchanged) and the score, which
-        `evaluate` would give without adapting. Unknown characters as in `evaluate`.
-        per_char: called with each character's record, as `char_scores` yields them, from the
-        weights of that moment."""
+        `evaluate` gives without adapting. Unknown characters and `per_char` as in `evaluate`:
+        each record from the weights of its moment."""
         ids, n_unknown = known_ids(text, self.vocab, name, unknown)
+        each = _records_to(per_char, self.vocab, top)
         adapter = self.adapter(settings)
         total = 0.0
-        for seg in adapter.read(ids, keep_probs=per_char is not None):
-            total += float(seg.losses.sum(dtype=np.float64))
-            if per_char is not None:
-                for record in _records(self.vocab, seg.ids, seg.probs, seg.losses, top):
-                    per_char(record)
+        for block in adapter.read(ids):
+            total += block.total
+            if each is not None:
+                each(block)
         adapted = dataclasses.replace(self, params=adapter.adapted(), path=None)
-        return adapted, EvalResult.of(total / len(ids), len(ids), n_unknown)
+        return adapted, result(total, len(ids), n_unknown)
 
     def adapter(self, settings: Settings | None = None) -> Adapter:
         """A copy of the weights that adapts as it scores (charrnn.dynamic.Adapter), with the
@@ -269,31 +321,19 @@ class Model:
         )
 
 
-def _records(vocab: list[str], x: np.ndarray, probs: np.ndarray, losses: np.ndarray, top: int):
-    """char_scores' record of each of the characters x (T,), scored from probs (T, V) with
-    losses (T,) (nats)."""
-    k = min(top, len(vocab))
-    best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
-    best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
-    order = np.argsort(-best_p, axis=1, kind="stable")
-    best = np.take_along_axis(best, order, axis=1).tolist()
-    best_p = np.take_along_axis(best_p, order, axis=1).tolist()
-    for j in range(len(x)):
-        loss = float(losses[j])  # -ln p of x[j]
-        yield {
-            "char": vocab[x[j]],
-            "p": _short(math.exp(-loss)),
-            "bits": _short(loss / LN2),
-            "top": [[vocab[c], _short(p)] for c, p in zip(best[j], best_p[j], strict=True)],
-        }
+def _records_to(per_char, vocab: list[str], top: int) -> Callable[[Block], None] | None:
+    """A function that hands each character's record of a block to per_char (None: none)."""
+    if per_char is None:
+        return None
+
+    def each(block: Block) -> None:
+        for record in char_records(block, vocab, top):
+            per_char(record)
+
+    return each
 
 
 def _kept(steps: Iterator[np.ndarray], into: list) -> Iterator[np.ndarray]:
     for ids in steps:
         into.append(ids)
         yield ids
-
-
-def _short(x: float) -> float:
-    """x to 6 significant digits: per-character lines stay short and still exact enough."""
-    return float(f"{x:.6g}")

@@ -73,8 +73,10 @@ from typing import BinaryIO
 
 import numpy as np
 
+from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.data import (
+    N_CODE_POINTS,
     Corpus,
     check_decode_errors,
     check_encoding,
@@ -90,7 +92,6 @@ SUFFIX = ".charrnn-cache"
 IDS, META, LOCK = "ids.npy", "meta.json", "lock"
 BLOCK_SIZE = 2 << 20  # corpus bytes decoded at a time; the encoder's working memory is at most
 # ~25x this (text beyond Latin-1: the str, its UTF-32 copy, the ids), ~4x for ASCII
-N_CODE_POINTS = 0x110000
 TRUST_AFTER_NS = 1_000_000_000  # a corpus written less than this before its scan: not trusted
 MAX_META_BYTES = 32 << 20  # meta.json of the largest vocabulary is about 8 MB
 CHECK_BLOCK = 16 << 20  # ids checked at a time, then unmapped: at most 64 MB resident
@@ -444,7 +445,7 @@ def _build(
             raise reader.changed()
         with open(folder / IDS, "rb") as written:
             os.fsync(written.fileno())  # on disk before meta.json says the cache is complete
-        replace_atomically(folder / META, lambda out: out.write(json.dumps(meta).encode()))
+        replace_atomically(folder / META, lambda out: out.write(jsonout.dumps(meta).encode()))
         return ids
     except BaseException as e:
         remove_quietly(folder / IDS)  # no use without meta.json: give the disk space back

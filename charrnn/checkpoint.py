@@ -15,6 +15,13 @@ Arrays in a checkpoint (format_version 2; the README's "Checkpoint format" has t
 
 Format 1 (charrnn 0.1) had no `cell` and `num_layers`: a one-layer vanilla RNN, read as such.
 
+The same loader reads a `.safetensors` file that `charrnn export` wrote (docs/export.md): the
+model's arrays under the names above, and `format_version`, `cell`, `num_layers`, `vocab` (a JSON
+list), `config`, `step` and `train_state` (JSON) as strings in its metadata; no optimizer state
+and no h_carry, so it samples and scores but does not resume. Reading one needs only NumPy: its
+header is parsed here, checked exactly as an .npz's headers are (then the same layout and value
+checks), and only the arrays of the model are read.
+
 A save writes a temporary file in the same folder, fsyncs it and renames it over the target,
 so a reader sees either the old complete file or the new complete one.
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -40,8 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.config import MAX_LAYERS
+from charrnn.data import N_CODE_POINTS
 from charrnn.errors import CheckpointError
 from charrnn.memory import memory_limit, show_bytes
 from charrnn.model import CELLS, Arch, architecture, param_shapes
@@ -50,8 +60,12 @@ FORMAT_VERSION = 2
 BASE_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # in every checkpoint, of any format
 MAX_MEMBERS = 20_000  # arrays in a file: 1,024 layers of 3 weights with 2 optimizer slots each
 MAX_TEXT = 1 << 16  # characters of 'config', 'train_state' or 'cell': a real one has hundreds
+MAX_HEADER = 1 << 26  # bytes of a .safetensors JSON header: a real one has a few thousand
 MAX_RATIO = 1100  # deflate shrinks data at most 1032 times: a member claiming more is crafted
-N_CODE_POINTS = 0x110000  # a vocabulary of distinct characters has at most this many
+OURS = (
+    "give the last.npz or best.npz that 'charrnn train' wrote, or a .safetensors that "
+    "'charrnn export' wrote"
+)
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Checkpoint:
     h_carry: np.ndarray | None = None
     opt_state: dict[str, np.ndarray] = field(default_factory=dict)
     train_state: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION  # as the file says (load); save writes FORMAT_VERSION
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> None:
@@ -73,13 +88,13 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
     arrays["cell"] = np.array(arch.cell)
     arrays["num_layers"] = np.array(arch.num_layers, dtype=np.int64)
     arrays["vocab"] = np.array(ckpt.vocab if ckpt.vocab else [], dtype="<U1")
-    arrays["config"] = np.array(json.dumps(ckpt.config))
+    arrays["config"] = np.array(jsonout.dumps(ckpt.config))
     arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
     arrays["step"] = np.array(ckpt.step, dtype=np.int64)
     if ckpt.h_carry is not None:
         arrays["h_carry"] = ckpt.h_carry
     arrays.update({f"opt.{k}": v for k, v in ckpt.opt_state.items()})
-    arrays["train_state"] = np.array(json.dumps(ckpt.train_state))
+    arrays["train_state"] = np.array(jsonout.dumps(ckpt.train_state))
 
     try:
         replace_atomically(path, lambda f: np.savez(f, **arrays))
@@ -112,16 +127,18 @@ def load(path: str | Path) -> Checkpoint:
     if not exists:
         raise CheckpointError(f"checkpoint '{path}' not found; check the path")
     bad = f"'{path}' is not a charrnn checkpoint"
-    ours = "give the last.npz or best.npz that 'charrnn train' wrote"
+    ours = OURS
     try:
         with open(path, "rb") as f:
-            magic = f.read(6)
+            magic = f.read(9)
     except OSError as e:
         raise CheckpointError(
             f"cannot read checkpoint '{path}': {e.strerror or e}; check the file's permissions"
         ) from None
     if magic.startswith(b"\x93NUMPY"):
         raise CheckpointError(f"{bad}: it is a single .npy array; {ours}")
+    if magic[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return _load_safetensors(path)
     if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         raise CheckpointError(
             f"{bad}: it is {'empty' if not magic else 'not an .npz file'}; {ours}"
@@ -136,7 +153,7 @@ def load(path: str | Path) -> Checkpoint:
     )
     try:
         with np.load(path, allow_pickle=False) as z:
-            return _read(z, path)
+            return _read(z, _declared(z.zip, path), path)
     except CheckpointError:
         raise
     except _Pickled:
@@ -182,11 +199,15 @@ class _Member:
         return math.prod(self.shape) * self.dtype.itemsize  # a Python int: never overflows
 
 
-def _read(z, path: Path) -> Checkpoint:
-    """The checkpoint in the open .npz z: headers and sizes checked (_declared, _layout), then
-    only the arrays it uses read, then their values checked (_from_arrays)."""
-    declared = _declared(z.zip, path)
+def _read(z, declared: dict[str, _Member], path: Path) -> Checkpoint:
+    """The checkpoint in the open file z (an .npz, or a _Safetensors): what its headers declare
+    checked (_declared or _Safetensors.declared, then _layout), then only the arrays it uses
+    read (z[name]), then their values checked (_from_arrays)."""
     names, param_names = _layout(z, declared, path)
+    if isinstance(z, _Safetensors):  # it holds the model's arrays and nothing else
+        extra = [n for n in z.tensors if n not in param_names]
+        if extra:
+            raise _damaged(f"checkpoint '{path}' holds '{_cut(extra[0])}', not a model array")
     need = sum(declared[n].nbytes for n in names)
     limit = memory_limit()
     if need > limit:
@@ -246,6 +267,143 @@ def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[_Member, int]:
         if dtype.hasobject:
             raise _Pickled
         return _Member(tuple(shape), dtype), f.tell()
+
+
+# ---- .safetensors: an 8-byte little-endian header length N, N bytes of JSON, the data ----
+
+SAFETENSORS_DTYPES = {  # the dtypes a safetensors header may name that NumPy has
+    **{f"F{8 * n}": np.dtype(f"<f{n}") for n in (2, 4, 8)},
+    **{f"I{8 * n}": np.dtype(f"<i{n}") for n in (1, 2, 4, 8)},
+    **{f"U{8 * n}": np.dtype(f"<u{n}") for n in (1, 2, 4, 8)},
+    "BOOL": np.dtype("?"),
+}
+META_SCALARS = ("format_version", "num_layers", "step")  # whole numbers, as text
+META_TEXTS = ("cell", "config", "train_state")  # strings; vocab is a JSON list of characters
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    """A .safetensors checkpoint, with load's errors for a file that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            z = _Safetensors(f, path)
+            return _read(z, z.declared, path)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointError(
+            f"not enough memory to load checkpoint '{path}'; close other programs or load it "
+            "on a machine with more memory"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
+
+
+class _Safetensors:
+    """An open .safetensors file as `_read` reads an .npz: `declared` (what its header says of
+    each tensor and metadata entry, checked against the file's size) and z[name] (one tensor,
+    read from its offsets only now, or a metadata entry as a NumPy scalar or vocab array)."""
+
+    def __init__(self, f, path: Path):
+        self.f, where = f, f"checkpoint '{path}'"
+        size = os.fstat(f.fileno()).st_size
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(MAX_HEADER, size - 8):
+            raise _damaged(f"{where}: its header declares {n:,} bytes, more than the file holds")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise _damaged(f"{where}: its safetensors header is not valid JSON") from None
+        if not isinstance(header, dict):
+            raise _damaged(f"{where}: its safetensors header is not a JSON object")
+        meta = header.pop("__metadata__", {})
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise _damaged(f"{where}: its metadata must map names to strings")
+        self.start = 8 + n  # where the data begins
+        self.tensors = _tensor_entries(header, size - self.start, where)
+        self.values = _metadata_values(meta, where)
+        self.declared = {name: m for name, (m, _) in self.tensors.items()}
+        for name, value in self.values.items():
+            self.declared[name] = _Member(value.shape, value.dtype)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.values:
+            return self.values[name]
+        member, begin = self.tensors[name]
+        a = np.empty(member.shape, member.dtype)
+        self.f.seek(self.start + begin)
+        if self.f.readinto(memoryview(a).cast("B")) != member.nbytes:
+            raise CheckpointError(f"checkpoint '{self.f.name}' is truncated; export it again")
+        return a
+
+
+def _tensor_entries(header: dict, data_bytes: int, where: str) -> dict:
+    """{name: (_Member, offset)} of the header's tensors, after checking that each entry is a
+    tensor of a known dtype whose bytes are exactly its span, and that the spans tile the
+    data without a gap or an overlap (as the safetensors format requires)."""
+    if len(header) > MAX_MEMBERS:
+        raise _damaged(f"{where} has {len(header):,} tensors, more than a checkpoint holds")
+    entries, spans = {}, []
+    for name, entry in header.items():
+        bad = _damaged(f"{where}: tensor '{_cut(name)}' is not a valid safetensors entry")
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise bad
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise _damaged(f"{where}: tensor '{_cut(name)}' has a dtype charrnn does not read")
+        counts = isinstance(shape, list) and len(shape) <= 8 and isinstance(offsets, list)
+        ints = [*shape, *offsets] if counts else []
+        if not counts or len(offsets) != 2 or not all(_count(v) for v in ints):
+            raise bad
+        member = _Member(tuple(shape), SAFETENSORS_DTYPES[dtype])
+        if offsets[1] - offsets[0] != member.nbytes:
+            raise _damaged(
+                f"{where}: tensor '{_cut(name)}' declares {_said(member)}, which is not the "
+                f"{offsets[1] - offsets[0]:,} bytes of its span"
+            )
+        entries[name] = (member, offsets[0])
+        spans.append(tuple(offsets))
+    end = 0
+    for begin, stop in sorted(spans):
+        if begin != end:
+            raise _damaged(f"{where}: its tensors' spans overlap or leave gaps")
+        end = stop
+    if end != data_bytes:
+        raise _damaged(f"{where}: its tensors declare {end:,} bytes, the file holds {data_bytes:,}")
+    return entries
+
+
+def _count(v) -> bool:
+    return type(v) is int and 0 <= v < 2**62
+
+
+def _metadata_values(meta: dict[str, str], where: str) -> dict[str, np.ndarray]:
+    """The metadata entries charrnn reads, as the NumPy scalars and vocab array an .npz holds,
+    so that _layout and _from_arrays check them as they check an .npz's; others are ignored."""
+    values = {}
+    for name in META_SCALARS:
+        if name in meta:
+            text = meta[name]
+            if not (text.isascii() and text.isdigit() and len(text) <= 18):
+                raise _damaged(f"{where}: metadata '{name}' is not a whole number")
+            values[name] = np.array(int(text), dtype=np.int64)
+    for name in META_TEXTS:
+        if name in meta:
+            if len(meta[name]) > MAX_TEXT:
+                raise _damaged(f"{where}: '{name}' is longer than {MAX_TEXT:,} characters")
+            values[name] = np.array(meta[name], dtype=f"<U{max(1, len(meta[name]))}")
+    if "vocab" in meta:
+        try:
+            vocab = json.loads(meta["vocab"])
+        except (ValueError, RecursionError):
+            vocab = None
+        if not (
+            isinstance(vocab, list)
+            and len(vocab) <= N_CODE_POINTS
+            and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+        ):
+            raise _damaged(f"{where}: 'vocab' must be a JSON list of single characters")
+        values["vocab"] = np.array(vocab, dtype="<U1")
+    return values
 
 
 def _cut(name: str) -> str:
@@ -432,6 +590,7 @@ def _from_arrays(arrays: dict, param_names: list[str], path: Path) -> Checkpoint
         h_carry=h_carry,
         opt_state=opt_state,
         train_state=train_state,
+        format_version=int(arrays["format_version"]),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from charrnn.cells import CELLS
 from charrnn.data import DECODE_ERRORS, text_codec
 from charrnn.errors import ConfigError
 
@@ -109,7 +110,7 @@ class Config:
     """All settings of a training run. Build with `Config.from_dict` or `resolve_config`."""
 
     # model
-    cell: str = _one_of("rnn", "lstm", "gru")  # the recurrent cell: vanilla tanh, LSTM or GRU
+    cell: str = _one_of(*CELLS)  # the recurrent cell: vanilla tanh, LSTM or GRU
     num_layers: int = _integer(1, ge=1, le=MAX_LAYERS)  # stacked recurrent layers
     hidden_size: int = _integer(128, ge=1)  # hidden units H (per layer)
     dropout: float = _number(0.0, ge=0, lt=1)  # on each layer's outputs in training
@@ -191,7 +192,7 @@ def _check_keys(d: Mapping[str, Any]) -> None:
     for key in d:
         if key not in _RULES:
             close = isinstance(key, str) and difflib.get_close_matches(key[:100], _RULES, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see README 'Config keys'"
+            hint = f"did you mean '{close[0]}'?" if close else "see docs/config.md"
             raise ConfigError(f"unknown config key {_show(key)} ({hint})")
 
 
@@ -425,7 +426,22 @@ def resolve_config(
         except ConfigError as e:
             raise ConfigError(f"{e} (in {source})") from None
         merged.update(layer)
-    return Config.from_dict(merged)
+    return Config.from_dict(_given_limits_only(merged, [layer for _, layer in layers]))
+
+
+LIMITS = ("max_steps", "max_epochs", "max_time")  # the settings that stop a run
+
+
+def _given_limits_only(merged: dict[str, Any], given: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The rule of limits: when the user gives any of max_steps, max_epochs and max_time (in a
+    config file, a flag or --set), the ones not given are off (0), whatever their built-in
+    default or a resumed run's value; when none is given, the defaults (or the resumed run's
+    limits) hold. So `--max-time 60` trains for 60 seconds, not until max_steps' default 2000;
+    limits given together all hold, and the first one reached stops the run."""
+    named = {key for layer in given for key in layer if key in LIMITS}
+    if not named:
+        return merged
+    return {**merged, **{key: 0 for key in LIMITS if key not in named}}
 
 
 def config_to_yaml(cfg: Config) -> str:

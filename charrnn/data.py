@@ -23,6 +23,7 @@ from charrnn.errors import DataError
 
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
+N_CODE_POINTS = 0x110000  # Unicode's code points: a vocabulary has at most this many characters
 
 
 def id_dtype(vocab_size: int) -> type:

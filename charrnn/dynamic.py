@@ -43,6 +43,7 @@ import numpy as np
 
 from charrnn.distributed import flat_gradients
 from charrnn.errors import CheckpointError, DataError
+from charrnn.evaluate import Block
 from charrnn.model import Workspace, backward, forward, log_softmax_loss, zero_state
 from charrnn.parallel import blas_threads
 
@@ -94,19 +95,12 @@ def gradient_rms(opt_state: dict, config: dict, step: int) -> dict[str, np.ndarr
     return {k: np.sqrt(a * scale) for k, a in v.items()}
 
 
-@dataclass
-class Scored:
-    """One segment as it was scored: its character ids, each one's loss (nats) and the
-    distributions they were scored from (None unless asked for)."""
-
-    ids: np.ndarray  # (T,)
-    losses: np.ndarray  # (T,) -ln p of each character
-    probs: np.ndarray | None  # (T, V)
-
-
 class Adapter:
     """Weights that adapt as they score (module docstring). `read(ids)` yields each segment
-    as it is scored; `params` are the weights of the moment (after the last step)."""
+    as it is scored; `params` are the weights of the moment (after the last step). A segment is
+    scored by the model's forward (the output layer and loss of evaluate.score_block), because
+    the step needs forward's cache; a model whose outputs overflow scores nan or inf here, with
+    no float64 retry (`adapted` then refuses the weights)."""
 
     def __init__(self, params: dict, settings: Settings, rms: dict | None = None):
         if settings.method == "rms" and rms is None:
@@ -131,9 +125,11 @@ class Adapter:
             self._pull = np.minimum(settings.decay * R / mean, 1.0).astype(dtype)  # (P,)
         self._ws = Workspace()
 
-    def read(self, ids: np.ndarray, keep_probs: bool = False) -> Iterator[Scored]:
+    def read(self, ids: np.ndarray) -> Iterator[Block]:
         """Score ids (N,) from a zero state, stepping after each segment; yields the segments
-        in order (the first is x_1 alone, scored by the trained weights)."""
+        in order as blocks of the scoring pass (evaluate.Block: ids, losses, probs), the first
+        x_1 alone, scored by the trained weights. A block's probs are valid until the loop asks
+        for the next one (the step reuses the buffer)."""
         ids = np.asarray(ids, dtype=np.intp)
         if len(ids) == 0:
             return
@@ -141,15 +137,14 @@ class Adapter:
         state = zero_state(params, 1)  # (1, W): after the characters read so far
         with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
             top0 = np.zeros((1, params["Why"].shape[1]), self._flat.dtype)  # (1, H): h_0 = 0
-            _, probs, losses = log_softmax_loss(params, top0, ids[:1])
-            yield Scored(ids[:1], losses, probs.copy() if keep_probs else None)
+            _, probs, losses = log_softmax_loss(params, top0, ids[:1], self._ws)
+            yield Block(0, ids[:1], losses, probs)
             for start in range(1, len(ids), seg):
                 end = min(start + seg, len(ids))
                 X = ids[start - 1 : end - 1, None]  # (T, 1): read, to predict
                 Y = ids[start:end, None]  # (T, 1): scored
                 _, cache, state = forward(params, X, Y, state, self._ws)
-                probs = cache["probs"].copy() if keep_probs else None  # backward reuses it
-                yield Scored(Y[:, 0], cache["losses"], probs)
+                yield Block(start, Y[:, 0], cache["losses"], cache["probs"])
                 backward(params, cache, out=self._grads)
                 self._update()
 
@@ -175,4 +170,4 @@ def total_loss(params: dict, ids: np.ndarray, settings: Settings, rms: dict | No
     """Sum over t of -ln p(x_t | x_1..x_{t-1}) in nats, each character scored by the weights
     adapted to the ones before it."""
     adapter = Adapter(params, settings, rms)
-    return sum(float(s.losses.sum(dtype=np.float64)) for s in adapter.read(ids))
+    return sum(block.total for block in adapter.read(ids))

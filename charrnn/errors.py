@@ -23,3 +23,7 @@ class TrainingError(CharRNNError):
 
 class RunLockedError(CharRNNError):
     """Another process is training into the same run directory."""
+
+
+class ExportError(CharRNNError):
+    """A model cannot be exported: a missing package, an output that must not be replaced."""

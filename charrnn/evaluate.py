@@ -9,22 +9,28 @@ so the first character is scored by softmax(by), as `charrnn sample` draws it fr
 seed, and N * loss is -log of the probability the model gives the whole text. Characters not in
 the vocabulary are skipped (not fed, not scored) and counted, or are an error.
 
-Only the recurrent product and the cell's nonlinearities run per character (in `model.run`);
-the input lookup and the output layer run over blocks of BLOCK characters as large matrix
-products. `chunked_loss`, its faster twin for validation during training, scores many streams
-side by side. Reading the text and the checkpoint is left to the CLI.
+`score` is the one pass that reads a text: it yields the text in blocks of BLOCK characters,
+each with its characters' losses and the model's distributions (and, for `show`, every layer's
+state), and `evaluate`, `eval --per-char` (`char_records`), `Model.char_scores` and `show` all
+consume it. Only the recurrent product and the cell's nonlinearities run per character (in
+`model.run`); the input lookup and the output layer run over a block as large matrix products.
+`chunked_loss`, its faster twin for validation during training, scores many streams side by
+side. Reading the text and the checkpoint is left to the CLI.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from charrnn.data import encode, unknown_chars
 from charrnn.errors import DataError
-from charrnn.model import Workspace, log_softmax_loss, run, zero_state
+from charrnn.model import Workspace, bpc, log_softmax_loss, run, top_output, zero_state
+from charrnn.model import trace as model_trace
 from charrnn.parallel import blas_threads
 from charrnn.sample import show_chars
 
@@ -42,15 +48,6 @@ class EvalResult:
     perplexity: float  # exp(loss); inf beyond the largest float
     chars: int  # characters scored
     unknown_chars: int  # characters skipped because they are not in the vocabulary
-
-    @classmethod
-    def of(cls, loss: float, chars: int, unknown_chars: int) -> EvalResult:
-        """The result of a mean loss over chars characters."""
-        try:
-            perplexity = math.exp(loss)
-        except OverflowError:  # exp(710) is beyond a float
-            perplexity = math.inf
-        return cls(loss, loss / math.log(2), perplexity, chars, unknown_chars)
 
     @property
     def reason(self) -> str | None:
@@ -109,40 +106,155 @@ def known_ids(
 
 
 def evaluate(
-    params: dict, vocab: list[str], text: str, *, unknown: str = "skip", name: str = "text"
+    params: dict,
+    vocab: list[str],
+    text: str,
+    *,
+    unknown: str = "skip",
+    name: str = "text",
+    each: Callable[[Block], None] | None = None,
 ) -> EvalResult:
-    """Score text (see the module docstring); unknown="error" refuses unknown characters."""
+    """Score text (see the module docstring); unknown="error" refuses unknown characters.
+    `each`, when given, sees every block of the pass as it is scored (`eval --per-char` writes
+    its lines from them), so the score and the per-character lines come from one pass."""
     ids, n_unknown = known_ids(text, vocab, name, unknown)
-    return EvalResult.of(_mean_loss(params, ids), len(ids), n_unknown)
-
-
-def _mean_loss(params: dict, ids: np.ndarray) -> float:
-    """total_loss / N, computed again in float64 when a float32 model's outputs overflow (its
-    weights passed every check of `load`: finite, yet large enough); nan or inf only when
-    float64 overflows too. NumPy's warnings about the overflow are not shown: the score says it."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        loss = total_loss(params, ids) / len(ids)
-        if not math.isfinite(loss) and any(v.dtype != np.float64 for v in params.values()):
-            loss = total_loss({k: v.astype(np.float64) for k, v in params.items()}, ids) / len(ids)
-    return loss
-
-
-def total_loss(params: dict, ids: np.ndarray, block: int = BLOCK) -> float:
-    """Sum over t of -log p(x_t | x_1..x_{t-1}) in nats, from a zero state, in one pass."""
-    ids = np.asarray(ids, dtype=np.intp)
-    ws = Workspace()  # the block's states and logits are reused block to block
-    state = zero_state(params, 1)  # (1, W): the state before the block
     total = 0.0
-    with blas_threads(1):  # a (1, H) x (H, G H) product is too small to share between threads
-        for start in range(0, len(ids), block):
-            x = ids[start : start + block]  # (T,)
-            T = len(x)
-            # hs[j] is the top layer's output before x[j] (hs[0] from `state`), so it predicts
+    for block in score(params, ids):
+        total += block.total
+        if each is not None:
+            each(block)
+    return result(total, len(ids), n_unknown)
+
+
+def result(total: float, chars: int, unknown_chars: int = 0) -> EvalResult:
+    """The EvalResult of `total` nats over `chars` characters."""
+    loss = total / chars
+    try:
+        perplexity = math.exp(loss)
+    except OverflowError:  # exp(710) is beyond a float
+        perplexity = math.inf
+    return EvalResult(loss, bpc(loss), perplexity, chars, unknown_chars)
+
+
+def total_loss(params: dict, ids: np.ndarray, block: int | None = None) -> float:
+    """Sum over t of -log p(x_t | x_1..x_{t-1}) in nats, from a zero state, in one pass."""
+    return sum(b.total for b in score(params, ids, block=block))
+
+
+# ---- the scoring pass ----
+
+
+@dataclass
+class Block:
+    """T consecutive characters of a scoring pass and what the model made of each, from the
+    state before it. `probs` is a buffer of the pass: valid until the next block is scored."""
+
+    start: int  # where the block starts in the ids scored
+    ids: np.ndarray  # (T,) the characters
+    losses: np.ndarray  # (T,) -ln p of each character, in nats
+    probs: np.ndarray  # (T, V) the model's distribution before each character
+    states: np.ndarray | None = None  # (T, W) the carried state after each (trace=True only)
+
+    @property
+    def total(self) -> float:
+        """The block's losses summed in float64."""
+        return float(self.losses.sum(dtype=np.float64))
+
+
+def score(
+    params: dict,
+    ids: np.ndarray,
+    *,
+    carry: np.ndarray | None = None,
+    block: int | None = None,
+    trace: bool = False,
+) -> Iterator[Block]:
+    """The one scoring pass: ids (N,) read left to right from `carry` (1, W) (default: the zero
+    state), in blocks of `block` (default BLOCK) characters, each yielded as it is scored.
+    `eval`, `eval --per-char`, `Model.char_scores` and `show` all read a text through it.
+
+    A float32 model whose outputs overflow on a block (its weights passed every check of
+    `load`: finite, yet large enough) has that block scored again in float64 from the same
+    state, and the blocks after it too; losses are nan or inf only where float64 overflows as
+    well. NumPy's warnings about the overflow are not shown: the scores say it. trace=True also
+    gives every layer's state after each character (`model.trace`, for `show`).
+    """
+    ids = np.asarray(ids, dtype=np.intp)
+    block = block or BLOCK
+    carry = zero_state(params, 1) if carry is None else carry
+    ws = Workspace()  # the block's states and logits are reused block to block
+    for start in range(0, len(ids), block):
+        scored, carry = score_block(params, ids[start : start + block], carry, ws, trace)
+        if carry.dtype != params["Whh"].dtype:  # scored again in float64: so are the rest
+            params = _wide(params)
+        scored.start = start
+        yield scored
+
+
+def score_block(
+    params: dict, x: np.ndarray, carry: np.ndarray, ws=None, trace: bool = False
+) -> tuple[Block, np.ndarray]:
+    """One block of the pass: x (T,) scored from carry (1, W); (the Block, the carry after it).
+    Where a float32 model's outputs overflow, the block is scored again in float64 and the carry
+    after it is float64. A caller that changes the params between blocks (dynamic evaluation)
+    scores each block through this with the params of its choice."""
+    ws = Workspace() if ws is None else ws
+    scored, after = _score_block(params, x, carry, ws, trace)
+    if not np.isfinite(scored.losses).all() and params["Whh"].dtype != np.float64:
+        scored, after = _score_block(_wide(params), x, carry.astype(np.float64), ws, trace)
+    return scored, after
+
+
+def _score_block(params: dict, x: np.ndarray, carry: np.ndarray, ws, trace: bool):
+    T = len(x)
+    # a (1, H) x (H, G H) product is too small to share between threads; an overflow is said
+    # by the scores, not by NumPy's warnings
+    with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
+        if trace:
+            states = model_trace(params, x, carry)  # (T, W)
+            before = np.concatenate([carry, states[:-1]])  # (T, W)
+            top = np.ascontiguousarray(top_output(params, before))  # (T, H): what Why reads
+            after = states[-1:]  # (1, W)
+        else:
+            # hs[j] is the top layer's output before x[j] (hs[0] from carry), so it predicts
             # x[j]; the state after the block carries on
-            hs, state = run(params, x[:, None], state, ws)  # (T + 1, 1, H)
-            _, _, losses = log_softmax_loss(params, hs[:T].reshape(T, -1), x, ws)  # (T,)
-            total += float(losses.sum(dtype=np.float64))
-    return total
+            states = None
+            hs, after = run(params, x[:, None], carry, ws)  # (T + 1, 1, H)
+            top = hs[:T].reshape(T, -1)  # (T, H)
+        _, probs, losses = log_softmax_loss(params, top, x, ws)  # (T, V), (T,)
+    return Block(0, x, losses, probs, states), after
+
+
+def char_records(block: Block, vocab: list[str], top: int = 3) -> list[dict[str, Any]]:
+    """Each character of a block as `eval --per-char` writes it: {"char", "p": the probability
+    the model gave it, "bits": -log2 p, "top": the `top` likeliest characters there as
+    [char, p] pairs, likeliest first}, numbers to 6 significant digits."""
+    k = min(top, len(vocab))
+    probs = block.probs
+    best = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (T, k), unordered
+    best_p = np.take_along_axis(probs, best, axis=1)  # (T, k)
+    order = np.argsort(-best_p, axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1).tolist()
+    best_p = np.take_along_axis(best_p, order, axis=1).tolist()
+    rows = zip(block.ids.tolist(), block.losses.tolist(), best, best_p, strict=True)
+    return [
+        {
+            "char": vocab[c],
+            "p": _short(math.exp(-loss)),
+            "bits": _short(bpc(loss)),
+            "top": [[vocab[b], _short(p)] for b, p in zip(cs, ps, strict=True)],
+        }
+        for c, loss, cs, ps in rows
+    ]
+
+
+def _short(x: float) -> float:
+    """x to 6 significant digits: per-character lines stay short and still exact enough."""
+    return float(f"{x:.6g}")
+
+
+def _wide(params: dict) -> dict:
+    return {k: v.astype(np.float64) for k, v in params.items()}
 
 
 def chunked_loss(

@@ -9,18 +9,14 @@ checkpoint.py's job; choosing it (a run folder, $CHARRNN_CHECKPOINT, the latest 
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import unicodedata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from charrnn import checkpoint as ckpt_io
-from charrnn.model import architecture, param_names
+from charrnn.model import architecture, bpc, param_names
 
-LN2 = math.log(2.0)
 PREVIEW_CHARS = 80  # vocabulary characters shown in the text summary
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 
@@ -30,8 +26,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     ckpt = ckpt_io.load(path)
     arch = architecture(ckpt.params)
-    with np.load(path, allow_pickle=False) as z:  # load() checked it; it keeps no version
-        version = int(z["format_version"])
+    version = ckpt.format_version
     best = ckpt.train_state.get("best_val_loss")
     info = {
         "checkpoint": str(path),
@@ -46,7 +41,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "vocab": ckpt.vocab,
         "step": ckpt.step,
         "chars_seen": ckpt.train_state.get("chars_seen"),
-        "best_val_bpc": None if best is None else best / LN2,
+        "best_val_bpc": bpc(best),
     }
     info.update(_run_metrics(path.parent / "metrics.jsonl"))
     info["config"] = ckpt.config

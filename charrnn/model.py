@@ -29,13 +29,22 @@ Optimisers, clipping, data, checkpoints and scoring texts (evaluate.py) live in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.cells import CELLS as _CELL_MODULES
+from charrnn.cells import CELLS
 
-CELLS = ("rnn", "lstm", "gru")
+LN2 = math.log(2.0)  # nats in a bit
+
+
+def bpc(loss):
+    """Bits per character of a loss in nats per character (a float or an array): loss / ln 2.
+    None (no loss) stays None."""
+    return None if loss is None else loss / LN2
+
+
 # the std of the initial Wxh and Why when the config leaves init_scale null. The vanilla cell
 # starts with small inputs (its tanh units in their linear range); the gates of LSTM and GRU need
 # inputs large enough to move them, or the first hundreds of steps learn almost nothing
@@ -56,11 +65,11 @@ class Arch:
 
     @property
     def gates(self) -> int:
-        return _CELL_MODULES[self.cell].GATES
+        return CELLS[self.cell].GATES
 
     @property
     def states(self) -> int:
-        return _CELL_MODULES[self.cell].STATES
+        return CELLS[self.cell].STATES
 
     @property
     def state_width(self) -> int:
@@ -93,7 +102,7 @@ def param_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-_CELL_OF_GATES = {_CELL_MODULES[c].GATES: c for c in CELLS}  # 1: rnn, 3: gru, 4: lstm
+_CELL_OF_GATES = {module.GATES: c for c, module in CELLS.items()}  # 1: rnn, 3: gru, 4: lstm
 
 
 def _read_arch(params: dict) -> Arch:
@@ -157,12 +166,12 @@ def init_params(
     the LSTM's forget gate), then small Why, zero by; drawn from rng in that order. For the
     one-layer rnn the draws are the same as they always were: Whh, Wxh, Why."""
     if cell not in CELLS or num_layers < 1:
-        raise ValueError(f"need a cell in {CELLS} and num_layers >= 1")
+        raise ValueError(f"need a cell in {tuple(CELLS)} and num_layers >= 1")
     V, H = vocab_size, hidden_size
     init_scale = INIT_SCALE[cell] if init_scale is None else init_scale
     params = {}
     for layer in range(num_layers):
-        w = _CELL_MODULES[cell].init_layer(V if layer == 0 else H, H, rng, dtype, init_scale)
+        w = CELLS[cell].init_layer(V if layer == 0 else H, H, rng, dtype, init_scale)
         Wxh, Whh, bh = layer_names(layer)
         params[Wxh], params[Whh], params[bh] = w["Wxh"], w["Whh"], w["bh"]
     params["Why"] = np.ascontiguousarray(rng.standard_normal((V, H)) * init_scale, dtype=dtype)
@@ -256,7 +265,7 @@ class _Layer:
 def _layers(params: dict, arch: Arch, X: np.ndarray, state0: np.ndarray, ws, keep):
     """Every layer's forward over ids X (T, B): ([_Layer] bottom to top, state_last (B, W))."""
     T, B = X.shape
-    cell = _CELL_MODULES[arch.cell]
+    cell = CELLS[arch.cell]
     GH, dtype = arch.gates * arch.hidden_size, params["Whh"].dtype
     state_last = np.empty((B, arch.state_width), dtype)  # (B, W)
     layers: list[_Layer] = []
@@ -347,7 +356,7 @@ def backward(params: dict, cache: dict, out: dict | None = None) -> dict[str, np
     dlogits = cache["probs"]  # (N, V)
     T, B = X.shape
     N, H, GH = T * B, arch.hidden_size, arch.gates * arch.hidden_size
-    cell = _CELL_MODULES[arch.cell]
+    cell = CELLS[arch.cell]
     grads = {} if out is None else out
 
     # loss = -(1/N) sum log p[target]  =>  dloss/dy_t = (p_t - onehot(target_t)) / N
@@ -414,7 +423,7 @@ def step(params: dict, ids: np.ndarray, state: np.ndarray):
 
     For sampling: the params are taken as checked (by `architecture`, as loading does)."""
     arch = _read_arch(params)
-    cell = _CELL_MODULES[arch.cell]
+    cell = CELLS[arch.cell]
     new_state = np.empty_like(state)  # (M, W)
     x = None
     for layer in range(arch.num_layers):

@@ -9,7 +9,6 @@ that the command line prints. Reading metrics is tolerant of a last line cut sho
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from rich.text import Text
 
 from charrnn.config import load_config_file
 from charrnn.errors import CharRNNError, DataError
+from charrnn.model import bpc
 
-LN2 = math.log(2.0)
 X_AXES = {"steps": "step", "chars": "training characters", "time": "seconds of training"}
 MARKERS = "●◆▲■★✚"  # validation points of runs 1, 2, ... in the text chart
 COLORS = ("cyan", "magenta", "yellow", "green", "red", "blue")
@@ -60,7 +59,7 @@ def read_curves(run: str | Path, x: str = "steps") -> Curves:
         where = elapsed if x == "time" else rec["step"] * per_step
         if isinstance(rec.get("train_loss"), (int, float)):
             train_x.append(where)
-            train_bpc.append(rec["train_loss"] / LN2)
+            train_bpc.append(bpc(rec["train_loss"]))
         if isinstance(rec.get("val_bpc"), (int, float)):
             val_x.append(where)
             val_bpc.append(rec["val_bpc"])

@@ -87,7 +87,8 @@ class PlainReporter:
             self._print(info["notice"])
         self._print(
             f"{_verb(info)} {info['run_dir']}{_ranks(info)}: {info['vocab_size']} characters, "
-            f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars"
+            f"{info['train_chars']:,} training / {info['val_chars']:,} validation chars; "
+            f"{info['stops']}"
         )
         if info.get("reached"):
             self._print(limit_reached(info))
@@ -142,7 +143,7 @@ class RichReporter:
             self.console.print(info["notice"], markup=False, highlight=False)
         self.console.print(
             f"{_verb(info)} [bold]{info['run_dir']}[/]{_ranks(info)}: {info['vocab_size']} "
-            f"characters, {info['train_chars']:,} training chars"
+            f"characters, {info['train_chars']:,} training chars; {info['stops']}"
         )
         if info.get("reached"):
             self.console.print(limit_reached(info), markup=False, highlight=False)

@@ -116,11 +116,17 @@ def special_file(path: str | Path) -> str | None:
     return next((what for test, what in kinds.items() if test(mode)), None)
 
 
+HUB_MODEL = "model.safetensors"  # the model of a folder that `charrnn export --format hf` wrote
+
+
 def checkpoint_file(path: str | Path, in_folder: str = "best.npz") -> Path:
-    """The checkpoint a path names: the file itself, or `in_folder` of a run folder; a FIFO,
-    device or socket is a CheckpointError (see special_file)."""
+    """The checkpoint a path names: the file itself, or `in_folder` of a run folder (of a
+    model-hub folder without one: its model.safetensors); a FIFO, device or socket is a
+    CheckpointError (see special_file)."""
     path = Path(path)
     file = path / in_folder if path.is_dir() else path
+    if path.is_dir() and not os.path.lexists(file) and (path / HUB_MODEL).is_file():
+        file = path / HUB_MODEL
     what = special_file(file)
     if what is not None:
         raise CheckpointError(

@@ -23,7 +23,8 @@ Reading checkpoints and printing are left to the CLI; encoding text to ids to `d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
@@ -254,6 +255,113 @@ def write_samples(
         for i, row in enumerate(columns, start=2):
             out.write(f"\n{header(i)}{prefix}{decode(row, vocab)}\n")
     out.flush()
+
+
+ENDINGS = ("length", "stop", "end")  # why a sample ended: see `Sample.ended`
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str  # the prefix (the seed, unless not echoed) and the generated text
+    ended: str  # "length": all its characters were drawn; "stop": at a stop string (not
+    # included); "end": the model drew the end of a record (a model trained on records)
+
+
+class _Cut:
+    """One sample's text as it is drawn, ended at the first stop string or at the end of a
+    record. The last characters that could still begin a stop string are held back, so that
+    what `add` releases is never a part of one."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop
+        self.pending = ""  # drawn, not released yet: at most `hold` characters
+        self.ended: str | None = None
+
+    def add(self, c: str | None) -> str:
+        """Take the next drawn character (None: the end of a record); return the text that is
+        now certain to be part of the sample."""
+        if c is None:
+            self.ended = "end"
+            out, self.pending = self.pending, ""
+            return out
+        pending = self.pending + c
+        # the stops that end here, the longest first: it began earliest
+        for stop in sorted((s for s in self.stops if pending.endswith(s)), key=len, reverse=True):
+            self.ended = "stop"
+            self.pending = ""
+            return pending[: len(pending) - len(stop)]
+        cut = max(0, len(pending) - self.hold)
+        self.pending = pending[cut:]
+        return pending[:cut]
+
+    def finish(self) -> str:
+        """At the end of `length` characters: what is held back is part of the sample."""
+        self.ended = self.ended or "length"
+        out, self.pending = self.pending, ""
+        return out
+
+
+def check_stops(stops: Iterable[str]) -> tuple[str, ...]:
+    """The stop strings as a tuple; DataError for one that is not a non-empty string (an empty
+    one would end every sample before its first character)."""
+    stops = (stops,) if isinstance(stops, str) else tuple(stops)
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise DataError("a stop string must be a non-empty string")
+    return stops
+
+
+def finish_samples(
+    steps: Iterator[np.ndarray],
+    vocab: list[str],
+    *,
+    num_samples: int = 1,
+    prefix: str = "",
+    stops: Iterable[str] = (),
+    out: TextIO | None = None,
+) -> list[Sample]:
+    """The samples that `steps` (from generate) yields, each ended at its first stop string, at
+    an id beyond the characters of vocab (a records model's end of a record: len(vocab)) or
+    after all its characters, whichever comes first. Drawing stops once every sample has ended.
+    With `out`, they are printed as `write_samples` prints them: the first streamed as it is
+    drawn (less what could still be the start of a stop string), the others at the end."""
+    M, stops = num_samples, check_stops(stops)
+    cuts = [_Cut(stops) for _ in range(M)]
+    texts: list[list[str]] = [[] for _ in range(M)]
+    header = (lambda i: f"==> sample {i} of {M} <==\n") if M > 1 else (lambda i: "")
+    if out is not None:
+        out.write(header(1) + prefix)
+        out.flush()
+    live, V, unflushed = M, len(vocab), 0
+    for ids in steps:
+        for m, i in enumerate(ids.tolist()):
+            cut = cuts[m]
+            if cut.ended is not None:
+                continue
+            piece = cut.add(vocab[i] if i < V else None)
+            texts[m].append(piece)
+            if m == 0 and out is not None and piece:
+                out.write(piece)
+                unflushed += len(piece)
+                if "\n" in piece or unflushed >= FLUSH_EVERY:
+                    out.flush()
+                    unflushed = 0
+            live -= cut.ended is not None
+        if live == 0:
+            break
+    for m, cut in enumerate(cuts):
+        if cut.ended is None:
+            piece = cut.finish()
+            texts[m].append(piece)
+            if m == 0 and out is not None:
+                out.write(piece)
+    samples = [Sample(prefix + "".join(t), cut.ended) for t, cut in zip(texts, cuts, strict=True)]
+    if out is not None:
+        out.write("\n")
+        for i, s in enumerate(samples[1:], start=2):
+            out.write(f"\n{header(i)}{s.text}\n")
+        out.flush()
+    return samples
 
 
 def collect(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -33,20 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn import jsonout
 from charrnn.atomic import replace_atomically
 from charrnn.errors import DataError
-from charrnn.evaluate import NO_SCORE, known_ids
-from charrnn.model import (
-    architecture,
-    log_softmax_loss,
-    state_blocks,
-    top_output,
-    trace,
-    zero_state,
-)
-from charrnn.parallel import blas_threads
+from charrnn.evaluate import NO_SCORE, known_ids, score
+from charrnn.model import architecture, bpc, state_blocks
 
-LN2 = math.log(2.0)
 TOP_GUESSES = 5  # the model's likeliest characters listed for each position
 TOP_UNITS = 12  # units in the page's short list
 PER_FEATURE = 2  # at most this many of them matching one feature
@@ -98,34 +89,30 @@ class Page:
 
 
 def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES, adapter=None) -> Reading:
-    """One pass over ids (T,) from a zero state. Position t is scored from the state after ids
-    before it (the first from the zero state), as `evaluate.total_loss` scores it. A float32
-    model whose outputs overflow is read again in float64, as `evaluate` scores it; bits are
-    nan only when float64 overflows too. With an adapter (charrnn.dynamic.Adapter over the
-    same weights), the bits and guesses are those of dynamic evaluation, each character's from
-    the weights adapted to the text before it; the activations stay the trained weights'."""
-    reading = _read(params, ids, k)
-    if not np.isfinite(reading.bits).all() and any(v.dtype != np.float64 for v in params.values()):
-        reading = _read({name: v.astype(np.float64) for name, v in params.items()}, ids, k)
-    if adapter is not None:
-        segments = list(adapter.read(ids, keep_probs=True))
-        probs = np.concatenate([seg.probs for seg in segments])  # (T, V)
-        reading.bits = np.concatenate([seg.losses for seg in segments]) / LN2
-        reading.top_ids = np.argsort(-probs, axis=1, kind="stable")[:, : reading.top_ids.shape[1]]
-        reading.top_p = np.take_along_axis(probs, reading.top_ids, axis=1)
-    return reading
-
-
-def _read(params: dict, ids: np.ndarray, k: int) -> Reading:
-    with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
-        acts = trace(params, ids, zero_state(params, 1))  # (T, W)
-        before = np.concatenate([zero_state(params, 1), acts[:-1]])  # (T, W)
-        top = np.ascontiguousarray(top_output(params, before))  # (T, H): what Why reads
-        _, probs, losses = log_softmax_loss(params, top, ids)  # (T, V)
+    """One pass over ids (T,) from a zero state: the scoring pass of `charrnn eval`
+    (evaluate.score, float64 retry of an overflowing float32 model included), with every
+    layer's state after each character kept. Position t is scored from the state after the ids
+    before it (the first from the zero state); bits are nan only when float64 overflows too.
+    With an adapter (charrnn.dynamic.Adapter over the same weights), the bits and guesses are
+    those of dynamic evaluation's pass, each character's from the weights adapted to the text
+    before it; the activations stay the trained weights'."""
     k = min(k, len(params["by"]))
-    top_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (T, k)
-    top_p = np.take_along_axis(probs, top_ids, axis=1)  # (T, k)
-    return Reading(losses / LN2, top_ids, top_p, acts)
+    bits, top_ids, top_p, acts = [], [], [], []
+    for block in score(params, ids, trace=True):
+        acts.append(block.states)
+        if adapter is None:
+            _guesses(block, k, bits, top_ids, top_p)
+    for block in () if adapter is None else adapter.read(ids):
+        _guesses(block, k, bits, top_ids, top_p)
+    return Reading(*(np.concatenate(parts) for parts in (bits, top_ids, top_p, acts)))
+
+
+def _guesses(block, k: int, bits: list, top_ids: list, top_p: list) -> None:
+    """A block's bits and its k likeliest characters at each position, appended."""
+    order = np.argsort(-block.probs, axis=1, kind="stable")[:, :k]  # (T, k)
+    bits.append(bpc(block.losses))
+    top_ids.append(order)
+    top_p.append(np.take_along_axis(block.probs, order, axis=1))
 
 
 # ---- ranking units ----
@@ -308,7 +295,7 @@ def _text_spans(chars: str) -> str:
 
 def _script_json(data: dict) -> str:
     """JSON safe inside a <script> element: no "</" or "<!--" can end or confuse it."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    return jsonout.dumps(data, compact=True).replace("<", "\\u003c")
 
 
 def _fill(template: str, fields: dict[str, str]) -> str:

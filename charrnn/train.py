@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import cache, distributed, optim
+from charrnn import cache, distributed, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
+from charrnn.model import bpc
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
 from charrnn.runs import (
     RUNS_DIR,
@@ -44,8 +45,6 @@ from charrnn.runs import (
 )
 from charrnn.sample import generate
 from charrnn.state import TrainState, load_for_resume, new_config, resume_config
-
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -63,9 +62,6 @@ class TrainResult:
     primary: bool = True  # this process reports the run: False on MPI ranks other than 0
 
     def to_dict(self) -> dict:
-        def bpc(loss):
-            return None if loss is None else loss / LN2
-
         return {
             "run_dir": str(self.run_dir),
             "steps": self.steps,
@@ -336,14 +332,32 @@ class _Limits:
         return min(limits) if limits else None
 
     def described(self, cfg: Config, steps_per_epoch: int) -> dict:
-        """The limits as the reporter's start record gives them."""
+        """The limits as the reporter's start record gives them; `stops` says in words which
+        of them will stop the run."""
         return {
             "max_steps": self.steps,
             "max_epochs": cfg.max_epochs or None,
             "epoch_steps": self.epoch_steps,
             "steps_per_epoch": steps_per_epoch,
             "max_time": cfg.max_time or None,
+            "stops": self.stops(cfg),
         }
+
+    def stops(self, cfg: Config) -> str:
+        """'stops at step 2,000 (max_steps)', '... or after 60s (max_time), whichever comes
+        first', or 'no limit: stops when interrupted (Ctrl-C)'."""
+        ways = []
+        if self.steps is not None:
+            by_epochs = self.steps == self.epoch_steps
+            which = f"max_epochs {cfg.max_epochs:g}" if by_epochs else "max_steps"
+            ways.append(f"at step {self.steps:,} ({which})")
+        if self.max_time:
+            ways.append(f"after {self.max_time:g}s (max_time)")
+        if cfg.patience:
+            ways.append(f"after {cfg.patience} validations without improvement (patience)")
+        if not ways:
+            return "no limit: stops when interrupted (Ctrl-C)"
+        return "stops " + " or ".join(ways) + (", whichever comes first" if len(ways) > 1 else "")
 
     def reached(self, step: int, elapsed: float) -> str | None:
         if self.epoch_steps is not None and step >= self.epoch_steps:
@@ -457,8 +471,8 @@ def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
         if val_loss < s.best_val:
             s.best_val = val_loss
             ckpts.save(s, ckpts.best)
-        record = {"step": s.step, "val_loss": val_loss, "val_bpc": val_loss / LN2}
-        metrics_out.write(json.dumps(record) + "\n")
+        record = {"step": s.step, "val_loss": val_loss, "val_bpc": bpc(val_loss)}
+        metrics_out.write(jsonout.dumps(record) + "\n")
     ckpts.save(s, ckpts.last)
     if val_ids is None or not world.bcast(ckpts.best.exists()):
         ckpts.save(s, ckpts.best)
@@ -573,13 +587,13 @@ def _train(
                     "epoch": round(s.step / batches.steps_per_epoch, 4),
                     "train_loss": loss,
                     "val_loss": val_loss,
-                    "val_bpc": None if val_loss is None else val_loss / LN2,
+                    "val_bpc": bpc(val_loss),
                     "grad_norm": norm,
                     "lr": lr,
                     "chars_per_sec": B * T / step_time,
                     "elapsed": round(elapsed0 + time.perf_counter() - start, 3),  # across resumes
                 }
-                metrics_out.write(json.dumps(record) + "\n")
+                metrics_out.write(jsonout.dumps(record) + "\n")
                 if improved:
                     ckpts.save(s, ckpts.best)
                 if s.step % cfg.checkpoint_every == 0:

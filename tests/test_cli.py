@@ -146,6 +146,7 @@ def test_train_help_shows_config_defaults_and_clean_metavars():
         ("plot", "plot [OPTIONS] RUN..."),
         ("gradflow", "gradflow [OPTIONS] CHECKPOINT... TEXT"),
         ("prepare", "prepare [OPTIONS] CORPUS"),
+        ("export", "export [OPTIONS] CHECKPOINT_OR_RUN"),
     ],
 )
 def test_other_commands_have_clean_metavars(command, line):

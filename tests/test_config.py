@@ -128,7 +128,7 @@ def test_unknown_key_suggests_close_match():
 
 
 def test_unknown_key_without_close_match_points_to_readme():
-    assert error_of({"zzz": 1}) == "unknown config key 'zzz' (see README 'Config keys')"
+    assert error_of({"zzz": 1}) == "unknown config key 'zzz' (see docs/config.md)"
 
 
 def test_unknown_dashed_key_in_file_suggests_underscore(tmp_path):

@@ -221,3 +221,61 @@ def test_a_model_with_no_finite_score_gives_nulls_and_the_reason(tmp_path, recwa
         "weights are too large)\n"
     )
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("dest", ["file", "-"])
+def test_per_char_scores_of_an_overflowing_float32_model_are_finite(tmp_path, dest, recwarn):
+    """The per-character lines come from the same pass as the score, float64 retry included:
+    finite bits beside a finite bpc, in strict JSON, to a file as to stdout."""
+    model = huge_model(tmp_path / "huge.npz", np.float32, 3e38)
+    out = tmp_path / "chars.jsonl"
+    args = ["-", "--checkpoint", model, "--per-char", out if dest == "file" else "-"]
+    result = run(*args, *(["--json"] if dest == "file" else []), input="abcde abc")
+    assert result.exit_code == 0
+    text = out.read_text(encoding="utf-8") if dest == "file" else result.stdout
+    lines = [strict_json(line) for line in text.splitlines()]
+    assert "".join(line["char"] for line in lines) == "abcde abc"
+    bits = [line["bits"] for line in lines]
+    assert all(isinstance(b, float) and math.isfinite(b) and b >= 0 for b in bits)
+    assert max(bits) > 1e38  # the overflowing outputs, scored in float64
+    if dest == "file":
+        score = strict_json(result.stdout)
+        assert score["bpc"] == pytest.approx(sum(bits) / len(bits), rel=1e-5)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_per_char_scores_with_no_finite_value_are_null_in_the_file(tmp_path):
+    model = huge_model(tmp_path / "huge.npz", np.float64, 1e308)
+    out = tmp_path / "chars.jsonl"
+    result = run("-", "--checkpoint", model, "--per-char", out, "--json", input="abcde abc")
+    assert result.exit_code == 0 and strict_json(result.stdout)["bpc"] is None
+    lines = [strict_json(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 9 and lines[0]["bits"] == pytest.approx(math.log2(6))  # from h_0 = 0
+    assert all(line["bits"] is None and line["p"] is None for line in lines[1:])
+
+
+def test_a_refused_text_leaves_no_per_char_file(tiny, tmp_path):
+    out = tmp_path / "chars.jsonl"
+    result = run("-", "--checkpoint", tiny, "--per-char", out, "--unknown", "error", input="abz")
+    assert result.exit_code == 1 and "not in the model's vocabulary" in result.stderr
+    assert not out.exists()
+
+
+def test_an_overflow_in_a_later_block_is_scored_again_from_there(tmp_path, monkeypatch):
+    """A float32 model that overflows only on some characters: the pass scores the blocks before
+    in float32 and from the first overflowing block on in float64, every block exactly once."""
+    from charrnn import evaluate as evaluate_module
+
+    params = init_params(len(VOCAB), 8, np.random.default_rng(0), dtype=np.float32)
+    params["Why"][:, :] = 0.0
+    params["Why"][VOCAB.index("e")] = 3e38  # logits overflow after an "e" lifts h
+    params["Wxh"][:, VOCAB.index("e")] = 5.0
+    ids = np.array([VOCAB.index(c) for c in "abcdabcdabcdeabcd"])
+    monkeypatch.setattr(evaluate_module, "BLOCK", 4)
+    blocks = list(evaluate_module.score(params, ids))
+    assert [b.start for b in blocks] == [0, 4, 8, 12, 16]
+    assert np.array_equal(np.concatenate([b.ids for b in blocks]), ids)
+    assert [b.losses.dtype for b in blocks] == [np.float32] * 3 + [np.float64] * 2
+    assert all(np.isfinite(b.losses).all() for b in blocks)
+    wide = {k: v.astype(np.float64) for k, v in params.items()}
+    assert total_loss(params, ids) == pytest.approx(total_loss(wide, ids), rel=1e-6)

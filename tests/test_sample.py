@@ -130,7 +130,9 @@ def test_num_samples_are_separated_and_json_is_a_list(rand_ckpt):
     text = run(*args)
     listed = run(*args, "--json")
     assert text.exit_code == listed.exit_code == 0
-    samples = json.loads(listed.stdout)
+    listed = json.loads(listed.stdout)
+    assert all(s["ended"] == "length" for s in listed)
+    samples = [s["text"] for s in listed]
     assert len(samples) == 3 and all(s.startswith("ab") and len(s) == 42 for s in samples)
     assert len(set(samples)) == 3  # independent draws
     expected = "\n".join(f"==> sample {i} of 3 <==\n{s}\n" for i, s in enumerate(samples, 1))
@@ -335,3 +337,62 @@ def test_tiny_temperature_through_the_command_prints_no_warnings(tmp_path):
         )  # fmt: skip
         assert (proc.returncode, proc.stderr) == (0, "")
         assert proc.stdout == greedy.stdout
+
+
+# ---- --stop ----
+
+
+def greedy(overfit, *args):
+    return run("--checkpoint", str(overfit), "--argmax", "--seed", "a", "-q", *args)
+
+
+def test_stop_ends_the_sample_before_the_stop_string(overfit):
+    full = greedy(overfit, "--length", "20")
+    assert full.stdout == "abcdefghabcdefghabcde\n"
+    stopped = greedy(overfit, "--length", "20", "--stop", "fg")
+    assert stopped.exit_code == 0 and stopped.stdout == "abcde\n"
+    listed = greedy(overfit, "--length", "20", "--stop", "fg", "--json")
+    assert json.loads(listed.stdout) == [{"text": "abcde", "ended": "stop"}]
+
+
+def test_the_first_stop_drawn_ends_it_and_the_seed_does_not_count(overfit):
+    # "cd" is drawn before "h"; the seed's own "a" is not a stop of the continuation
+    two = greedy(overfit, "--length", "20", "--stop", "h", "--stop", "cd", "--stop", "a")
+    assert two.stdout == "ab\n"
+    # a stop that spans the hold-back: 'hab' starts before 'b' completes it
+    assert greedy(overfit, "--length", "20", "--stop", "hab").stdout == "abcdefg\n"
+    never = greedy(overfit, "--length", "10", "--stop", "xyz", "--json")
+    assert json.loads(never.stdout) == [{"text": "abcdefghabc", "ended": "length"}]
+
+
+def test_stop_with_several_samples_prints_each_to_its_end(rand_ckpt):
+    args = ["--checkpoint", str(rand_ckpt), "--length", "300", "--rng-seed", "2", "-q"]
+    args += ["--num-samples", "4", "--stop", "cd"]
+    listed = json.loads(run(*args, "--json").stdout)
+    assert [s["ended"] for s in listed] == ["stop"] * 4  # this model draws 'cd' often
+    assert all("cd" not in s["text"] for s in listed)
+    assert len({len(s["text"]) for s in listed}) > 1  # each sample ends where it draws it
+    printed = run(*args).stdout
+    expected = "\n".join(f"==> sample {i} of 4 <==\n{s['text']}\n" for i, s in enumerate(listed, 1))
+    assert printed == expected
+    # each is the prefix of the same draw without --stop
+    free = json.loads(run(*args[:-2], "--json").stdout)
+    assert all(f["text"].startswith(s["text"]) for f, s in zip(free, listed, strict=True))
+
+
+def test_an_empty_stop_or_stop_with_beam_is_a_usage_error(overfit):
+    assert "must not be empty" in greedy(overfit, "--stop", "").stderr
+    assert greedy(overfit, "--stop", "").exit_code == 2
+    beam = run("--checkpoint", str(overfit), "--beam", "2", "--stop", "a")
+    assert beam.exit_code == 2 and "cannot end at a stop string" in beam.stderr
+
+
+def test_model_sample_stop_in_the_library(overfit):
+    import charrnn
+    from charrnn.errors import CharRNNError
+
+    model = charrnn.load(overfit)
+    assert model.sample("a", 20, argmax=True, stop=["fg"]) == "abcde"
+    assert model.samples("a", 20, argmax=True, stop="fg")[0].ended == "stop"
+    with pytest.raises(CharRNNError, match="non-empty"):
+        model.sample("a", 5, stop=[""])

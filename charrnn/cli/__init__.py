@@ -16,6 +16,7 @@ One job per module:
   training.py     train, prepare
   text.py         sample (and its beam search), eval
   inspection.py   info, show, plot, gradflow
+  exporting.py    export
 This file imports the commands in the order `charrnn --help` lists them, and holds `main`,
 the console entry point (pyproject.toml: charrnn = "charrnn.cli:main").
 """
@@ -33,6 +34,7 @@ from charrnn.distributed import end_together
 from charrnn.cli.training import prepare, train
 from charrnn.cli.text import eval_text, sample
 from charrnn.cli.inspection import gradflow, info, plot, show
+from charrnn.cli.exporting import export_model
 
 # isort: on
 
@@ -40,6 +42,7 @@ __all__ = [
     "Product",
     "app",
     "eval_text",
+    "export_model",
     "gradflow",
     "info",
     "main",

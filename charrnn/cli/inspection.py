@@ -45,8 +45,8 @@ def info(
         Path | None,
         typer.Argument(
             metavar="[CHECKPOINT_OR_RUN]",
-            help="A checkpoint .npz, or a run folder (its best.npz). Default: the one sample "
-            "and eval would use.",
+            help="A checkpoint .npz or .safetensors, or a run folder (its best.npz). Default: "
+            "the one sample and eval would use.",
         ),
     ] = None,
     json_out: Annotated[

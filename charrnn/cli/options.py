@@ -40,8 +40,8 @@ class Unknown(str, Enum):
 
 
 CHECKPOINT_HELP = (
-    "Checkpoint .npz, or a run folder (its best.npz). Default: the one $CHARRNN_CHECKPOINT "
-    "names, else the most recently written runs/*/best.npz."
+    "Checkpoint .npz or .safetensors, or a run folder (its best.npz). Default: the one "
+    "$CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."
 )
 
 

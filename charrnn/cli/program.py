@@ -1,7 +1,7 @@
 """The `charrnn` program itself: the Typer app that every command registers with, the plain
 help format the commands use (PlainCommand), and the root option --version. The commands live
-in training.py, text.py and inspection.py; charrnn/cli/__init__.py imports them in the order
-`charrnn --help` lists them."""
+in training.py, text.py, inspection.py and exporting.py; charrnn/cli/__init__.py imports them
+in the order `charrnn --help` lists them."""
 
 from __future__ import annotations
 

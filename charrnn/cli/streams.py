@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import codecs
 import errno
-import json
-import math
 import os
 import sys
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from typing import Any
 
 import typer
 
+from charrnn import jsonout
 from charrnn.distributed import PeerFailed
 from charrnn.errors import CharRNNError
 
@@ -126,21 +125,11 @@ def need_stdin(source) -> None:
 
 
 def to_json(obj: Any, readable: bool = False) -> str:
-    """Always valid JSON: a number that is not finite (which json.dumps would write as NaN or
-    Infinity) becomes null, and characters beyond ASCII are written as \\u escapes unless
-    `readable` asks for them as they are and stdout is UTF-8."""
+    """Always valid JSON (charrnn.jsonout: a number that is not finite becomes null), with
+    characters beyond ASCII written as \\u escapes unless `readable` asks for them as they are
+    and stdout is UTF-8."""
     plain = not readable or codecs.lookup(stdout().encoding).name != "utf-8"
-    return json.dumps(_finite(obj), ensure_ascii=plain, allow_nan=False)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return jsonout.dumps(obj, ascii=plain)
 
 
 def prepare_streams() -> None:

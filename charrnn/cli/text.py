@@ -4,15 +4,13 @@ each of its characters). The model's work is charrnn.api.Model's."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from charrnn import jsonout
 from charrnn.cli.options import (
     CHECKPOINT_HELP,
     DynamicDecayOption,
@@ -113,8 +111,21 @@ def sample(
             help="Seed characters not in the vocabulary: an error, or skip them.",
         ),
     ] = Unknown.error,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="STR",
+            help="End each sample where it first draws STR, which is not printed (repeat for "
+            "several: the first one drawn ends it), e.g. --stop $'\\n\\n' for a paragraph.",
+        ),
+    ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the samples as one JSON list of strings.")
+        bool,
+        typer.Option(
+            "--json",
+            help='Print the samples as one JSON list of {"text", "ended"} objects; ended says '
+            "why: length (all N characters), stop (a --stop string), end (a record's end).",
+        ),
     ] = False,
     adapt: Annotated[
         Path | None,
@@ -142,8 +153,10 @@ def sample(
         raise typer.BadParameter("must be > 0 and <= 1", param_hint="'--top-p'")
     if seed is not None and seed_file is not None:
         raise typer.BadParameter("give --seed or --seed-file, not both", param_hint="'--seed-file'")
+    if any(not s for s in stop or ()):
+        raise typer.BadParameter("must not be empty", param_hint="'--stop'")
     if beam is not None:
-        _check_beam(ctx, beam, num_samples)
+        _check_beam(ctx, beam, num_samples, stop)
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
@@ -177,7 +190,7 @@ def sample(
             )
             _print_beams(beams, beam, json_out, quiet)
             return
-        samples = model.sample(
+        samples = model.samples(
             prime,
             length,
             temperature=temperature,
@@ -188,18 +201,25 @@ def sample(
             rng_seed=rng_seed,
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
+            stop=stop or (),
             out=None if json_out else stdout(),  # streamed as it is drawn
         )
     if json_out:
-        emit(to_json([samples] if num_samples == 1 else samples))
+        emit(to_json([{"text": s.text, "ended": s.ended} for s in samples]))
 
 
 # flags of `sample` that draw at random: beam search draws nothing, so they would do nothing
 _DRAWING_FLAGS = ("temperature", "top_k", "top_p", "argmax", "rng_seed")
 
 
-def _check_beam(ctx: typer.Context, beam: int, num_samples: int) -> None:
+def _check_beam(ctx: typer.Context, beam: int, num_samples: int, stop) -> None:
     """Usage errors for what --beam cannot be combined with."""
+    if stop:
+        raise typer.BadParameter(
+            "beam search keeps continuations of exactly --length characters, so it cannot "
+            "end at a stop string; leave out --stop or --beam",
+            param_hint="'--stop'",
+        )
     for name in _DRAWING_FLAGS:
         source = ctx.get_parameter_source(name)  # an enum of Typer's own copy of click
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
@@ -316,19 +336,16 @@ def eval_text(
         model = load_model(checkpoint, quiet)
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        if dynamic:
-            with _line_writer(per_char) as write:
+        with _Lines(per_char) as lines:  # the score and the lines from one pass
+            write = None if per_char is None else lines.write
+            if dynamic:
                 adapted, result = model.adapt(
                     content, settings, unknown=unknown.value, name=name, per_char=write
                 )
-            if save_adapted is not None:
-                adapted.save(save_adapted)
-        else:
-            result = model.evaluate(content, unknown=unknown.value, name=name)
-            if per_char is not None:
-                with _line_writer(per_char) as write:
-                    for record in model.char_scores(content):
-                        write(record)
+            else:
+                result = model.evaluate(content, unknown=unknown.value, name=name, per_char=write)
+        if save_adapted is not None:
+            adapted.save(save_adapted)
     if json_out:
         emit(to_json(result.to_dict() | ({"dynamic": settings.to_dict()} if dynamic else {})))
     elif per_char != "-":
@@ -337,16 +354,27 @@ def eval_text(
         note(result.summary())
 
 
-@contextmanager
-def _line_writer(dest: str | None) -> Iterator[Callable[[dict], None] | None]:
-    """A function that writes one JSON object per line to the file dest (UTF-8), or to stdout
-    for "-"; None for no dest."""
-    if dest is None:
-        yield None
-    elif dest == "-":
-        out = stdout()
-        yield lambda record: out.write(to_json(record, readable=True) + "\n")
-        out.flush()
-    else:
-        with open(dest, "w", encoding="utf-8") as f:
-            yield lambda record: f.write(json.dumps(record, ensure_ascii=False) + "\n")
+class _Lines:
+    """One JSON object per line (charrnn.jsonout: strict JSON) to the file dest (UTF-8), opened
+    at the first line, so that a text refused before any score leaves no file; or to stdout
+    for "-"."""
+
+    def __init__(self, dest: str):
+        self.dest, self.file = dest, None
+
+    def write(self, record: dict) -> None:
+        if self.dest == "-":
+            stdout().write(to_json(record, readable=True) + "\n")
+            return
+        if self.file is None:
+            self.file = open(self.dest, "w", encoding="utf-8")  # closed by __exit__
+        self.file.write(jsonout.dumps(record, ascii=False) + "\n")
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif self.dest == "-":
+            stdout().flush()

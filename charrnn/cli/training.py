@@ -3,7 +3,6 @@ corpus's cache of character ids). The training itself is charrnn.api.train's."""
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from charrnn.cli.options import check_flags
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import emit, need_stdin, need_stdout, note, to_json, user_errors
 from charrnn.config import DEFAULTS
+from charrnn.model import bpc
 from charrnn.progress import make_encode_bar
 
 
@@ -211,7 +211,7 @@ def train(
         raise typer.Exit(128 + result.signal)
     if not quiet and not json_out:
         best = result.best_val_loss
-        score = "" if best is None else f"; best val loss {best:.4f} ({best / math.log(2):.3f} bpc)"
+        score = "" if best is None else f"; best val loss {best:.4f} ({bpc(best):.3f} bpc)"
         note(
             f"done: {result.steps} steps in {result.seconds:.1f}s{score}; "
             f"checkpoints in {result.run_dir}"
