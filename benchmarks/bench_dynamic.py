@@ -18,11 +18,8 @@ benchmarks/results/bench_dynamic-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from results_io import machine, write_result  # noqa: E402
 
 from charrnn import api  # noqa: E402
 from charrnn.data import encode, read_text, split  # noqa: E402
@@ -127,17 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     rows = [bench(path, args) for path in args.checkpoints]
-    date = datetime.date.today().isoformat()
-    out = args.out or HERE / "results" / f"bench_dynamic-{date}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "date": date,
-        "machine": f"{platform.processor() or platform.machine()}, shared with other jobs",
-        "command": " ".join(["python", "benchmarks/bench_dynamic.py", *sys.argv[1:]]),
-        "results": rows,
-    }
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    note = "machine shared with other jobs: compare the ratio, measured in one run"
+    figures = {"results": rows}
+    path = write_result("bench_dynamic", figures, machine_info=machine(), note=note, out=args.out)
+    print(f"wrote {path}")
     return 0
 
 

@@ -18,9 +18,6 @@ so that the method's cost shows. Results go to benchmarks/results/bench_seeds-<d
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import re
 import sys
 import time
@@ -29,6 +26,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from results_io import machine, write_result  # noqa: E402
 
 import charrnn  # noqa: E402
 from charrnn.data import encode, split  # noqa: E402
@@ -153,18 +153,10 @@ def main(argv=None) -> int:
             f"ordinary seeds: greedy mean {plain['greedy']['mean']:.3f}, t=1 mean "
             f"{plain['t1']['mean']:.3f}, words {plain['t1_words']['mean']:.3f}"
         )
-    date = datetime.date.today().isoformat()
-    out = args.out or HERE / "results" / f"bench_seeds-{date}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "date": date,
-        "machine": f"{platform.processor() or platform.machine()}, shared with other jobs",
-        "command": " ".join(["python", "benchmarks/bench_seeds.py", *sys.argv[1:]]),
-        "steps": args.steps,
-        "results": results,
-    }
-    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    note = "machine shared with other jobs"
+    figures = {"steps": args.steps, "results": results}
+    path = write_result("bench_seeds", figures, machine_info=machine(), note=note, out=args.out)
+    print(f"wrote {path}")
     return 0
 
 

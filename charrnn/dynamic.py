@@ -59,8 +59,8 @@ class Settings:
 
     method: str = "rms"
     lr: float = 1e-4
-    decay: float = 0.01
-    segment: int = 50
+    decay: float = 0.001
+    segment: int = 100
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,7 +77,7 @@ class Settings:
 
 
 # each method's settings, chosen on the validation text (docs/dynamic.md)
-DEFAULTS = {"rms": Settings(), "sgd": Settings(method="sgd", lr=0.01, decay=0.001)}
+DEFAULTS = {"rms": Settings(), "sgd": Settings(method="sgd", lr=0.01)}
 
 
 def gradient_rms(opt_state: dict, config: dict, step: int) -> dict[str, np.ndarray] | None:

@@ -189,7 +189,7 @@ def test_eval_dynamic_json_per_char_and_save_adapted(gru, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["dynamic"] == {"method": "rms", "lr": 2e-4, "decay": 0.01, "segment": 25}
+    assert out["dynamic"] == {"method": "rms", "lr": 2e-4, "decay": 0.001, "segment": 25}
     assert out["chars"] == 1000 and out["bpc"] < static["bpc"] - 0.05
     lines = [json.loads(x) for x in (tmp_path / "pc.jsonl").read_text().splitlines()]
     assert "".join(r["char"] for r in lines) == text.read_text()
