@@ -17,6 +17,7 @@ from helpers import TEXT, cli, user_error
 from charrnn import api
 from charrnn import checkpoint as ckpt_io
 from charrnn.dynamic import EPS, Adapter, Settings, gradient_rms
+from charrnn.errors import CheckpointError, ConfigError
 from charrnn.evaluate import evaluate
 from charrnn.model import backward, forward, init_params, zero_state
 
@@ -147,8 +148,8 @@ def test_one_step_is_the_rms_update_of_the_docstring(gru):
 
 
 def test_the_pull_toward_the_trained_weights():
-    """sgd with lr 0: nothing moves; decay 1 with rms: each step lands back on theta_0 where
-    decay R / mean R >= 1. An sgd model (no second moment) refuses rms, naming the way out."""
+    """sgd with lr 0: nothing moves. A model with no second moment (sgd-trained) refuses rms,
+    naming the way out; settings out of range are ConfigErrors."""
     rng = np.random.default_rng(0)
     params = init_params(5, 6, rng, dtype=np.float64, cell="lstm", num_layers=2)
     ids = rng.integers(0, 5, 60)
@@ -156,8 +157,11 @@ def test_the_pull_toward_the_trained_weights():
     list(adapter.read(ids))
     for k, p in params.items():
         assert np.array_equal(adapter.params[k], p)
-    with pytest.raises(Exception, match="--dynamic-method sgd"):
+    with pytest.raises(CheckpointError, match="--dynamic-method sgd"):
         Adapter(params, Settings(method="rms"), None)
+    for bad in ({"segment": 0}, {"lr": math.nan}, {"decay": 1.5}, {"method": "adam"}):
+        with pytest.raises(ConfigError, match="dynamic evaluation's"):
+            Settings(**bad)
 
 
 def test_adapting_lowers_the_score_of_a_text_that_repeats(two_layers):
@@ -220,6 +224,7 @@ def test_sgd_method_and_its_json(gru, tmp_path):
         ["--dynamic", "--dynamic-lr", "-1"],
         ["--dynamic", "--dynamic-decay", "2"],
         ["--dynamic", "--dynamic-segment", "0"],
+        ["--dynamic", "--dynamic-segment", "10001"],
         ["--dynamic", "--dynamic-method", "adam"],
     ],
 )

@@ -14,7 +14,7 @@ import typer
 
 from charrnn import api
 from charrnn.cli.streams import note
-from charrnn.dynamic import DEFAULTS, Settings
+from charrnn.dynamic import DEFAULTS, MAX_SEGMENT, Settings
 from charrnn.errors import ConfigError
 from charrnn.runs import CHECKPOINT_ENV
 
@@ -101,6 +101,7 @@ DynamicSegmentOption = Annotated[
     int | None,
     typer.Option(
         min=1,
+        max=MAX_SEGMENT,
         metavar="N",
         help=f"Dynamic evaluation: characters scored between steps [default: {_RMS.segment}].",
     ),
