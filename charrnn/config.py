@@ -153,6 +153,9 @@ class Config:
     # targets stay), so the model learns to fall back into text after characters it did not
     # expect, as after an unusual seed (docs/dynamic.md, "Samples that survive any seed")
     input_noise: float = _number(0.0, ge=0, lt=1)
+    # after each reset, a stream's first n inputs (n uniform in 0..reset_noise) are random
+    # characters (the targets stay): the odd start of an unusual seed, which it learns to leave
+    reset_noise: int = _integer(0, ge=0, le=1_000_000)
     # randomness
     rng_seed: int | None = _integer(None, ge=0, none_ok=True)  # None = pick one at random
     # data

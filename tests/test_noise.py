@@ -1,6 +1,7 @@
-"""input_noise: input characters replaced by random ones in training, the targets kept
-(train._noisy_inputs). Its draws come from the run's generator, so a resumed run is the run
-that never stopped, bit for bit; it changes the training; 0 draws nothing."""
+"""input_noise and reset_noise: input characters replaced by random ones in training, the
+targets kept (train._noisy_inputs): anywhere at a rate, or at the start of streams just reset.
+The draws come from the run's generator, so a resumed run is the run that never stopped, bit
+for bit; each changes the training; 0 draws nothing."""
 
 from __future__ import annotations
 
@@ -28,14 +29,18 @@ def test_resume_with_input_noise_is_bitwise_identical(tmp_path):
     corpus.write_text(TEXT[:1000], encoding="utf-8")
     args = [*SMALL, "--cell", "gru", "--num-layers", "2", "--dropout", "0.1"]
     args += ["--eval-every", "5", "--checkpoint-every", "5", "-q", "--set", "input_noise=0.1"]
+    args += ["--set", "reset_noise=5"]
     args += ["--set", "reset_prob=0.3", "--set", "workers=2"]
     ok(cli("train", corpus, *args, "--max-steps", "10", "--out", "A"))
     ok(cli("train", corpus, "--resume", "A", "--max-steps", "35", "-q"))
     ok(cli("train", corpus, *args, "--max-steps", "35", "--out", "B"))
     assert_same_arrays(arrays(Path("A/last.npz")), arrays(Path("B/last.npz")))
     assert without_timing(metrics(Path("A"))) == without_timing(metrics(Path("B")))
-    ok(cli("train", corpus, *args, "--max-steps", "35", "--set", "input_noise=0", "--out", "C"))
-    assert not np.array_equal(arrays(Path("C/last.npz"))["Wxh"], arrays(Path("B/last.npz"))["Wxh"])
+    for key in ("input_noise", "reset_noise"):
+        ok(cli("train", corpus, *args, "--max-steps", "35", "--set", f"{key}=0", "--out", key))
+        assert not np.array_equal(
+            arrays(Path(key, "last.npz"))["Wxh"], arrays(Path("B/last.npz"))["Wxh"]
+        )
 
 
 def test_noisy_inputs_replace_about_the_rate_and_leave_the_batch_alone():
@@ -43,7 +48,7 @@ def test_noisy_inputs_replace_about_the_rate_and_leave_the_batch_alone():
     s = TrainState.fresh(cfg, vocab_size=7)
     X = np.arange(100 * 50).reshape(100, 50) % 7  # (T, B)
     before = X.copy()
-    noisy = _noisy_inputs(s, cfg, X, 7)
+    noisy = _noisy_inputs(s, cfg, X, 7, np.zeros(50, bool))
     assert np.array_equal(X, before)  # the batch (its targets' source) is untouched
     changed = (noisy != X).mean()
     # a replaced id equals the old one with chance 1/7: 0.2 * 6/7 = 0.171 are different
@@ -51,4 +56,17 @@ def test_noisy_inputs_replace_about_the_rate_and_leave_the_batch_alone():
     assert noisy.min() >= 0 and noisy.max() < 7
     state = s.rng.bit_generator.state
     off = Config.from_dict({"rng_seed": 0})
-    assert _noisy_inputs(s, off, X, 7) is X and s.rng.bit_generator.state == state
+    assert _noisy_inputs(s, off, X, 7, np.ones(50, bool)) is X
+    assert s.rng.bit_generator.state == state  # nothing drawn
+
+
+def test_reset_noise_touches_only_the_start_of_reset_streams():
+    cfg = Config.from_dict({"reset_noise": 10, "rng_seed": 0, "batch_size": 40})
+    s = TrainState.fresh(cfg, vocab_size=50)
+    X = np.zeros((30, 40), np.intp)  # (T, B): all id 0, so a replaced id shows (49 in 50)
+    reset = np.arange(40) % 2 == 0
+    noisy = _noisy_inputs(s, cfg, X, 50, reset)
+    assert not noisy[:, ~reset].any()  # streams carried on: untouched
+    assert not noisy[10:].any()  # never past the first reset_noise inputs
+    assert noisy[:, reset].any()
+    assert _noisy_inputs(s, cfg, X, 50, np.zeros(40, bool)) is X  # no stream reset
