@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint browser bench bench-scale bench-mpi bench-quality clean
+.PHONY: setup demo test test-all lint browser bench bench-scale bench-mpi bench-quality docs-tables clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,11 @@ bench-mpi: $(STAMP)
 bench-quality: $(STAMP)
 	@test -n "$(CHECKPOINT)" || { echo "usage: make bench-quality CHECKPOINT=runs/x/best.npz"; exit 2; }
 	$(BIN)/python benchmarks/bench_quality.py $(CHECKPOINT) $(QUALITY_ARGS)
+
+# the measured tables of docs/*.md, rewritten from the results files they name
+# (benchmarks/results/<name>-<date>.json, written by the benchmarks above)
+docs-tables: $(STAMP)
+	$(BIN)/python benchmarks/tables.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

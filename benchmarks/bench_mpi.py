@@ -23,7 +23,8 @@ characters in float32 at seq_length 100:
      with bandwidth 10 Gb/s and latency 50 us (Ethernet, TCP) or 100 Gb/s and 5 us
      (InfiniBand or RoCE); the line rate, so the table is an upper bound.
 
-Prints the tables and saves a JSON copy under benchmarks/results/. A shared machine makes the
+Prints the tables and saves them with the machine in benchmarks/results/mpi-<date>.json, from
+which `make docs-tables` writes the tables of docs/scaling-out.md. A shared machine makes the
 timings noisy: the medians are what to read.
 """
 
@@ -48,6 +49,10 @@ from charrnn.config import Config  # noqa: E402
 from charrnn.evaluate import chunked_loss  # noqa: E402
 from charrnn.model import init_params, zero_state  # noqa: E402
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from gemm_peak import measure_gemm_peak  # noqa: E402
+from results_io import machine, write_result  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 V, T = 65, 100
@@ -239,9 +244,8 @@ def main() -> None:
             table.setdefault(name, {})[h] = row
             print(f"| {h} | " + " | ".join(f"{x:.1f}" for x in row) + " |")
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"mpi-{stamp}.json"
-    path.write_text(json.dumps({"one": one, "two": two, "speedup": table}, indent=1))
+    figures = {"one": one, "two": two, "speedup": table, "load_1min_end": os.getloadavg()[0]}
+    path = write_result("mpi", figures, machine_info=machine(measure_gemm_peak()))
     for f in (".mpi1.json", ".mpi2.json"):
         (RESULTS / f).unlink(missing_ok=True)
     print(f"\nsaved {path.relative_to(REPO)}")

@@ -16,8 +16,9 @@ does not dominate the time). Peak RSS is each child's own ru_maxrss (os.wait4), 
 pages of the memory-mapped cache the process has mapped as well as its own memory.
 
 Targets (issues 6 and 9): peak RSS on 1 GB below 400 MB and within 50 MB of the 10 MB run;
-encoding at least 100 MB/s for ASCII and 50 MB/s for mixed Unicode. Prints a table, saves a JSON
-copy under benchmarks/results/, and deletes the generated corpora and their caches. Timings on a
+encoding at least 100 MB/s for ASCII and 50 MB/s for mixed Unicode. Prints a table, saves it with
+the machine in benchmarks/results/scale-<date>.json (`make docs-tables` writes the table of
+docs/data.md from it), and deletes the generated corpora and their caches. Timings on a
 shared machine are noisy.
 """
 
@@ -33,6 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gemm_peak import measure_gemm_peak
+from results_io import machine, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "data" / "shakespeare.txt"
@@ -250,20 +254,14 @@ def report(rows: list[dict], encode: dict) -> None:
     for what, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {value}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "train_args": TRAIN_ARGS,
-                "rows": rows,
-                "encode": encode,
-                "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
-                "cpus": os.cpu_count(),
-            },
-            indent=2,
-        )
-    )
+    figures = {
+        "train_args": TRAIN_ARGS,
+        "rows": rows,
+        "encode": encode,
+        "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
+        "load_1min_end": os.getloadavg()[0],
+    }
+    out = write_result("scale", figures, machine_info=machine(measure_gemm_peak()))
     print(f"\nsaved {out.relative_to(REPO)}")
 
 

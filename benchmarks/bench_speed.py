@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import tempfile
@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from gemm_peak import measure_gemm_peak  # noqa: E402
-from results_io import machine, write_result  # noqa: E402
+from results_io import blas_name, cpu_model, machine, write_result  # noqa: E402
 from torch_reference import torch_train_chars_per_sec  # noqa: E402
 
 from charrnn.config import Config  # noqa: E402
@@ -58,10 +59,11 @@ def flops_per_char(hidden: int, vocab: int, gates: int = 1) -> float:
     return 6.0 * (gates * hidden * hidden + hidden * vocab)
 
 
-def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn") -> float:
+def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn", workers=0) -> float:
     """Steady-state chars/s of the real training loop, from metrics.jsonl's elapsed column."""
     cfg = Config(
         cell=cell,
+        workers=workers,
         hidden_size=hidden,
         batch_size=batch,
         seq_length=seq_length,
@@ -80,10 +82,10 @@ def charrnn_train_speed(corpus, hidden, batch, seq_length, steps, cell="rnn") ->
     return batch * seq_length * steps / seconds
 
 
-def calibrate_steps(corpus, hidden, batch, seq_length, seconds: float, cell="rnn") -> int:
+def calibrate_steps(corpus, hidden, batch, seq_length, seconds, cell="rnn", workers=0) -> int:
     """Enough steps for about `seconds` of charrnn training (at least 3, at most 300)."""
     t0 = time.perf_counter()
-    charrnn_train_speed(corpus, hidden, batch, seq_length, 2, cell)
+    charrnn_train_speed(corpus, hidden, batch, seq_length, 2, cell, workers)
     per_step = (time.perf_counter() - t0) / (WARMUP + 2)
     return int(min(300, max(3, seconds / per_step)))
 
@@ -107,6 +109,12 @@ def eval_speed(params, vocab: list[str], text: str) -> float:
     return result.chars / (time.perf_counter() - t0)
 
 
+def gemm_peak(threads: int) -> float:
+    """The machine's float32 GEMM throughput with BLAS on `threads` threads (0: all of them)."""
+    with threadpool_limits(limits=threads or None, user_api="blas"):
+        return measure_gemm_peak()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="five sizes instead of the full grid")
@@ -114,6 +122,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="target time of one measurement")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells to measure")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="charrnn's workers and torch's threads (0: their defaults, one per core); 1 keeps "
+        "the comparison fair on a machine other jobs load, where multi-threaded torch collapses",
+    )
+    ap.add_argument(
+        "--eval-chars", type=int, default=1_000_000, help="characters of the eval measurement"
+    )
     ap.add_argument("--name", default="speed", help="results file: results/<name>-<date>.json")
     ap.add_argument("--out", type=Path, help="write the results here instead")
     ap.add_argument("--note", default="", help="a remark kept in the results file")
@@ -127,6 +145,8 @@ def main() -> None:
             import torch
 
             have_torch = True
+            if args.threads:
+                torch.set_num_threads(args.threads)
             torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         except ImportError:
             torch_info = "torch not installed (pip install torch==2.13.0): no ratios"
@@ -135,9 +155,10 @@ def main() -> None:
 
     # the peak is the best the machine showed: measured before and again after the table, so
     # that another process busy at one of the two moments does not understate it
-    peak = measure_gemm_peak()
+    load_start = os.getloadavg()[0]
+    peak = gemm_peak(args.threads)
     print(
-        f"machine: {platform.processor() or platform.machine()}, numpy {np.__version__}; "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {blas_name()}, numpy {np.__version__}; "
         f"float32 GEMM peak (2048^3): {peak:.1f} GFLOP/s (start); {torch_info}",
         flush=True,
     )
@@ -155,7 +176,7 @@ def main() -> None:
             rows.append(measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak))
 
     start_peak = peak
-    end_peak = measure_gemm_peak()
+    end_peak = gemm_peak(args.threads)
     if end_peak > peak:
         peak = end_peak
         for row in rows:
@@ -172,7 +193,7 @@ def main() -> None:
     )
 
     # sampling and eval at hidden 512 (random weights: speed does not depend on training)
-    text = read_text(CORPUS)[:1_000_000]
+    text = read_text(CORPUS)[: args.eval_chars]
     inference = {}
     print()
     for cell in cells:
@@ -183,15 +204,19 @@ def main() -> None:
         inference[cell] = {"sample_1": one, "sample_64": many, "eval": ev}
         print(
             f"{cell}, hidden 512: sampling {one:,.0f} chars/s (1 stream), {many:,.0f} chars/s "
-            f"(--num-samples 64, all streams); eval of 1 MB {ev:,.0f} chars/s (exact pass)"
+            f"(--num-samples 64, all streams); eval of {len(text):,} chars {ev:,.0f} chars/s"
         )
 
     figures = {
         "quick": args.quick,
+        "threads": args.threads,
+        "eval_chars": len(text),
         "torch": torch_info,
         "repeats": args.repeats,
         "gemm_peak_start_gflops": start_peak,
         "gemm_peak_end_gflops": end_peak,
+        "load_1min_start": load_start,
+        "load_1min_end": os.getloadavg()[0],
         "train": rows,
         "inference_hidden_512": inference,
     }
@@ -204,10 +229,11 @@ def main() -> None:
 def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dict:
     """One row of the table: charrnn and torch alternating, medians of args.repeats."""
     V = len(corpus.vocab)
-    steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds, cell)
+    workers = args.threads or auto_workers(batch)
+    steps = calibrate_steps(corpus, hidden, batch, seq, args.seconds, cell, workers)
     ours, theirs = [], []
     for rep in range(args.repeats):
-        ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps, cell))
+        ours.append(charrnn_train_speed(corpus, hidden, batch, seq, steps, cell, workers))
         if have_torch:
             theirs.append(
                 torch_train_chars_per_sec(
@@ -222,11 +248,12 @@ def measure_row(args, corpus, cell, hidden, batch, seq, have_torch, peak) -> dic
         "batch": batch,
         "seq_length": seq,
         "steps": steps,
-        "workers": auto_workers(batch),
+        "workers": workers,
         "charrnn_chars_per_sec": cps,
         "charrnn_runs": ours,
         "gflops": gflops,
         "pct_peak": 100 * gflops / peak,
+        "load_1min": os.getloadavg()[0],  # other jobs on the machine, as the row ended
     }
     tcol = rcol = "-"
     if theirs:

@@ -22,6 +22,7 @@ import numpy as np
 from charrnn.atomic import replace_atomically
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STARTED = time.gmtime()  # when the benchmark began: it imports this module first
 
 
 def cpu_model() -> str:
@@ -69,6 +70,7 @@ def write_result(name: str, figures: dict, *, machine_info: dict, note: str = ""
     record = {
         "benchmark": name,
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", STARTED),
         "when_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": machine_info,
         "note": note,

@@ -7,9 +7,10 @@
     print(model.evaluate(open("held_out.txt").read()).bpc)
 
 The `train`, `sample` and `eval` commands are thin layers over these functions. Nothing here
-prints unless asked (`train(..., quiet=False)` draws the command line's progress on stderr);
-problems are the library's own exceptions (charrnn.errors, base class CharRNNError). The loop
-itself is charrnn/train.py, generation charrnn/sample.py, exact scoring charrnn/evaluate.py.
+prints unless asked (`train(..., quiet=False)` writes progress lines on stderr; or give it a
+`reporter`); problems are the library's own exceptions (charrnn.errors, base class
+CharRNNError). The loop itself is charrnn/train.py, generation charrnn/sample.py, scoring a
+text charrnn/evaluate.py.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import numpy as np
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import distributed
-from charrnn.config import Config
+from charrnn.config import check_settings
 from charrnn.data import encode
 from charrnn.dynamic import Adapter, Settings, gradient_rms
 from charrnn.errors import ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, known_ids, result, score
 from charrnn.model import Arch, architecture
+from charrnn.report import PlainReporter
 from charrnn.runs import choose_checkpoint, special_file
 from charrnn.sample import (
     Sample,
@@ -49,7 +51,7 @@ from charrnn.train import TrainResult, train_corpus
 def check_setting(key: str, value: Any) -> None:
     """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
     check a command-line flag gets before training starts."""
-    Config.from_dict({key: value})
+    check_settings({key: value})
 
 
 def train(
@@ -60,6 +62,8 @@ def train(
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
     quiet: bool = True,
+    reporter: Any = None,
+    encode_bar: Any = None,
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
@@ -69,26 +73,26 @@ def train(
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
     out: the run folder (default: a new runs/<date-time>/). resume: a run folder or checkpoint
     to continue. A folder `out` that already holds a run is a TrainingError unless `resume`
-    continues it or overwrite=True deletes it first. quiet=False shows progress on stderr. A
-    bad setting raises ConfigError before anything is written.
+    continues it or overwrite=True deletes it first. A bad setting raises ConfigError before
+    anything is written.
+
+    Progress goes to `reporter`, an object with the methods of charrnn.report.NullReporter
+    (start, step, sample, end); none by default, plain log lines on stderr with quiet=False
+    (report.PlainReporter). `encode_bar`, a callback progress(phase, done, total) that is also
+    a context manager, is shown the encoding of a large corpus into its cache. Under MPI both
+    are used on rank 0 alone.
 
     Started by mpiexec or srun as several processes, each process trains its share of every
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
-    for key, value in settings.items():
-        if value is not None:
-            check_setting(key, value)
     what = None if config is None else special_file(config)
     if what is not None:  # opening a FIFO would wait for a writer (runs.special_file)
         raise ConfigError(f"config file '{config}' is {what}, not a file; give a YAML file")
-    reporter = encode_bar = None
-    # the command line's bar on a terminal, plain log lines otherwise; under MPI on rank 0 alone
-    if not quiet and distributed.world().root:
-        from charrnn.progress import make_encode_bar, make_reporter
-
-        reporter = make_reporter(quiet=False)
-        encode_bar = make_encode_bar(False, "<stdin>" if os.fspath(corpus) == "-" else corpus)
+    if reporter is None and not quiet:
+        reporter = PlainReporter()
+    if not distributed.world().root:  # rank 0 reports
+        reporter = encode_bar = None
     return train_corpus(
         os.fspath(corpus),
         config_file=config,
@@ -154,14 +158,15 @@ class Model:
         stop: Iterable[str] = (),
         out: TextIO | None = None,
     ) -> str | list[str]:
-        """Generate `length` characters after reading `seed`: the seed and its continuation
-        (only the continuation with echo_seed=False); a list of num_samples strings when
-        num_samples > 1. The same rng_seed gives the same text. Seed characters not in the
-        vocabulary are an error (DataError), or dropped with unknown="skip". Each sample ends
-        at the first of the `stop` strings it draws (which is left out), and a model trained on
-        records (config `documents`) ends it at the end of a record. With `out` (a text file
-        such as sys.stdout) the samples are also written there as `charrnn sample` prints
-        them, the first one as it is drawn. `samples` says why each one ended."""
+        """Generate `length` characters after reading the prime text `seed` (the command's
+        --seed): the prime text and its continuation (only the continuation with
+        echo_seed=False); a list of num_samples strings when num_samples > 1. The same rng_seed
+        gives the same text. Characters of the prime text not in the vocabulary are an error
+        (DataError), or dropped with unknown="skip". Each sample ends at the first of the `stop`
+        strings it draws (which is left out), and a model trained on records (config
+        `documents`) ends it at the end of a record. With `out` (a text file such as
+        sys.stdout) the samples are also written there as `charrnn sample` prints them, the
+        first one as it is drawn. `samples` says why each one ended."""
         texts = [
             s.text
             for s in self.samples(
@@ -235,10 +240,10 @@ class Model:
         unknown: str = "error",
         echo_seed: bool = True,
     ) -> list[tuple[str, float]]:
-        """The num_results most likely continuations of `length` characters after `seed` that a
-        beam of width `beam` finds, best first: (text, log-probability in nats given the seed)
-        pairs, each text the seed and its continuation (only the continuation with
-        echo_seed=False). Deterministic; see `sample.beam_search`."""
+        """The num_results most likely continuations of `length` characters after the prime
+        text `seed` that a beam of width `beam` finds, best first: (text, log-probability in
+        nats given the prime text) pairs, each text the prime text and its continuation (only
+        the continuation with echo_seed=False). Deterministic; see `sample.beam_search`."""
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
         ids, scores = beam_search(self.params, prime_ids, length, beam, num_results)
         prefix = seed if echo_seed else ""

@@ -9,7 +9,7 @@ Arrays in a checkpoint (format_version 2; the README's "Checkpoint format" has t
     config ()             the resolved training config, a JSON string
     format_version ()     int64
     step ()               int64, updates done
-    h_carry (B, W)        the state carried into the next training chunk (model.zero_state)
+    h_carry (B, W)        the carried state, into the next training chunk (model.zero_state)
     opt.<slot>.<param>    optimiser state (e.g. opt.m.Whh)
     train_state ()        JSON string: rng state, best validation loss, patience count, ...
 

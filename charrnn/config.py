@@ -10,8 +10,9 @@ can be exponential in the size of the file) or nesting deeper than MAX_DEPTH; an
 most 2**63 - 1 and its text at most MAX_NUMBER_CHARS long; and an error shows a value through
 `_show`, which never turns more than a few dozen characters of it into text.
 
-Choosing a random seed when `rng_seed` is None is left to the trainer (`Config.with_seed`);
-turning `ConfigError` into a message for the user is left to the CLI.
+`settle` decides the rest of a run's config, new or resumed (seed, init_scale, workers, the
+keys a resume may not change, the MPI ranks' share of the batch); turning `ConfigError` into a
+message for the user is left to the CLI.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 import numbers
 import operator
 import reprlib
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,6 +34,8 @@ import yaml
 from charrnn.cells import CELLS
 from charrnn.data import DECODE_ERRORS, text_codec
 from charrnn.errors import ConfigError
+from charrnn.model import INIT_SCALE
+from charrnn.parallel import auto_workers
 
 # ---- rules: one per field ----
 
@@ -401,32 +405,41 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """ConfigError unless every key of settings is a config key and its value keeps the key's
+    rule: the one check of a setting, for a layer of `resolve_config` and a command-line flag."""
+    _check_keys(settings)
+    for key, value in settings.items():
+        _coerce(key, value)
+
+
 def resolve_config(
     config_file: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
     set_items: Iterable[str] = (),
     base: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Built-in defaults < base < config file < overrides (CLI flags; None = not given) < --set.
+    """Built-in defaults < base < config file < overrides (the caller's settings, CLI flags or
+    keyword arguments; None = not given) < --set.
 
     `base` is a checkpoint's config when training resumes.
 
-    Each layer is checked on its own first, so an error says where the bad value came from.
+    Each layer is checked on its own first (`check_settings`), so an error says where the bad
+    value came from: the config file or --set; an override is named by its key alone.
     """
-    layers: list[tuple[str, Mapping[str, Any]]] = []
+    layers: list[tuple[str | None, Mapping[str, Any]]] = []
     if config_file is not None:
         layers.append((f"config file '{config_file}'", load_config_file(config_file)))
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    layers.append(("command-line options", flags))
+    layers.append((None, {k: v for k, v in (overrides or {}).items() if v is not None}))
     layers.append(("--set", dict(parse_set(item) for item in set_items)))
 
     merged: dict[str, Any] = dict(base or {})
     for source, layer in layers:
         try:
-            _check_keys(layer)
-            for key, value in layer.items():
-                _coerce(key, value)
+            check_settings(layer)
         except ConfigError as e:
+            if source is None:
+                raise
             raise ConfigError(f"{e} (in {source})") from None
         merged.update(layer)
     return Config.from_dict(_given_limits_only(merged, [layer for _, layer in layers]))
@@ -445,6 +458,62 @@ def _given_limits_only(merged: dict[str, Any], given: list[Mapping[str, Any]]) -
     if not named:
         return merged
     return {**merged, **{key: 0 for key in LIMITS if key not in named}}
+
+
+# ---- settling a run's config: the one place every value of a run is decided ----
+
+# keys that fix the model's shape or the meaning of its saved state: a resumed run keeps them
+FIXED_ON_RESUME = (
+    "cell",
+    "num_layers",
+    "hidden_size",
+    "batch_size",
+    "seq_length",
+    "dtype",
+    "optimizer",
+    "val_fraction",
+    "encoding",
+    "decode_errors",
+)
+
+
+def settle(
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: Iterable[str] = (),
+    *,
+    saved: Mapping[str, Any] | None = None,
+    ranks: int = 1,
+    cores: int | None = None,
+) -> Config:
+    """The config a run trains with, new or resumed: `resolve_config`'s layers over `saved`, the
+    config of the run that is resumed (None for a new run), then what is left to decide.
+
+    A resumed run may not change the keys FIXED_ON_RESUME. A new run gets a random seed when
+    none is given, the cell's own init_scale when none is given, and the actual worker count
+    (each of `ranks` MPI processes' over its `cores`): config.yaml then holds every value the
+    run used, and the same seed and count reproduce the same bits anywhere. Under MPI the
+    batch's streams are shared by the ranks, so batch_size must be a multiple of their number.
+    """
+    cfg = resolve_config(config_file, overrides, set_items, base=saved)
+    if saved is not None:
+        before = Config.from_dict(saved)
+        changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != getattr(before, k)]
+        if changed:
+            raise ConfigError(
+                f"cannot change {', '.join(changed)} when resuming; start a new run instead"
+            )
+    else:
+        seed = secrets.randbelow(2**31) if cfg.rng_seed is None else cfg.rng_seed
+        init_scale = INIT_SCALE[cfg.cell] if cfg.init_scale is None else cfg.init_scale
+        workers = auto_workers(max(1, cfg.batch_size // ranks), cfg.workers, cores)
+        cfg = dataclasses.replace(cfg, rng_seed=seed, workers=workers, init_scale=init_scale)
+    if cfg.batch_size % ranks:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} cannot be shared by {ranks} MPI processes; "
+            f"give a multiple of {ranks}"
+        )
+    return cfg
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -12,6 +12,7 @@ the same ids.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import mmap
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 from charrnn.errors import DataError
 
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
+PREFIX_BLOCK = 1 << 16  # bytes read at a time by read_prefix
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
 N_CODE_POINTS = 0x110000  # Unicode's code points: a vocabulary has at most this many characters
 
@@ -99,6 +101,48 @@ def read_bytes(source: str | Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise open_error(path, e) from None
+
+
+def read_prefix(
+    source: str | Path, chars: int, encoding: str = "utf-8", errors: str = "strict"
+) -> str:
+    """The first `chars` characters of a file, or of standard input for "-": read and decoded
+    a block at a time, so that no more of it is read than those characters need (a byte the
+    codec cannot decode past them is never seen). Errors as `read_text` words them."""
+    check_encoding(encoding)
+    check_decode_errors(errors)
+    name = "<stdin>" if str(source) == "-" else str(source)
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    parts, have, offset = [], 0, 0  # offset: bytes given to the decoder so far
+    try:
+        with _open_bytes(source) as f:
+            while have < chars:
+                raw = f.read(PREFIX_BLOCK)
+                held = len(decoder.getstate()[0])  # bytes of a character cut by the last block
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeError as e:
+                    # the bytes before the bad one may hold every character still needed
+                    good = isinstance(e, UnicodeDecodeError) and e.start >= held
+                    text = decoder.decode(raw[: e.start - held]) if good else ""
+                    if have + len(text) < chars:
+                        raise decode_error(name, encoding, e, offset - held) from None
+                    raw = b""  # the characters asked for are all there: stop
+                offset += len(raw)
+                parts.append(text)
+                have += len(text)
+                if not raw:
+                    break
+    except OSError as e:
+        raise open_error(Path(source), e) from None
+    return "".join(parts)[:chars]
+
+
+def _open_bytes(source: str | Path):
+    """The file as a binary stream, or standard input's for "-" (left open when done)."""
+    if str(source) == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(source, "rb")
 
 
 def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict") -> str:

@@ -165,13 +165,14 @@ def score(
     params: dict,
     ids: np.ndarray,
     *,
-    carry: np.ndarray | None = None,
+    state: np.ndarray | None = None,
     block: int | None = None,
     trace: bool = False,
 ) -> Iterator[Block]:
-    """The one scoring pass: ids (N,) read left to right from `carry` (1, W) (default: the zero
-    state), in blocks of `block` (default BLOCK) characters, each yielded as it is scored.
-    `eval`, `eval --per-char`, `Model.char_scores` and `show` all read a text through it.
+    """The one scoring pass: ids (N,) read left to right from `state` (1, W), the carried state
+    (default: the zero state), in blocks of `block` (default BLOCK) characters, each yielded as
+    it is scored. `eval`, `eval --per-char`, `Model.char_scores` and `show` all read a text
+    through it.
 
     A float32 model whose outputs overflow on a block (its weights passed every check of
     `load`: finite, yet large enough) has that block scored again in float64 from the same
@@ -181,45 +182,46 @@ def score(
     """
     ids = np.asarray(ids, dtype=np.intp)
     block = block or BLOCK
-    carry = zero_state(params, 1) if carry is None else carry
+    state = zero_state(params, 1) if state is None else state
     ws = Workspace()  # the block's states and logits are reused block to block
     for start in range(0, len(ids), block):
-        scored, carry = score_block(params, ids[start : start + block], carry, ws, trace)
-        if carry.dtype != params["Whh"].dtype:  # scored again in float64: so are the rest
+        scored, state = score_block(params, ids[start : start + block], state, ws, trace)
+        if state.dtype != params["Whh"].dtype:  # scored again in float64: so are the rest
             params = _wide(params)
         scored.start = start
         yield scored
 
 
 def score_block(
-    params: dict, x: np.ndarray, carry: np.ndarray, ws=None, trace: bool = False
+    params: dict, x: np.ndarray, state: np.ndarray, ws=None, trace: bool = False
 ) -> tuple[Block, np.ndarray]:
-    """One block of the pass: x (T,) scored from carry (1, W); (the Block, the carry after it).
-    Where a float32 model's outputs overflow, the block is scored again in float64 and the carry
-    after it is float64. A caller that changes the params between blocks (dynamic evaluation)
-    scores each block through this with the params of its choice."""
+    """One block of the pass: x (T,) scored from the carried state (1, W); returns the Block
+    and the carried state after it. Where a float32 model's outputs overflow, the block is
+    scored again in float64 and the state after it is float64. A caller that changes the params
+    between blocks (dynamic evaluation) scores each block through this with the params of its
+    choice."""
     ws = Workspace() if ws is None else ws
-    scored, after = _score_block(params, x, carry, ws, trace)
+    scored, after = _score_block(params, x, state, ws, trace)
     if not np.isfinite(scored.losses).all() and params["Whh"].dtype != np.float64:
-        scored, after = _score_block(_wide(params), x, carry.astype(np.float64), ws, trace)
+        scored, after = _score_block(_wide(params), x, state.astype(np.float64), ws, trace)
     return scored, after
 
 
-def _score_block(params: dict, x: np.ndarray, carry: np.ndarray, ws, trace: bool):
+def _score_block(params: dict, x: np.ndarray, state: np.ndarray, ws, trace: bool):
     T = len(x)
     # a (1, H) x (H, G H) product is too small to share between threads; an overflow is said
     # by the scores, not by NumPy's warnings
     with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
         if trace:
-            states = model_trace(params, x, carry)  # (T, W)
-            before = np.concatenate([carry, states[:-1]])  # (T, W)
+            states = model_trace(params, x, state)  # (T, W)
+            before = np.concatenate([state, states[:-1]])  # (T, W)
             top = np.ascontiguousarray(top_output(params, before))  # (T, H): what Why reads
             after = states[-1:]  # (1, W)
         else:
-            # hs[j] is the top layer's output before x[j] (hs[0] from carry), so it predicts
+            # hs[j] is the top layer's output before x[j] (hs[0] from state), so it predicts
             # x[j]; the state after the block carries on
             states = None
-            hs, after = run(params, x[:, None], carry, ws)  # (T + 1, 1, H)
+            hs, after = run(params, x[:, None], state, ws)  # (T + 1, 1, H)
             top = hs[:T].reshape(T, -1)  # (T, H)
         _, probs, losses = log_softmax_loss(params, top, x, ws)  # (T, V), (T,)
     return Block(0, x, losses, probs, states), after

@@ -4,9 +4,15 @@
                   the file's string metadata what sampling and scoring need: format_version,
                   cell, num_layers, vocab (a JSON list), config, step, train_state (JSON: the
                   best validation loss and characters seen, never the random state)
+    hf            a folder for a model hub: model.safetensors, config.json, README.md (the
+                  model card), export_hub.py's
+    onnx          one ONNX graph: ids and the carried state in, logits and the new state out,
+                  export_onnx.py's
 
-Each output is written whole or not at all, through atomic.replace_atomically. An existing
-output is refused unless `overwrite`, and the checkpoint being read never is one. Writing needs
+Each output is written whole or not at all: a file through atomic.replace_atomically, the hf
+folder built in a temporary folder and renamed into place. An existing output is refused
+unless `overwrite` (a folder only when it holds nothing but the hub files), and the checkpoint
+being read never is one, nor the folder that holds it. Writing needs
 the `export` extra (the safetensors and onnx packages); reading a .safetensors back needs only
 NumPy and is checkpoint.load's, the same loader as for an .npz. The command line is
 cli/exporting.py.
@@ -15,6 +21,7 @@ cli/exporting.py.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +35,7 @@ from charrnn.errors import ExportError
 from charrnn.model import architecture
 from charrnn.runs import checkpoint_file
 
-FORMATS = ("safetensors",)
+FORMATS = ("safetensors", "hf", "onnx")
 INSTALL = "pip install 'charrnn[export]'"
 TRAIN_STATE_KEPT = ("best_val_loss", "chars_seen")  # what `info` reports; no rng, no patience
 
@@ -55,7 +62,21 @@ def export(
     file, out = checkpoint_file(source), Path(out)
     _check_output(file, out, fmt, overwrite)
     ckpt = ckpt_io.load(file)
-    write_safetensors(ckpt, out)
+    if fmt == "onnx":
+        write_onnx(ckpt, out)
+    elif fmt == "hf":
+        from charrnn.export_hub import hub_files, replace_folder
+
+        files = hub_files(file, out.name, safetensors_bytes(ckpt))
+        try:
+            replace_folder(out, files)
+        except OSError as e:
+            raise ExportError(
+                f"could not write folder '{out}': {e.strerror or e}; {_kept(out)} (free disk "
+                "space or check the folder's permissions)"
+            ) from None
+    else:
+        write_file(out, safetensors_bytes(ckpt))
     return Exported(out, fmt, _size(out))
 
 
@@ -73,6 +94,8 @@ def _module(name: str, fmt: str):
 def _check_output(file: Path, out: Path, fmt: str, overwrite: bool) -> None:
     """Refuse an output that is the checkpoint (or a folder that holds it), one that exists
     without overwrite, a folder where a file goes (and the other way round), a missing folder."""
+    if str(out) == "-":
+        raise ExportError("-o - would write to standard output, which export does not; give a path")
     source = file.resolve()
     target = out.resolve()
     if target == source or (fmt == "hf" and target in source.parents):
@@ -90,6 +113,16 @@ def _check_output(file: Path, out: Path, fmt: str, overwrite: bool) -> None:
         raise ExportError(f"-o '{out}' is not a file; give a file name")
     if not overwrite:
         raise ExportError(f"-o '{out}' exists; pass --overwrite to replace it, or give a new name")
+    if fmt == "hf":
+        from charrnn.export_hub import HUB_FILES
+
+        others = sorted(p.name for p in out.iterdir() if p.name not in HUB_FILES)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
+            raise ExportError(
+                f"-o '{out}' holds other files than a model-hub export ({shown}), which "
+                "--overwrite would delete; give a new folder and copy what you need"
+            )
 
 
 def _size(path: Path) -> int:
@@ -124,15 +157,29 @@ def safetensors_content(ckpt: ckpt_io.Checkpoint) -> tuple[dict[str, np.ndarray]
 
 
 def safetensors_bytes(ckpt: ckpt_io.Checkpoint) -> bytes:
+    """The file, as the safetensors package writes it but for the order of its header: the
+    package writes the metadata in a random order (a Rust HashMap), which is put in sorted order
+    here, so that one checkpoint always gives the same bytes (and the same hash on a hub)."""
     from safetensors.numpy import save
 
     tensors, metadata = safetensors_content(ckpt)
-    return save(tensors, metadata=metadata)
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the package keeps it
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
-def write_safetensors(ckpt: ckpt_io.Checkpoint, path: Path) -> None:
-    data = safetensors_bytes(ckpt)
-    write_file(path, data)
+def write_onnx(ckpt: ckpt_io.Checkpoint, path: Path) -> None:
+    from charrnn.export_onnx import MAX_BYTES, onnx_model
+
+    if sum(4 * v.size for v in ckpt.params.values()) > MAX_BYTES - (1 << 20):
+        raise ExportError(
+            "the model's weights are over 2 GB in float32, more than one ONNX file holds "
+            "(protobuf's limit); export it as safetensors instead"
+        )
+    write_file(path, onnx_model(ckpt.params, ckpt.vocab).SerializeToString())
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -141,8 +188,11 @@ def write_file(path: Path, data: bytes) -> None:
     try:
         replace_atomically(path, lambda f: f.write(data))
     except OSError as e:
-        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
         raise ExportError(
-            f"could not write '{path}': {e.strerror or e}; {kept} (free disk space or check "
-            "the folder's permissions)"
+            f"could not write '{path}': {e.strerror or e}; {_kept(path)} (free disk space or "
+            "check the folder's permissions)"
         ) from None
+
+
+def _kept(path: Path) -> str:
+    return "the previous one is unchanged" if path.exists() else "nothing was written"

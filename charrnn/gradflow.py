@@ -17,8 +17,8 @@ x_{t-K+1} .. x_t.
 
 One backward pass gives g_k for every k and every position at once: the positions are the B
 streams of a batch, dh at the top is Why^T dy_t at the last step and zero before it, each cell's
-`backward` carries it down the steps, and `_DSTATE` (one small function per cell, the README's
-backward equations) turns the da or dah it returns into the gradient with respect to the state
+`backward` carries it down the steps, and the cell's own `dstate` (its backward equations, in
+charrnn/cells) turns the da or dah it returns into the gradient with respect to the state
 entering each step. Everything is computed in float64: a vanilla RNN's g_200 can be 1e-30,
 far below what float32 resolves next to the larger terms it is summed from.
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.cells import CELLS as CELL_MODULES
+from charrnn.cells import CELLS
 from charrnn.data import encode
 from charrnn.errors import DataError
 from charrnn.model import Arch, Workspace, architecture, forward, layer_names, run, zero_state
@@ -42,53 +42,13 @@ BATCH = 64  # positions per backward pass: an LSTM of 256 at K = 200 holds ~0.5 
 BURN_BLOCK = 256  # burn-in characters per model.run call
 
 
-# ---- the gradient with respect to the carried state, per cell ----
-# Each takes what the cell's forward cached and what its backward returned, with `above`
-# (T, B, H) the gradient that came into each h_t from outside the recurrence, and returns a
-# tuple of STATES arrays (T, B, H): row t is d loss / d(state entering step t).
-
-
-def _dstate_rnn(Whh, hs, above, da):
-    # h_{t-1} enters step t only through a_t = ax_t + Whh h_{t-1}:  dh_{t-1} = Whh^T da_t
-    return (da @ Whh,)
-
-
-def _dstate_lstm(Whh, cache, above, da):
-    _, _, tanh_c, gates = cache
-    T, B, H = above.shape
-    f, o = gates[:, :, H : 2 * H], gates[:, :, 2 * H : 3 * H]  # (T, B, H)
-    dh = da @ Whh  # (T, B, H): dh_{t-1} = Whh^T da_t, as for the vanilla cell
-    dc = np.empty_like(dh)  # (T, B, H): dc_{t-1} = f_t ⊙ dc_t
-    for t in range(T - 1, -1, -1):
-        dh_t = above[t] + dh[t + 1] if t + 1 < T else above[t]  # all of dh_t
-        dc_t = dh_t * o[t] * (1.0 - tanh_c[t] ** 2)  # through h_t = o_t ⊙ tanh(c_t) ...
-        if t + 1 < T:
-            dc_t += dc[t + 1]  # ... and through c_{t+1} = f_{t+1} ⊙ c_t + ...
-        dc[t] = f[t] * dc_t  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
-    return dh, dc
-
-
-def _dstate_gru(Whh, cache, above, dah):
-    _, gates, _ = cache
-    T, B, H = above.shape
-    z = gates[:, :, H : 2 * H]  # (T, B, H)
-    dh = dah @ Whh  # (T, B, H): through ah_t = Whh h_{t-1} ...
-    for t in range(T - 1, -1, -1):
-        dh_t = above[t] + dh[t + 1] if t + 1 < T else above[t]
-        dh[t] += z[t] * dh_t  # ... and directly: h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
-    return (dh,)
-
-
-_DSTATE = {"rnn": _dstate_rnn, "lstm": _dstate_lstm, "gru": _dstate_gru}
-
-
 def state_gradients(params: dict, X: np.ndarray, y: np.ndarray, burn_in: int) -> np.ndarray:
     """g (K, B, W): row k - 1 is d loss_t / d S_{t-k} for each of B streams.
 
     X (burn_in + K, B) are the ids each stream reads, the last one x_t; y (B,) the ids x_{t+1}
     that loss_t scores. Computed in the params' dtype (float64 for a measurement)."""
     arch = architecture(params)
-    cell = CELL_MODULES[arch.cell]
+    cell = CELLS[arch.cell]
     K, B = X.shape[0] - burn_in, X.shape[1]
     H, GH, L, S = arch.hidden_size, arch.gates * arch.hidden_size, arch.num_layers, arch.states
     if K < 1:
@@ -114,7 +74,7 @@ def state_gradients(params: dict, X: np.ndarray, y: np.ndarray, burn_in: int) ->
         Wxh, Whh, _ = (params[k] for k in layer_names(layer))
         lay = cache["layers"][layer]
         dax, dah = cell.backward(Whh, lay.cell_cache, above.copy(), lay.ws)  # (K, B, G H) each
-        for s, d in enumerate(_DSTATE[arch.cell](Whh, lay.cell_cache, above, dah)):
+        for s, d in enumerate(cell.dstate(Whh, lay.cell_cache, above, dah)):
             g[:, :, layer, s] = d
         if layer:  # what the layer below gets from this one's input term: Wxh^T dax_t
             above = (dax.reshape(K * B, GH) @ Wxh).reshape(K, B, H)

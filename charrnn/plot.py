@@ -2,8 +2,9 @@
 characters or seconds, read from each run's metrics.jsonl.
 
 Drawn as an image file through matplotlib (the optional `plot` extra; the Agg canvas, so no
-display is needed and no global backend is changed) or as a compact text chart, a rich `Text`
-that the command line prints. Reading metrics is tolerant of a last line cut short by a kill.
+display is needed and no global backend is changed) or as a compact text chart: pieces of text
+with their colours, which the command line prints. Reading metrics is tolerant of a last line
+cut short by a kill.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.text import Text
 
 from charrnn.config import load_config_file
 from charrnn.errors import CharRNNError, DataError
@@ -129,8 +129,12 @@ def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
         raise DataError(f"cannot write '{out}': {e}; name a .png, .svg or .pdf file") from None
 
 
-def text_chart(curves: list[Curves], x: str = "steps", width: int = 64, height: int = 14) -> Text:
-    """The curves as a text chart: train as dots, validation as one marker per run, y in bpc."""
+def text_chart(
+    curves: list[Curves], x: str = "steps", width: int = 64, height: int = 14
+) -> list[tuple[str, str | None]]:
+    """The curves as a text chart: train as dots, validation as one marker per run, y in bpc.
+    Returned as (text, style) pieces in order, a style being a colour name such as "bold red"
+    (None: plain), for the command line to print in colour or not."""
     ys = np.concatenate([a for c in curves for a in (c.train_bpc, c.val_bpc)])
     xs = np.concatenate([a for c in curves for a in (c.train_x, c.val_x)])
     lo, hi = float(ys.min()), float(ys.max())
@@ -150,22 +154,26 @@ def text_chart(curves: list[Curves], x: str = "steps", width: int = 64, height: 
     for i, c in enumerate(curves):
         put(c.val_x, c.val_bpc, MARKERS[i % len(MARKERS)], f"bold {COLORS[i % len(COLORS)]}", True)
 
-    out = Text()
+    out: list[tuple[str, str | None]] = []
+
+    def append(text: str, style: str | None = None) -> None:
+        out.append((text, style))
+
     for r, row in enumerate(grid):
         value = hi - (hi - lo) * r / (height - 1)
-        out.append(f"{value:7.3f} ┤" if r in (0, height // 2, height - 1) else " " * 8 + "│")
+        append(f"{value:7.3f} ┤" if r in (0, height // 2, height - 1) else " " * 8 + "│")
         for mark, style in row:
-            out.append(mark, style=style or None)
-        out.append("\n")
-    out.append(" " * 8 + "└" + "─" * width + "\n")
+            append(mark, style=style or None)
+        append("\n")
+    append(" " * 8 + "└" + "─" * width + "\n")
     right = f"{x_hi:,.0f}" if x_hi >= 100 else f"{x_hi:.3g}"
     title = f"{X_AXES[x]} (y: bits per character)"
     gap = max(1, width - 1 - len(right) - len(title))
-    out.append(" " * 9 + "0" + " " * (gap // 2) + title + " " * (gap - gap // 2) + right + "\n")
+    append(" " * 9 + "0" + " " * (gap // 2) + title + " " * (gap - gap // 2) + right + "\n")
     for i, c in enumerate(curves):
         color = COLORS[i % len(COLORS)]
-        out.append(f"  {MARKERS[i % len(MARKERS)]} ", style=f"bold {color}")
-        out.append(f"{c.label} val   ")
-        out.append("·", style=color)
-        out.append(" train\n")
+        append(f"  {MARKERS[i % len(MARKERS)]} ", style=f"bold {color}")
+        append(f"{c.label} val   ")
+        append("·", style=color)
+        append(" train\n")
     return out

@@ -1,50 +1,32 @@
 """The state of a training run: everything that changes from one step to the next, in one object.
 
-A `TrainState` is made fresh from a config, or from a checkpoint, and turned back into one. Every
-check that a checkpoint can be resumed with a config lives here, in `resume_config` (the settings)
-and `TrainState.from_checkpoint` (the arrays and counters), so the training loop only reads and
-updates the state.
+A `TrainState` is made fresh from a config (after `check_memory` says the machine can hold it),
+or from a checkpoint, and turned back into one. Every check that a checkpoint's arrays and
+counters can be resumed with a config lives in `TrainState.from_checkpoint` (the settings are
+config.settle's), so the training loop only reads and updates the state.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import optim
-from charrnn.config import Config, resolve_config
+from charrnn.config import Config
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.memory import memory_limit, show_bytes
-from charrnn.model import INIT_SCALE, Arch, architecture, init_params, param_shapes, zero_state
+from charrnn.model import Arch, architecture, init_params, param_shapes, zero_state
 from charrnn.parallel import auto_workers
-
-# keys that fix the model's shape or the meaning of its saved state: a resumed run keeps them
-FIXED_ON_RESUME = (
-    "cell",
-    "num_layers",
-    "hidden_size",
-    "batch_size",
-    "seq_length",
-    "dtype",
-    "optimizer",
-    "val_fraction",
-    "encoding",
-    "decode_errors",
-)
 
 
 @dataclass
 class TrainState:
     params: dict[str, np.ndarray]  # the model's weights
     opt_state: dict[str, np.ndarray]  # the optimizer's slots, keyed "slot.param"
-    carry: np.ndarray  # (B, W): the state carried into the next chunk (model.zero_state)
+    state: np.ndarray  # (B, W): the carried state, into the next chunk (model.zero_state)
     rng: np.random.Generator  # every random draw of training comes from here
     step: int = 0  # updates done
     chars_seen: int = 0  # training characters read
@@ -65,8 +47,8 @@ class TrainState:
             cell=cfg.cell,
             num_layers=cfg.num_layers,
         )
-        carry = zero_state(params, cfg.batch_size, dtype)
-        return cls(params, optim.init_state(cfg.optimizer, params), carry, rng)
+        state = zero_state(params, cfg.batch_size, dtype)
+        return cls(params, optim.init_state(cfg.optimizer, params), state, rng)
 
     @classmethod
     def from_checkpoint(cls, ckpt: ckpt_io.Checkpoint, cfg: Config, vocab: list[str]) -> TrainState:
@@ -109,7 +91,7 @@ class TrainState:
         return cls(
             params={k: np.ascontiguousarray(v) for k, v in ckpt.params.items()},
             opt_state={k: np.array(v) for k, v in ckpt.opt_state.items()},
-            carry=np.array(ckpt.h_carry),
+            state=np.array(ckpt.h_carry),
             rng=rng,
             step=ckpt.step,
             chars_seen=ts.get("chars_seen", ckpt.step * B * cfg.seq_length),
@@ -123,7 +105,7 @@ class TrainState:
             vocab=vocab,
             config=cfg.to_dict(),
             step=self.step,
-            h_carry=self.carry,
+            h_carry=self.state,
             opt_state=self.opt_state,
             train_state={
                 "rng_state": self.rng.bit_generator.state,
@@ -134,17 +116,20 @@ class TrainState:
         )
 
     def is_finite(self) -> bool:
-        """False once an update has overflowed the weights, the optimizer state or the carry."""
-        arrays = (*self.params.values(), *self.opt_state.values(), self.carry)
+        """False once an update has overflowed the weights, the optimizer state or the carried
+        state."""
+        arrays = (*self.params.values(), *self.opt_state.values(), self.state)
         return all(np.isfinite(a).all() for a in arrays)
 
-    def record_validation(self, loss: float) -> bool:
-        """Count a validation loss toward early stopping; True when it is the best so far."""
-        if loss < self.best_val:
-            self.best_val, self.bad_evals = loss, 0
-            return True
-        self.bad_evals += 1
-        return False
+    def record_validation(self, loss: float, counts: bool = True) -> bool:
+        """Note a validation loss; True when it is the best so far. `counts`: toward early
+        stopping (the patience count starts again at an improvement, grows otherwise)."""
+        improved = loss < self.best_val
+        if improved:
+            self.best_val = loss
+        if counts:
+            self.bad_evals = 0 if improved else self.bad_evals + 1
+        return improved
 
 
 def estimate_bytes(cfg: Config, vocab_size: int, ranks: int = 1) -> tuple[int, int]:
@@ -188,56 +173,3 @@ def check_memory(cfg: Config, vocab_size: int, ranks: int = 1) -> None:
         f"characters needs about {show_bytes(model + step)} of memory, more than the "
         f"{show_bytes(limit)} this process can use; lower {lower}"
     )
-
-
-def load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
-    """The checkpoint that --resume names (a run folder: its last.npz) and its run folder."""
-    path = Path(path)
-    ckpt_path = path / "last.npz" if path.is_dir() else path
-    ckpt = ckpt_io.load(ckpt_path)
-    if ckpt.h_carry is None or "rng_state" not in ckpt.train_state:
-        raise ConfigError(f"'{ckpt_path}' has no training state to resume from")
-    try:
-        Config.from_dict(ckpt.config)
-    except ConfigError as e:
-        raise ConfigError(
-            f"'{ckpt_path}' holds an invalid config ({e}); it cannot be resumed, start a new run"
-        ) from None
-    return ckpt, ckpt_path.parent
-
-
-def resume_config(
-    ckpt: ckpt_io.Checkpoint,
-    config_file: str | Path | None,
-    overrides: Mapping[str, Any],
-    set_items: Iterable[str],
-) -> Config:
-    """The checkpoint's config with the new settings on top; the keys that fix the model or the
-    meaning of the saved state may not change."""
-    cfg = resolve_config(config_file, overrides, set_items, base=ckpt.config)
-    saved = Config.from_dict(ckpt.config)
-    changed = [k for k in FIXED_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
-    if changed:
-        raise ConfigError(
-            f"cannot change {', '.join(changed)} when resuming; start a new run instead"
-        )
-    return cfg
-
-
-def new_config(
-    config_file: str | Path | None,
-    overrides: Mapping[str, Any],
-    set_items: Iterable[str],
-    ranks: int = 1,
-    cores: int | None = None,
-) -> Config:
-    """A new run's config, with a random seed drawn when none is given, the cell's own
-    init_scale when none is given, and the actual worker count recorded: config.yaml then holds
-    every value the run used, and the same seed and count reproduce the same bits anywhere.
-    Under MPI the workers are those of each of the `ranks` processes, over its `cores`."""
-    cfg = resolve_config(config_file, overrides, set_items)
-    if cfg.rng_seed is None:
-        cfg = cfg.with_seed(secrets.randbelow(2**31))
-    init_scale = INIT_SCALE[cfg.cell] if cfg.init_scale is None else cfg.init_scale
-    workers = auto_workers(max(1, cfg.batch_size // ranks), cfg.workers, cores)
-    return replace(cfg, workers=workers, init_scale=init_scale)

@@ -1,7 +1,11 @@
 """The training loop: truncated BPTT over batches of streams, validation, checkpoints, stopping.
 
-One function, `train`, read top to bottom. It prints nothing: progress goes to a `reporter`
-object that the CLI supplies (rich bar, plain lines or nothing).
+Two ways in: `train_corpus`, everything `charrnn train` does (the config settled by
+config.settle, the corpus read through its cache, then `train`), and `train`, a settled Config
+on a Corpus (what benchmarks and tests call). The loop itself, `_train`, reads top to bottom in
+comment-headed blocks, with the helpers it needs above it; the validate-log-checkpoint block
+(`_evaluate_and_save`) is the same for a step and for the end. It prints nothing: progress goes
+to a `reporter` (charrnn.report: the CLI's bar, plain lines or nothing).
 
 Under MPI (charrnn/distributed.py) every rank runs this loop on its share of the batch's
 streams; rank 0 alone writes the run folder and reports.
@@ -28,12 +32,13 @@ import numpy as np
 from charrnn import cache, distributed, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
-from charrnn.config import Config, config_to_yaml
+from charrnn.config import Config, config_to_yaml, settle
 from charrnn.data import Batches, Corpus, split
 from charrnn.errors import ConfigError, DataError, TrainingError
 from charrnn.evaluate import chunked_loss
 from charrnn.model import bpc
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
+from charrnn.report import NullReporter
 from charrnn.runs import (
     RUNS_DIR,
     RunLock,
@@ -44,7 +49,7 @@ from charrnn.runs import (
     remove_unused,
 )
 from charrnn.sample import generate
-from charrnn.state import TrainState, load_for_resume, new_config, resume_config
+from charrnn.state import TrainState
 
 
 @dataclass
@@ -75,15 +80,6 @@ class TrainResult:
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
         }
-
-
-class NullReporter:
-    """Receives progress from the loop; the CLI passes one that draws it."""
-
-    def start(self, info: dict) -> None: ...
-    def step(self, metrics: dict) -> None: ...
-    def sample(self, step: int, text: str) -> None: ...
-    def end(self) -> None: ...
 
 
 @dataclass
@@ -174,21 +170,17 @@ def train_corpus(
                 "an MPI run reads its corpus from a file on every rank; give a file, not -"
             )
         if resume is not None:
-            ckpt, resume_dir = load_for_resume(checkpoint_file(resume, "last.npz"))
-            cfg = resume_config(ckpt, config_file, overrides or {}, set_items)
+            ckpt, resume_dir = _load_for_resume(checkpoint_file(resume, "last.npz"))
             out = out or resume_dir
             continuing = _same_folder(Path(out), resume_dir)
             if continuing and overwrite:
                 raise ConfigError(
                     "--overwrite would delete the run that --resume continues; give one of them"
                 )
-        else:
-            cfg = new_config(config_file, overrides or {}, set_items, world.size, world.cores)
-        if cfg.batch_size % world.size:
-            raise ConfigError(
-                f"batch_size {cfg.batch_size} cannot be shared by {world.size} MPI processes; "
-                f"give a multiple of {world.size}"
-            )
+        saved = None if ckpt is None else ckpt.config
+        cfg = settle(
+            config_file, overrides, set_items, saved=saved, ranks=world.size, cores=world.cores
+        )
         existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
         if world.root and out is not None and existing == "refuse":
             if (refusal := existing_run(out)) is not None:
@@ -224,6 +216,22 @@ def train_corpus(
         notice=prepared.summary() if encoded else None,
         existing=existing,
     )
+
+
+def _load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
+    """The checkpoint that --resume names (a run folder: its last.npz) and its run folder."""
+    path = Path(path)
+    ckpt_path = path / "last.npz" if path.is_dir() else path
+    ckpt = ckpt_io.load(ckpt_path)
+    if ckpt.h_carry is None or "rng_state" not in ckpt.train_state:
+        raise ConfigError(f"'{ckpt_path}' has no training state to resume from")
+    try:
+        Config.from_dict(ckpt.config)
+    except ConfigError as e:
+        raise ConfigError(
+            f"'{ckpt_path}' holds an invalid config ({e}); it cannot be resumed, start a new run"
+        ) from None
+    return ckpt, ckpt_path.parent
 
 
 def _read_corpus(source: str, cfg: Config, ckpt, encode_bar):
@@ -384,9 +392,10 @@ class _Checkpoints:
         self.last, self.best = run_dir / "last.npz", run_dir / "best.npz"
         self.cfg, self.vocab, self.world = cfg, vocab, world
         self.last_saved = last_saved  # step of the last.npz on disk, None when there is none
+        self.validates = True  # False: validation is off, best.npz is saved with last.npz
 
     def save(self, s: TrainState, path: Path) -> None:
-        self.world.gather_rows(s.carry)  # each rank's streams: the whole batch's carried state
+        self.world.gather_rows(s.state)  # each rank's streams: the whole batch's carried state
         # an update can overflow the weights while its loss was still finite: never write them
         # over the last good checkpoint (load would refuse the file)
         if not s.is_finite():
@@ -414,12 +423,12 @@ def _reset_streams(s: TrainState, cfg: Config, new_epoch: bool) -> np.ndarray:
     """Zero the carried state of every stream when an epoch starts (the streams restart), and
     otherwise of each stream with probability reset_prob, so the model learns to start well
     from a zero state as `sample` and `eval` do. Returns which streams were reset (B,)."""
-    reset = np.zeros(len(s.carry), bool)  # (B,)
+    reset = np.zeros(len(s.state), bool)  # (B,)
     if new_epoch:
         reset[:] = True
     elif cfg.reset_prob > 0:
-        reset = s.rng.random(len(s.carry)) < cfg.reset_prob
-    s.carry[reset] = 0
+        reset = s.rng.random(len(s.state)) < cfg.reset_prob
+    s.state[reset] = 0
     return reset
 
 
@@ -428,7 +437,7 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     kept, so the expected output of a layer is the same in training and inference."""
     if cfg.dropout == 0:
         return None
-    dtype = s.carry.dtype
+    dtype = s.state.dtype
     keep = s.rng.random((cfg.num_layers, T, B, cfg.hidden_size), dtype=dtype)  # (L, T, B, H)
     kept = keep >= cfg.dropout
     keep.fill(0)
@@ -478,17 +487,65 @@ def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
     return "".join(vocab[int(ids[0])] for ids in steps)
 
 
+def _evaluate_and_save(
+    s: TrainState,
+    ckpts: _Checkpoints,
+    metrics_out,
+    record: dict,
+    val_ids,
+    *,
+    counts: bool = True,
+    last: bool = False,
+    clock=None,
+) -> float | None:
+    """Evaluate, log, then checkpoint, for a step of the loop and for the end: validate when
+    val_ids is given (`counts` toward early stopping), fill in the record's val_loss and
+    val_bpc and write it to metrics.jsonl, then save best.npz when the validation improved and
+    last.npz when `last` (with best.npz beside it when validation is off). In this order, after
+    a kill metrics.jsonl has every step up to last.npz's (a resume drops the lines past it).
+    `clock`, when given, stamps the record's elapsed seconds once the validation is done.
+    Returns the validation loss, None when there was none."""
+    val_loss, improved = None, False
+    if val_ids is not None:
+        val_loss = _validate(s.params, val_ids, ckpts.world)
+        improved = s.record_validation(val_loss, counts)
+    record.update(val_loss=val_loss, val_bpc=bpc(val_loss))
+    if clock is not None:
+        record["elapsed"] = clock()
+    metrics_out.write(jsonout.dumps(record) + "\n")
+    if improved:
+        ckpts.save(s, ckpts.best)
+    if last:
+        ckpts.save(s, ckpts.last)
+        if not ckpts.validates:
+            ckpts.save(s, ckpts.best)
+    return val_loss
+
+
+def _step_record(s: TrainState, batches: Batches, loss, norm, lr, chars_per_sec) -> dict:
+    """A step's line of metrics.jsonl, its validation and elapsed time still to be filled in."""
+    return {
+        "step": s.step,
+        "epoch": round(s.step / batches.steps_per_epoch, 4),
+        "train_loss": loss,
+        "val_loss": None,  # filled in by the validation, if one is due
+        "val_bpc": None,
+        "grad_norm": norm,
+        "lr": lr,
+        "chars_per_sec": chars_per_sec,
+        "elapsed": None,  # stamped once the validation is done
+    }
+
+
 def _finish(s: TrainState, ckpts: _Checkpoints, metrics_out, val_ids, val_loss):
-    """A last validation (unless the last step had one; val_ids None: validation is off), then
-    last.npz, and best.npz when validation never wrote one. Returns the final validation loss."""
+    """A last validation (unless the last step had one; val_ids None: validation is off), which
+    does not count toward early stopping (a longer run would not have made it, so a resume of
+    last.npz goes on as that run would), then last.npz, and best.npz when validation never
+    wrote one. Returns the final validation loss."""
     cfg, world = ckpts.cfg, ckpts.world
     if val_ids is not None and (val_loss is None or s.step % cfg.eval_every != 0) and s.step > 0:
-        val_loss = _validate(s.params, val_ids, world)
-        if val_loss < s.best_val:
-            s.best_val = val_loss
-            ckpts.save(s, ckpts.best)
-        record = {"step": s.step, "val_loss": val_loss, "val_bpc": bpc(val_loss)}
-        metrics_out.write(jsonout.dumps(record) + "\n")
+        record = {"step": s.step}
+        val_loss = _evaluate_and_save(s, ckpts, metrics_out, record, val_ids, counts=False)
     ckpts.save(s, ckpts.last)
     if val_ids is None or not world.bcast(ckpts.best.exists()):
         ckpts.save(s, ckpts.best)
@@ -505,11 +562,63 @@ def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, min
     reset = _reset_streams(s, cfg, batches.starts_epoch(s.step))  # (B,)
     keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
     X = _noisy_inputs(s, cfg, X, s.params["by"].shape[0], reset)
-    loss, _, s.carry[mine] = loss_and_grads(
-        s.params, X[:, mine], Y[:, mine], s.carry[mine], _columns(keep, mine)
+    loss, _, s.state[mine] = loss_and_grads(
+        s.params, X[:, mine], Y[:, mine], s.state[mine], _columns(keep, mine)
     )
     loss = world.mean(loss)  # the gradients now hold the whole batch's mean
     return loss, optim.clip_gradients(loss_and_grads.grads, cfg.clip_mode, cfg.grad_clip)
+
+
+@dataclass
+class _Run:
+    """What the loop works with, set up by `_open`: the state, the data, the run's files."""
+
+    s: TrainState
+    batches: Batches
+    val_ids: np.ndarray | None  # None: validation is off
+    limits: _Limits
+    ckpts: _Checkpoints
+    metrics_out: Any  # metrics.jsonl, line-buffered (rank 0; devnull on the others)
+    elapsed0: float  # metrics' elapsed at the start: it runs on across resumes
+    start_info: dict  # the reporter's start record
+
+
+def _open(cfg, corpus, run_dir, state, notice, overwrite, world) -> _Run:
+    """Split the corpus, make or take the state, and (rank 0) write config.yaml and open
+    metrics.jsonl; every rank alike, an error on any ends them all."""
+    with world.together():  # an error on any rank ends every rank, and is reported once
+        train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
+        batches = Batches(train_ids, cfg.batch_size, cfg.seq_length)
+        val_ids = val_ids[: cfg.val_max_chars + 1]
+        validate = cfg.eval_every > 0 and len(val_ids) >= 2
+        resumed = state is not None
+        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
+        limits = _Limits.of(cfg, batches.steps_per_epoch)
+        on_disk = resumed and (run_dir / "last.npz").exists()
+        ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)
+        ckpts.validates = validate
+        if world.root:  # rank 0 alone writes the run folder
+            if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
+                remove_run(run_dir)
+            _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+            metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
+        else:
+            metrics_out, elapsed0 = open(os.devnull, "w"), 0.0
+    start_info = {
+        "run_dir": str(run_dir),
+        "start_step": s.step,
+        "resumed": resumed,
+        "reached": limits.reached(s.step, 0.0) if resumed else None,  # before any step
+        **limits.described(cfg, batches.steps_per_epoch),
+        "vocab_size": len(corpus.vocab),
+        "train_chars": len(train_ids),
+        "val_chars": len(val_ids),
+        "start_elapsed": elapsed0,
+        "notice": notice,
+        "ranks": world.size,
+    }
+    val = val_ids if validate else None
+    return _Run(s, batches, val, limits, ckpts, metrics_out, elapsed0, start_info)
 
 
 def _train(
@@ -524,44 +633,19 @@ def _train(
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
-    with world.together():  # an error on any rank ends every rank, and is reported once
-        train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
-        batches = Batches(train_ids, B, T)
-        val_ids = val_ids[: cfg.val_max_chars + 1]
-        validate = cfg.eval_every > 0 and len(val_ids) >= 2
-        resumed = state is not None
-        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
-        limits = _Limits.of(cfg, batches.steps_per_epoch)
-        on_disk = resumed and (run_dir / "last.npz").exists()
-        ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)
-        if world.root:  # rank 0 alone writes the run folder
-            if overwrite:  # --overwrite: the old run goes once the new one has passed its checks
-                remove_run(run_dir)
-            _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
-            metrics_out, elapsed0 = _metrics_file(run_dir, s.step if resumed else None)
-        else:
-            metrics_out, elapsed0 = open(os.devnull, "w"), 0.0
-    reporter.start(
-        {
-            "run_dir": str(run_dir),
-            "start_step": s.step,
-            "resumed": resumed,
-            "reached": limits.reached(s.step, 0.0) if resumed else None,  # before any step
-            **limits.described(cfg, batches.steps_per_epoch),
-            "vocab_size": len(corpus.vocab),
-            "train_chars": len(train_ids),
-            "val_chars": len(val_ids),
-            "start_elapsed": elapsed0,
-            "notice": notice,
-            "ranks": world.size,
-        }
-    )
+    run = _open(cfg, corpus, run_dir, state, notice, overwrite, world)
+    s, batches, val_ids, limits, ckpts = run.s, run.batches, run.val_ids, run.limits, run.ckpts
+    reporter.start(run.start_info)
     grads = world.gradients(s.params)  # views into the one buffer that the ranks sum
     b = B // world.size  # streams of this rank
     loss_and_grads = GradientWorkers(b, auto_workers(b, cfg.workers), grads)  # writes `grads`
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss, received = None, None, None
+
+    def elapsed() -> float:
+        return round(run.elapsed0 + time.perf_counter() - start, 3)  # across resumes
+
     try:
         with _Signals() as signals, warnings.catch_warnings():
             # overflow is caught by the finiteness checks below; numpy's warnings about it (from
@@ -589,33 +673,19 @@ def _train(
                 dt = time.perf_counter() - t0
                 step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
 
-                # --- evaluate --------------------------------------------------------------
-                val_loss, improved = None, False
-                if validate and s.step % cfg.eval_every == 0:
-                    val_loss = _validate(s.params, val_ids, world)
-                    improved = s.record_validation(val_loss)
-
-                # --- log, then checkpoint ---------------------------------------------------
-                # in this order, after a kill metrics.jsonl has every step up to last.npz's
-                # (a resume drops the lines past it)
-                record = {
-                    "step": s.step,
-                    "epoch": round(s.step / batches.steps_per_epoch, 4),
-                    "train_loss": loss,
-                    "val_loss": val_loss,
-                    "val_bpc": bpc(val_loss),
-                    "grad_norm": norm,
-                    "lr": lr,
-                    "chars_per_sec": B * T / step_time,
-                    "elapsed": round(elapsed0 + time.perf_counter() - start, 3),  # across resumes
-                }
-                metrics_out.write(jsonout.dumps(record) + "\n")
-                if improved:
-                    ckpts.save(s, ckpts.best)
-                if s.step % cfg.checkpoint_every == 0:
-                    ckpts.save(s, ckpts.last)
-                    if not validate:
-                        ckpts.save(s, ckpts.best)
+                # --- evaluate, log, then checkpoint ----------------------------------------
+                record = _step_record(s, batches, loss, norm, lr, B * T / step_time)
+                due = val_ids is not None and s.step % cfg.eval_every == 0  # a validation
+                last = s.step % cfg.checkpoint_every == 0
+                val_loss = _evaluate_and_save(
+                    s,
+                    ckpts,
+                    run.metrics_out,
+                    record,
+                    val_ids if due else None,
+                    last=last,
+                    clock=elapsed,
+                )
                 reporter.step(record)
                 if world.root and cfg.sample_every and s.step % cfg.sample_every == 0:
                     reporter.sample(s.step, _preview(cfg, s, corpus.vocab))
@@ -626,10 +696,10 @@ def _train(
                     break
 
             # --- the end: a last validation and checkpoint -------------------------------------
-            val_loss = _finish(s, ckpts, metrics_out, val_ids if validate else None, val_loss)
+            val_loss = _finish(s, ckpts, run.metrics_out, val_ids, val_loss)
     finally:
         loss_and_grads.close()
-        metrics_out.close()
+        run.metrics_out.close()
         reporter.end()
 
     return TrainResult(
@@ -638,7 +708,7 @@ def _train(
         chars_seen=s.chars_seen,
         seconds=time.perf_counter() - start,
         stopped_by=stopped_by,
-        final_val_loss=val_loss if validate else None,
+        final_val_loss=val_loss if val_ids is not None else None,
         best_val_loss=_finite_or_none(s.best_val),
         last_checkpoint=ckpts.last,
         best_checkpoint=ckpts.best,

@@ -50,6 +50,21 @@ def user_error(result, code: int = 1) -> str:
     return lines[0].removeprefix("Error: ")
 
 
+def usage_error(result, what: str) -> str:
+    """Assert a usage error about `what` (a flag such as "--top-p", or an argument's metavar):
+    exit code 2, nothing on stdout, no traceback, and on stderr the line "Error: Invalid value
+    for '--top-p': ..." (or "Error: Missing argument 'WHAT'."), so that a renamed flag, or a
+    refusal for another reason, fails the test. Returns what the line says after the flag."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stdout == "" and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    for start in (f"Error: Invalid value for '{what}': ", f"Error: Missing argument '{what}'"):
+        if errors[0].startswith(start):
+            return errors[0].removeprefix(start)
+    raise AssertionError(f"not a usage error about {what}: {errors[0]}")
+
+
 def checkpoint_commands(ckpt: Path, corpus: Path, *train_args) -> list[list]:
     """The commands that read a checkpoint, each given `ckpt`: train --resume, sample, eval."""
     return [

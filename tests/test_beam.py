@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import PERIOD, cli
+from helpers import PERIOD, cli, usage_error
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import sample as sampling
@@ -154,4 +154,4 @@ def test_more_samples_than_beams_is_a_usage_error(tmp_path):
     assert "--beam 2 keeps 2 continuations; print at most that many, or widen the beam" in (
         " ".join(result.stderr.split())
     )
-    assert cli("sample", "--checkpoint", ckpt, "--beam", 0).exit_code == 2
+    assert "1" in usage_error(cli("sample", "--checkpoint", ckpt, "--beam", 0), "--beam")

@@ -22,7 +22,7 @@ import charrnn
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import train as train_command
 from charrnn.config import DEFAULTS
-from charrnn.progress import Eta
+from charrnn.report import Eta
 
 TYPE_METAVAR = r"<[a-z][a-z\[\] ]*>"  # Typer's <int>, <list[str]>, <int range>
 SMALL = ["--hidden-size", 8, "--seq-length", 8, "--batch-size", 2, "--rng-seed", 1]
@@ -170,13 +170,25 @@ OUT_OF_RANGE = [
     ("train", "--encoding", "bogus", f"got 'bogus', {ENCODING}"),
     ("eval", "--encoding", "bogus", f"got 'bogus', {ENCODING}"),
     ("eval", "--decode-errors", "ignore", "got 'ignore', expected one of strict, replace"),
+    ("prepare", "--encoding", "bogus", f"got 'bogus', {ENCODING}"),
+    ("prepare", "--decode-errors", "ignore", "got 'ignore', expected one of strict, replace"),
+    ("show", "--encoding", "bogus", f"got 'bogus', {ENCODING}"),
+    ("gradflow", "--encoding", "bogus", f"got 'bogus', {ENCODING}"),
+    ("gradflow", "--decode-errors", "ignore", "got 'ignore', expected one of strict, replace"),
     ("sample", "--temperature", 0, "must be a number > 0"),
 ]
 
 
 @pytest.mark.parametrize(("command", "flag", "value", "message"), OUT_OF_RANGE)
 def test_out_of_range_flag_is_a_usage_error(command, flag, value, message, corpus):
-    where = {"train": [corpus, "--out", "r"], "eval": [corpus], "sample": []}[command]
+    where = {
+        "train": [corpus, "--out", "r"],
+        "eval": [corpus],
+        "prepare": [corpus],
+        "show": [corpus, "-o", "r"],
+        "gradflow": ["m.npz", corpus],
+        "sample": [],
+    }[command]
     result = cli(command, *where, flag, value, "-q")
     assert result.exit_code == 2, result.output
     assert result.stdout == ""

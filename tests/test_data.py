@@ -190,3 +190,47 @@ def test_batches_ids_are_intp():
     corpus = build_corpus("abcdefghij" * 10)
     X, Y = Batches(corpus.ids, 2, 5).get(0)
     assert X.dtype == Y.dtype == np.intp
+
+
+# ---- reading the first characters only ----
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 1 << 16])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "latin-1", "utf-8-sig"])
+def test_read_prefix_is_the_start_of_read_text(tmp_path, monkeypatch, block, encoding):
+    """Blocks that cut a character's bytes (or a BOM) in two give the same text."""
+    from charrnn import data
+
+    monkeypatch.setattr(data, "PREFIX_BLOCK", block)
+    text = "héllo wörld, ÿes\n" * 3
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode(encoding))
+    for n in (1, 7, len(text), len(text) + 10):
+        assert data.read_prefix(path, n, encoding) == read_text(path, encoding)[:n]
+
+
+@pytest.mark.parametrize("block", [1, 4, 1 << 16])
+def test_read_prefix_stops_before_bytes_it_does_not_need(tmp_path, monkeypatch, block):
+    from charrnn import data
+
+    monkeypatch.setattr(data, "PREFIX_BLOCK", block)
+    path = tmp_path / "t.txt"
+    path.write_bytes("aé b".encode() + b"\xff rest")  # 5 bytes, then one that is not UTF-8
+    assert data.read_prefix(path, 4) == "aé b"
+    with pytest.raises(DataError, match="not valid utf-8 at byte offset 5;"):
+        data.read_prefix(path, 5)
+    assert data.read_prefix(path, 6, errors="replace") == "aé b\ufffd "
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(b"ab" + "é".encode()[:1])  # ends inside a character
+    with pytest.raises(DataError, match="at byte offset 2;"):
+        data.read_prefix(cut, 3)
+    assert data.read_prefix(cut, 2) == "ab"
+
+
+def test_read_prefix_of_stdin_and_a_missing_file(monkeypatch, tmp_path):
+    from charrnn import data
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"xyz")))
+    assert data.read_prefix("-", 2) == "xy"
+    with pytest.raises(DataError, match="not found"):
+        data.read_prefix(tmp_path / "nope.txt", 3)

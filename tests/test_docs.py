@@ -8,12 +8,18 @@ underscore dropped, spaces turned into hyphens; a repeated heading gets -1, -2, 
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import tables  # noqa: E402  (benchmarks/tables.py: make docs-tables)
+
 README_MAX_LINES = 250
 
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -142,3 +148,28 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
     assert len(problems) == 3, problems
     assert "missing.md" in problems[0] and "no such file" in problems[0]
     assert "#nowhere" in problems[1] and "#elsewhere" in problems[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_measured_tables_are_those_of_their_results_files(path):
+    """A table between <!-- BEGIN kind file --> and <!-- END kind --> is what `make docs-tables`
+    writes from that committed results file: no figure edited by hand, none left stale."""
+    text = path.read_text(encoding="utf-8")
+    assert tables.rewrite(text) == text, f"run make docs-tables: {path.name} is stale"
+
+
+def test_a_table_edited_by_hand_is_found(tmp_path):
+    result = {
+        "command": "python benchmarks/bench_speed.py --quick --note 'a busy machine'",
+        "when_utc": "2026-12-02 06:00:00",
+        "note": "a busy machine",
+        "machine": {"cpu": "AMD EPYC", "cores": 2, "blas": "openblas", "numpy": "2.4"},
+        "inference_hidden_512": {"rnn": {"sample_1": 1000.4, "sample_64": 5000, "eval": 3000}},
+    }
+    (tmp_path / "r.json").write_text(json.dumps(result), encoding="utf-8")
+    page = "<!-- BEGIN speed-inference r.json -->\n| rnn | 1,001 |\n<!-- END speed-inference -->\n"
+    written = tables.rewrite(page, tmp_path)
+    assert written != page and tables.rewrite(written, tmp_path) == written
+    assert "| rnn | 1,000 | 5,000 | 3,000 |" in written
+    assert "`python benchmarks/bench_speed.py --quick`, finished 2026-12-02 06:00:00 UTC" in written
+    assert "AMD EPYC, 2 cores, openblas" in written and "a busy machine." in written

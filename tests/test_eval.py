@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PERIOD, cli, user_error
+from helpers import PERIOD, cli, usage_error, user_error
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.evaluate import evaluate, total_loss
@@ -162,9 +162,17 @@ def test_invalid_utf8_names_the_offset_and_replace_gets_past_it(tiny, tmp_path):
     assert json.loads(latin.stdout)["unknown_chars"] == 1  # 'ÿ'
 
 
-@pytest.mark.parametrize("args", [["--decode-errors", "ignore"], ["--unknown", "drop"]])
-def test_bad_option_values_are_usage_errors(tiny, args):
-    assert run("-", "--checkpoint", str(tiny), *args, input="abc").exit_code == 2
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--decode-errors", "ignore", "got 'ignore', expected one of strict, replace"),
+        ("--encoding", "bogus", "got 'bogus', expected a text encoding"),
+        ("--unknown", "drop", "'drop'"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(tiny, flag, value, says):
+    result = run("-", "--checkpoint", str(tiny), flag, value, input="abc")
+    assert says in usage_error(result, flag)
 
 
 # ---- output that is what it says ----

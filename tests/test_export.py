@@ -5,19 +5,24 @@ names, with what sampling needs in its metadata; every command that reads a chec
 eval, info, show, charrnn.load) reads it and gives exactly what it gives from the .npz; loading
 one checks it as strictly as an .npz (a crafted or damaged file is one `Error:` line); and
 `charrnn export` refuses, in one line, an unknown format, an output that exists (unless
---overwrite), the checkpoint as its own output and a missing package. The ONNX graph and the
-model-hub folder are test_onnx.py's and test_hub.py's.
+--overwrite), the checkpoint as its own output and a missing package. The ONNX graph gives
+charrnn's logits and state (checked with onnxruntime) and a loop over it draws charrnn's
+samples; the model-hub folder holds the same file, a config and a card that says what the
+checkpoint knows and what it does not.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import runpy
 import sys
 
 import numpy as np
 import pytest
+import yaml
 from helpers import REPO, TEXT, arrays, cli, user_error, write_corpus
 from hypothesis import HealthCheck, given, settings, strategies
 
@@ -228,9 +233,13 @@ def test_outputs_that_cannot_be_written_are_refused(runs, tmp_path):
     assert says == f"-o '{out}': folder '{out.parent}' does not exist; create it first"
     says = user_error(cli("export", npz, "-f", "safetensors", "-o", tmp_path, "--overwrite"))
     assert says == f"-o '{tmp_path}' is not a file; give a file name"
+    says = user_error(cli("export", npz, "-f", "onnx", "-o", "-"))
+    assert says == "-o - would write to standard output, which export does not; give a path"
 
 
-@pytest.mark.parametrize("package, fmt", [("safetensors", "safetensors")])
+@pytest.mark.parametrize(
+    "package, fmt", [("safetensors", "safetensors"), ("safetensors", "hf"), ("onnx", "onnx")]
+)
 def test_a_missing_package_says_how_to_install_it(package, fmt, runs, tmp_path, monkeypatch):
     _, npz, _ = both(runs, "rnn")
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
@@ -481,3 +490,247 @@ def test_the_numpy_sampler_of_the_docs_draws_what_charrnn_sample_draws(
         )
         assert charrnn_text.exit_code == 0 and drawn == charrnn_text.stdout
         assert len(drawn) == len(prime) + 121
+
+
+# ---- ONNX: the graph computes what charrnn computes ----
+
+
+def onnx_session(path):
+    onnxruntime = pytest.importorskip("onnxruntime")  # in the dev extra; wheels for most platforms
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def strong(tmp_path_factory) -> dict:
+    """{cell: checkpoint} of a 2-layer model of each cell over the characters of TEXT[:500],
+    with weights large enough (init_scale 0.5) that every unit and gate moves, exported to
+    ONNX beside it."""
+    folder = tmp_path_factory.mktemp("onnx")
+    vocab = sorted(set(TEXT[:500]))
+    made = {}
+    for cell in CELLS:
+        rng = np.random.default_rng(len(cell))
+        params = charrnn.model.init_params(
+            len(vocab), 16, rng, cell=cell, num_layers=2, init_scale=0.5
+        )
+        path = folder / f"{cell}.npz"
+        ckpt_io.save(ckpt_io.Checkpoint(params, vocab, {"cell": cell}), path)
+        result = cli("export", path, "-f", "onnx", "-o", path.with_suffix(".onnx"))
+        assert result.exit_code == 0, result.output
+        made[cell] = path
+    return made
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_onnx_logits_over_500_characters_equal_charrnns(cell, strong):
+    model = charrnn.load(strong[cell])
+    ids, _ = charrnn.data.encode(TEXT[:500], model.vocab)  # (500,)
+    hs, state = charrnn.model.run(
+        model.params, ids[:, None], charrnn.model.zero_state(model.params, 1)
+    )
+    want = hs[1:] @ model.params["Why"].T + model.params["by"]  # (T, 1, V)
+    logits, new_state = onnx_session(strong[cell].with_suffix(".onnx")).run(
+        None,
+        {"ids": ids[:, None].astype(np.int64), "state": charrnn.model.zero_state(model.params, 1)},
+    )
+    assert logits.shape == want.shape == (500, 1, len(model.vocab))
+    assert np.abs(logits - want).max() < 1e-4 and np.abs(new_state - state).max() < 1e-4
+    assert want.std() > 0.2  # the logits move: a test that could fail
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_onnx_reads_batches_and_carries_the_state_in_charrnns_layout(cell, strong):
+    model = charrnn.load(strong[cell])
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, len(model.vocab), (40, 3))  # (T, B)
+    state0 = rng.standard_normal((3, model.arch.state_width)).astype(np.float32)  # (B, W)
+    hs, state = charrnn.model.run(model.params, ids, state0)
+    session = onnx_session(strong[cell].with_suffix(".onnx"))
+    first, mid = session.run(None, {"ids": ids[:25].astype(np.int64), "state": state0})
+    second, last = session.run(None, {"ids": ids[25:].astype(np.int64), "state": mid})  # fed back
+    want = hs[1:] @ model.params["Why"].T + model.params["by"]
+    assert np.abs(np.concatenate([first, second]) - want).max() < 1e-4
+    assert np.abs(last - state).max() < 1e-4
+
+
+def test_the_onnx_graph_says_what_it_takes_and_what_model_it_is(strong):
+    import onnx
+
+    graph = onnx.load(strong["lstm"].with_suffix(".onnx"))
+    onnx.checker.check_model(graph)
+    assert [(o.domain, o.version) for o in graph.opset_import] == [("", 17)]
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.graph.input, *graph.graph.output)
+    }
+    V, W = len(charrnn.load(strong["lstm"]).vocab), 2 * 2 * 16
+    assert shapes == {
+        "ids": ["T", "B"],
+        "state": ["B", W],
+        "logits": ["T", "B", V],
+        "new_state": ["B", W],
+    }
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["vocab"]) == charrnn.load(strong["lstm"]).vocab
+    assert (props["cell"], props["num_layers"], props["hidden_size"]) == ("lstm", "2", "16")
+    assert {n.op_type for n in graph.graph.node} >= {"OneHot", "LSTM", "MatMul"}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_onnx_sampler_of_the_docs_draws_what_charrnn_sample_draws(cell, strong):
+    """docs/export.md's ONNX loop over the graph alone, with charrnn's random numbers."""
+    space: dict = {}
+    pytest.importorskip("onnxruntime")
+    exec(doc_block("export.md", "## ONNX"), space)  # our own docs, under test
+    for temperature, m, seed in ((1.0, 1, 5), (0.7, 3, 6), (1.5, 2, 7)):
+        result = cli(
+            "sample", "--checkpoint", strong[cell], "--seed", "The", "--length", 200, "--json",
+            "--rng-seed", seed, "--temperature", temperature, "--num-samples", m,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        texts = [s["text"] for s in json.loads(result.stdout)]
+        onnx_path = str(strong[cell].with_suffix(".onnx"))
+        assert space["sample_onnx"](onnx_path, "The", 200, seed, temperature, m) == texts
+        assert len(set(texts)) == m and all(len(t) == 203 for t in texts)
+
+
+def test_float64_models_export_to_float32_onnx(tmp_path):
+    rng = np.random.default_rng(2)
+    params = charrnn.model.init_params(5, 6, rng, dtype=np.float64, cell="lstm", init_scale=0.5)
+    ckpt_io.save(ckpt_io.Checkpoint(params, list("abcde"), {}), tmp_path / "m.npz")
+    assert cli("export", tmp_path / "m.npz", "-f", "onnx", "-o", tmp_path / "m.onnx").exit_code == 0
+    ids = rng.integers(0, 5, (30, 2))
+    logits, _ = onnx_session(tmp_path / "m.onnx").run(
+        None, {"ids": ids, "state": np.zeros((2, 12), np.float32)}
+    )
+    hs, _ = charrnn.model.run(params, ids, charrnn.model.zero_state(params, 2))
+    assert logits.dtype == np.float32
+    assert np.abs(logits - (hs[1:] @ params["Why"].T + params["by"])).max() < 1e-5
+
+
+# ---- hf: a folder ready for a model hub ----
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card[4 : card.index("\n---\n", 4)])
+
+
+def test_the_hub_folder_holds_the_model_a_config_and_a_card(runs, tmp_path):
+    _, npz, st = both(runs, "gru")
+    folder = tmp_path / "gru-model"
+    result = cli("export", npz, "-f", "hf", "-o", folder, "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    sizes = sum(p.stat().st_size for p in folder.iterdir())
+    assert json.loads(result.stdout) == {"path": str(folder), "format": "hf", "bytes": sizes}
+    assert (folder / "model.safetensors").read_bytes() == st.read_bytes()
+    info = json.loads(cli("info", npz, "--json").stdout)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["library_name"] == "charrnn" and config["vocab"] == info["vocab"]
+    assert (config["cell"], config["num_layers"], config["hidden_size"]) == ("gru", 2, 8)
+    assert config["training"] == info["config"] and config["best_val_bpc"] == info["best_val_bpc"]
+
+    card = (folder / "README.md").read_text()
+    front = front_matter(card)
+    assert front["library_name"] == "charrnn" and "gru" in front["tags"]
+    assert front["license"] is None and "license: null  # fill in before uploading" in card
+    assert front["corpus"] == {
+        "name": None,
+        "characters": None,
+        "distinct_characters": len(info["vocab"]),
+        "vocabulary": "".join(info["vocab"]),
+    }
+    training = front["training"]
+    assert training["settings"] == info["config"] and training["steps"] == info["step"]
+    assert training["validation_bpc"]["best"] == round(info["best_val_bpc"], 4)
+    metric = front["model-index"][0]["results"][0]["metrics"][0]
+    assert metric == {
+        "type": "bpc",
+        "name": "validation bits per character",
+        "value": round(info["best_val_bpc"], 4),
+    }
+    assert "does not record which corpus it was trained on, nor its size" in card
+    assert f"{round(info['best_val_bpc'], 4):.4f} bpc (best)" in card
+    assert f"charrnn sample --checkpoint {folder.name} " in card
+    texts = [
+        cli("sample", "--checkpoint", p, "--rng-seed", 4, "--length", 50).stdout
+        for p in (npz, folder)
+    ]
+    assert texts[0] == texts[1]
+
+
+def test_a_card_without_validation_says_so(tmp_path):
+    params = charrnn.model.init_params(3, 4, np.random.default_rng(0), cell="rnn")
+    ckpt_io.save(ckpt_io.Checkpoint(params, ["\n", "a", "b"], {}), tmp_path / "m.npz")
+    assert cli("export", tmp_path / "m.npz", "-f", "hf", "-o", tmp_path / "hub").exit_code == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    front = front_matter(card)
+    assert "model-index" not in front and front["training"]["validation_bpc"] == {
+        "best": None,
+        "last": None,
+    }
+    assert "validation\noff: not measured." in card and front["corpus"]["vocabulary"] == "\nab"
+
+
+def test_a_hub_folder_is_replaced_whole_and_only_when_it_holds_an_export(runs, tmp_path):
+    _, npz, _ = both(runs, "rnn")
+    _, other, _ = both(runs, "lstm")
+    folder = tmp_path / "hub"
+    assert cli("export", npz, "-f", "hf", "-o", folder).exit_code == 0
+    says = user_error(cli("export", other, "-f", "hf", "-o", folder))
+    assert says == f"-o '{folder}' exists; pass --overwrite to replace it, or give a new name"
+    assert cli("export", other, "-f", "hf", "-o", folder, "--overwrite").exit_code == 0
+    assert charrnn.load(folder).arch.cell == "lstm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]  # no temporary folder left
+    (folder / ".git").mkdir()
+    says = user_error(cli("export", npz, "-f", "hf", "-o", folder, "--overwrite"))
+    assert says == (
+        f"-o '{folder}' holds other files than a model-hub export (.git), which --overwrite "
+        "would delete; give a new folder and copy what you need"
+    )
+    says = user_error(cli("export", npz, "-f", "hf", "-o", npz.parent, "--overwrite"))
+    assert says.startswith(f"-o '{npz.parent}' is where the checkpoint")
+    says = user_error(cli("export", npz, "-f", "hf", "-o", folder / "config.json", "--overwrite"))
+    assert (
+        says
+        == f"-o '{folder / 'config.json'}' is a file; --format hf writes a folder, give a new name"
+    )
+
+
+def test_one_checkpoint_always_gives_the_same_bytes(runs, tmp_path):
+    _, npz, _ = both(runs, "lstm")
+    for fmt in ("safetensors", "onnx"):
+        for name in ("a", "b"):
+            assert cli("export", npz, "-f", fmt, "-o", tmp_path / f"{name}.{fmt}").exit_code == 0
+        assert (tmp_path / f"a.{fmt}").read_bytes() == (tmp_path / f"b.{fmt}").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "hf"])
+def test_a_full_disk_leaves_the_previous_export_and_no_temporary_file(
+    fmt, runs, tmp_path, monkeypatch
+):
+    _, npz, _ = both(runs, "rnn")
+    out = tmp_path / "out"
+    assert cli("export", npz, "-f", fmt, "-o", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if fmt == "hf" else out.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    _, other, _ = both(runs, "gru")
+    says = user_error(cli("export", other, "-f", fmt, "-o", out, "--overwrite"))
+    what = "folder '" if fmt == "hf" else "'"
+    assert says == (
+        f"could not write {what}{out}': No space left on device; the previous one is unchanged "
+        "(free disk space or check the folder's permissions)"
+    )
+    after = {p.name: p.read_bytes() for p in out.iterdir()} if fmt == "hf" else out.read_bytes()
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    says = user_error(cli("export", other, "-f", fmt, "-o", tmp_path / "new"))
+    assert "; nothing was written (" in says and not (tmp_path / "new").exists()

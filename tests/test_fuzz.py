@@ -16,9 +16,7 @@ import io
 import itertools
 import json
 import os
-import time
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ TEXT = "It was the best of times, it was the worst of times; it was the age of w
 TINY = ["--hidden-size", "4", "--seq-length", "4", "--batch-size", "2", "--rng-seed", "0", "-q"]
 
 FUZZ = settings(
-    deadline=timedelta(seconds=5),
+    deadline=None,  # time is bounded by the sizes each example is given, and HANG_S guards hangs
     database=None,  # nothing written into the repository
     # CI (CI=true) replays the same examples every run, so a landing never hinges on a draw;
     # runs elsewhere draw new ones and keep finding new cases
@@ -201,8 +199,8 @@ def test_hostile_values_are_refused_or_used(items, in_file, work, corpus):
         given_as = ["--config", path]
     else:
         given_as = [f"--set={k}={v}" for k, v in items]
-    start = time.monotonic()
-    run_cli(
+    out = fresh(work)
+    code, _ = run_cli(
         "train",
         corpus,
         *given_as,
@@ -216,9 +214,11 @@ def test_hostile_values_are_refused_or_used(items, in_file, work, corpus):
         "--set=max_time=0",
         "--set=sample_every=0",
         "--out",
-        fresh(work),
+        out,
     )
-    assert time.monotonic() - start < 10
+    if code == 0:  # bounded work: the run was the tiny one the last --set items ask for
+        saved = ckpt_io.load(out / "last.npz")
+        assert saved.step <= 2 and saved.params["Whh"].shape[1] == 4  # hidden_size 4
 
 
 JSON_VALUES = st.recursive(

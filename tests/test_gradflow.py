@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXT, cli, user_error
+from helpers import TEXT, cli, usage_error, user_error
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import gradflow
@@ -162,8 +162,9 @@ def test_json_has_every_distance_and_matches_the_library(tmp_path, text_file):
         "k", "h_mean", "h_median", "h_ratio", "c_mean", "c_median", "c_ratio", "h_layers"
     }  # fmt: skip
     loaded = ckpt_io.load(ckpt)
+    read = TEXT[: 12 * (10 + 30 + 1)]  # what the command reads: room for 12 windows
     flow = gradflow.measure(
-        loaded.params, VOCAB, TEXT[:3000], max_distance=30, positions=12, burn_in=10, rng_seed=4
+        loaded.params, VOCAB, read, max_distance=30, positions=12, burn_in=10, rng_seed=4
     )
     assert rows == json.loads(json.dumps(flow.rows()))
 
@@ -223,9 +224,35 @@ def test_missing_files_are_clean_errors(tmp_path, text_file):
 
 
 @pytest.mark.parametrize(
-    "args", [["--max-distance", "0"], ["--positions", "0"], ["--burn-in", "-1"], []]
+    ("args", "what", "says"),
+    [
+        (["--max-distance", "0"], "--max-distance", "1"),
+        (["--positions", "0"], "--positions", "1"),
+        (["--burn-in", "-1"], "--burn-in", "0"),
+        ([], "CHECKPOINT...", ""),
+    ],
 )
-def test_bad_values_are_usage_errors(args, tmp_path, text_file):
+def test_bad_values_are_usage_errors(args, what, says, tmp_path, text_file):
     ckpt = save_model(tmp_path / "m.npz", "rnn")
     given = [ckpt, text_file] if args else [text_file]  # []: the text but no checkpoint
-    assert cli("gradflow", *given, *args).exit_code == 2
+    assert says in usage_error(cli("gradflow", *given, *args), what)
+
+
+def test_encoding_and_only_the_text_it_needs(tmp_path):
+    """--encoding reads the text as eval does; the positions need the first P x (burn-in + K
+    + 1) characters, so bytes past them (here: not valid UTF-8) are never read."""
+    ckpt = save_model(tmp_path / "m.npz", "rnn")
+    P, K, burn = 12, 30, 10
+    need = P * (burn + K + 1)
+    text = tmp_path / "t.txt"
+    text.write_bytes(TEXT[:need].encode("latin-1") + b"\xff\xfe bad")
+    args = ["--max-distance", K, "--positions", P, "--burn-in", burn, "--json"]
+    result = cli("gradflow", ckpt, text, *args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"][0]["positions"] == P
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(TEXT[:200].encode("latin-1") + b"\xe9" + TEXT[200:2000].encode("latin-1"))
+    assert "byte offset 200" in user_error(cli("gradflow", ckpt, latin, *FAST))
+    assert cli("gradflow", ckpt, latin, *FAST, "--encoding", "latin-1").exit_code == 0
+    replaced = cli("gradflow", ckpt, latin, *FAST, "--decode-errors", "replace")
+    assert replaced.exit_code == 0, replaced.output

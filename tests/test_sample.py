@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PERIOD, cli, user_error
+from helpers import PERIOD, cli, usage_error, user_error
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import sample as sampling
@@ -198,24 +198,23 @@ def test_no_trained_model_is_a_clean_error():
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "flag", "says"),
     [
-        ["--temperature", "0"],
-        ["--temperature", "-1"],
-        ["--temperature", "nan"],
-        ["--top-k", "0"],
-        ["--top-p", "0"],
-        ["--top-p", "1.5"],
-        ["--num-samples", "0"],
-        ["--length", "0"],
-        ["--rng-seed", "-1"],
-        ["--unknown", "maybe"],
-        ["--seed", "a", "--seed-file", "f.txt"],
+        (["--temperature", "0"], "--temperature", "must be a number > 0"),
+        (["--temperature", "-1"], "--temperature", "must be a number > 0"),
+        (["--temperature", "nan"], "--temperature", "must be a number > 0"),
+        (["--top-k", "0"], "--top-k", "1"),
+        (["--top-p", "0"], "--top-p", "must be > 0 and <= 1"),
+        (["--top-p", "1.5"], "--top-p", "must be > 0 and <= 1"),
+        (["--num-samples", "0"], "--num-samples", "1"),
+        (["--length", "0"], "--length", "1"),
+        (["--rng-seed", "-1"], "--rng-seed", "0"),
+        (["--unknown", "maybe"], "--unknown", "'maybe'"),
+        (["--seed", "a", "--seed-file", "f.txt"], "--seed-file", "give --seed or --seed-file"),
     ],
-)
-def test_out_of_range_options_are_usage_errors(args, rand_ckpt):
-    result = run("--checkpoint", str(rand_ckpt), *args)
-    assert result.exit_code == 2, result.output
+)  # fmt: skip
+def test_out_of_range_options_are_usage_errors(args, flag, says, rand_ckpt):
+    assert says in usage_error(run("--checkpoint", str(rand_ckpt), *args), flag)
 
 
 # ---- the library ----

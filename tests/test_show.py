@@ -333,3 +333,16 @@ def test_chromium_keyboard_and_unit_buttons(models, tmp_path):
     assert probe["tabbable"] == 1
     first = re.search(r'<button type="button" data-unit="(\d+)"', dom).group(1)
     assert probe["view"] == first and probe["hash"] == f"#{first}"
+
+
+def test_only_the_characters_shown_are_read(models, tmp_path):
+    """--length N reads N characters: bytes past them that do not decode are never seen."""
+    path = tmp_path / "long.txt"
+    path.write_bytes(SHOWN.encode("utf-8") + b"\xff\xfe not UTF-8")
+    ckpt = models["rnn"]
+    page = cli("show", path, "--checkpoint", ckpt, "--length", len(SHOWN), "-o", "p.html")
+    assert page.exit_code == 0, page.output
+    assert f"{len(SHOWN):,} characters" in page.stderr
+    offset = len(SHOWN.encode("utf-8"))
+    whole = cli("show", path, "--checkpoint", ckpt, "--length", len(SHOWN) + 5, "-o", "q.html")
+    assert f"byte offset {offset}" in user_error(whole)

@@ -24,7 +24,8 @@ import pytest
 from helpers import TEXT, cli, train_steps, write_corpus
 
 from charrnn import checkpoint as ckpt_io
-from charrnn.progress import PlainReporter, RichReporter
+from charrnn.cli.progress import RichReporter
+from charrnn.report import PlainReporter
 
 SMALL = ["--hidden-size", 8, "--seq-length", 8, "--batch-size", 2, "--rng-seed", 1]
 UNICODE_TEXT = "héllo wörld, ünïcode ☃ 日本語\n" * 80
@@ -190,37 +191,50 @@ def test_an_error_without_stderr_still_exits_1(redirect, tmp_path):
 
 
 class BrokenStream:
-    """A stream whose every write fails, like a terminal that was closed (EIO)."""
+    """A stream whose writes fail, like a terminal that was closed (EIO), after it has taken
+    `good` of them."""
 
-    def __init__(self):
-        self.writes = 0
+    def __init__(self, good: int = 0):
+        self.good, self.writes, self.taken = good, 0, []
 
     def write(self, text):
         self.writes += 1
-        raise OSError(errno.EIO, "Input/output error")
+        if self.writes > self.good:
+            raise OSError(errno.EIO, "Input/output error")
+        self.taken.append(text)
+        return len(text)
 
     def flush(self):
-        raise OSError(errno.EIO, "Input/output error")
+        if self.writes > self.good:
+            raise OSError(errno.EIO, "Input/output error")
 
     def isatty(self):
         return True
 
 
 INFO = {"run_dir": "r", "start_step": 0, "resumed": False, "max_steps": 10, "vocab_size": 3,
-        "train_chars": 100, "val_chars": 10, "max_time": None, "notice": "a notice"}  # fmt: skip
+        "train_chars": 100, "val_chars": 10, "max_time": None, "notice": "a notice",
+        "stops": "stops at step 10 (max_steps)"}  # fmt: skip
 STEP = {"step": 1, "epoch": 0.1, "train_loss": 1.0, "val_loss": 1.0, "val_bpc": 1.4,
         "chars_per_sec": 1000.0, "elapsed": 0.1}  # fmt: skip
 
 
+@pytest.mark.parametrize("good", [0, 1])
 @pytest.mark.parametrize("make", [lambda s: PlainReporter(s), lambda s: RichReporter(file=s)])
-def test_reporters_drop_what_they_cannot_write(make):
-    stream = BrokenStream()
+def test_reporters_drop_what_they_cannot_write(make, good):
+    """A write that fails is not raised to the training loop, and nothing more is tried after
+    it; what was written before it stays written."""
+    stream = BrokenStream(good)
     reporter = make(stream)
     reporter.start(INFO)
     for _ in range(3):
         reporter.step(STEP)
     reporter.sample(1, "text")
     reporter.end()
+    assert stream.writes == good + 1  # the first failure, and no write after it
+    assert len(stream.taken) == good
+    if good:
+        assert "a notice" in stream.taken[0]
 
 
 # ---- an encoding that cannot write the model's characters ----

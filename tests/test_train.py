@@ -184,7 +184,7 @@ def test_max_time_stops(train):
         ).stdout
     )
     assert summary["stopped_by"] == "max_time" and summary["steps"] > 0
-    assert summary["seconds"] < 5
+    assert summary["seconds"] >= 0.3  # it ran until the limit, not past its first step
 
 
 def test_patience_stops_when_validation_stops_improving(train):

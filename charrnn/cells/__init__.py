@@ -18,6 +18,10 @@ gradient to the layer below as large products after it. A cell module defines
         dah (T, B, G H) dloss/d(Whh h_{t-1}): the same array as dax except for the gru.
         Truncated BPTT: no gradient flows into state0.
     step(Whh, ax_t, state) -> state         one step without a cache, for sampling
+    dstate(Whh, cache, above, dah) -> dstates
+        a tuple of STATES arrays (T, B, H), row t d loss / d(state entering step t), from what
+        `backward` returned and `above` (T, B, H), the gradient that came into each h_t from
+        outside the recurrence; for gradient flow (charrnn/gradflow.py)
 
 Buffers come from `ws` (a `model.Workspace`, scoped to the layer by the caller); a cache is
 valid until the next `forward` with the same workspace.

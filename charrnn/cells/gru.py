@@ -122,6 +122,19 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     return dax, dah
 
 
+def dstate(Whh: np.ndarray, cache: tuple, above: np.ndarray, dah: np.ndarray) -> tuple:
+    """(d loss / d h entering step t,) (T, B, H) from `backward`'s dah and `above` (T, B, H),
+    the gradient that came into each h_t from outside the recurrence: for gradient flow."""
+    _, gates, _ = cache
+    T, B, H = above.shape
+    z = gates[:, :, H : 2 * H]  # (T, B, H)
+    dh = dah @ Whh  # (T, B, H): through ah_t = Whh h_{t-1} ...
+    for t in range(T - 1, -1, -1):
+        dh_t = above[t] + dh[t + 1] if t + 1 < T else above[t]
+        dh[t] += z[t] * dh_t  # ... and directly: h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
+    return (dh,)
+
+
 def step(Whh: np.ndarray, ax_t: np.ndarray, state: tuple) -> tuple:
     """(h_t,) from ax_t (M, 3H) (overwritten) and state = (h_{t-1},)."""
     H = Whh.shape[1]

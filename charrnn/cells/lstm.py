@@ -125,6 +125,24 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     return da, da
 
 
+def dstate(Whh: np.ndarray, cache: tuple, above: np.ndarray, da: np.ndarray) -> tuple:
+    """(dh, dc) (T, B, H), row t d loss / d(h, c) entering step t, from `backward`'s da and
+    `above` (T, B, H), the gradient that came into each h_t from outside the recurrence: for
+    gradient flow."""
+    _, _, tanh_c, gates = cache
+    T, B, H = above.shape
+    f, o = gates[:, :, H : 2 * H], gates[:, :, 2 * H : 3 * H]  # (T, B, H)
+    dh = da @ Whh  # (T, B, H): dh_{t-1} = Whh^T da_t, as for the vanilla cell
+    dc = np.empty_like(dh)  # (T, B, H): dc_{t-1} = f_t ⊙ dc_t
+    for t in range(T - 1, -1, -1):
+        dh_t = above[t] + dh[t + 1] if t + 1 < T else above[t]  # all of dh_t
+        dc_t = dh_t * o[t] * (1.0 - tanh_c[t] ** 2)  # through h_t = o_t ⊙ tanh(c_t) ...
+        if t + 1 < T:
+            dc_t += dc[t + 1]  # ... and through c_{t+1} = f_{t+1} ⊙ c_t + ...
+        dc[t] = f[t] * dc_t  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+    return dh, dc
+
+
 def step(Whh: np.ndarray, ax_t: np.ndarray, state: tuple) -> tuple:
     """(h_t, c_t) from ax_t (M, 4H) (overwritten) and state = (h_{t-1}, c_{t-1})."""
     H = Whh.shape[1]

@@ -56,6 +56,13 @@ def backward(Whh: np.ndarray, hs: np.ndarray, dhs: np.ndarray, ws):
     return da, da
 
 
+def dstate(Whh: np.ndarray, hs: np.ndarray, above: np.ndarray, da: np.ndarray) -> tuple:
+    """(d loss / d h entering step t,) (T, B, H) from `backward`'s da and `above` (T, B, H),
+    the gradient that came into each h_t from outside the recurrence: for gradient flow."""
+    # h_{t-1} enters step t only through a_t = ax_t + Whh h_{t-1}:  dh_{t-1} = Whh^T da_t
+    return (da @ Whh,)
+
+
 def step(Whh: np.ndarray, ax_t: np.ndarray, state: tuple) -> tuple:
     """(h_t,) from ax_t (M, H) (overwritten) and state = (h_{t-1},)."""
     a_t = np.add(ax_t, state[0] @ Whh.T, out=ax_t)  # a_t = Wxh x_t + bh + Whh h_{t-1}

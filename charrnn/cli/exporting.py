@@ -1,5 +1,5 @@
-"""`charrnn export`: a checkpoint written as a .safetensors file for programs other than
-charrnn (docs/export.md). The work is charrnn/export.py's."""
+"""`charrnn export`: a checkpoint written as a .safetensors file, a model-hub folder or an ONNX
+graph, for programs other than charrnn (docs/export.md). The work is charrnn/export.py's."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ class Format(str, Enum):
     """What `charrnn export` writes."""
 
     safetensors = "safetensors"
+    hf = "hf"
+    onnx = "onnx"
 
 
 @app.command("export", cls=PlainCommand)
@@ -33,8 +35,10 @@ def export_model(
         typer.Option(
             "--format",
             "-f",
-            metavar="safetensors",
-            help="safetensors: the weights and vocabulary in one file, no optimizer state.",
+            metavar="safetensors|hf|onnx",
+            help="safetensors: the weights and vocabulary in one file, no optimizer state. "
+            "hf: a folder for a model hub (model.safetensors, config.json, a README.md model "
+            "card). onnx: one graph from ids and state to logits and the new state.",
         ),
     ],
     output: Annotated[
@@ -43,7 +47,8 @@ def export_model(
             "--output",
             "-o",
             metavar="PATH",
-            help="The file to write; written whole or not at all.",
+            help="The file (safetensors, onnx) or folder (hf) to write; written whole or "
+            "not at all.",
         ),
     ],
     overwrite: Annotated[
@@ -57,8 +62,9 @@ def export_model(
     ] = False,
 ) -> None:
     """Write a trained model in a format other programs read: a .safetensors file of its
-    weights and vocabulary, which sample, eval, info and show also read. Needs pip install
-    'charrnn[export]'."""
+    weights and vocabulary (which sample, eval, info and show also read), a folder ready to
+    upload to a model hub, or an ONNX graph for onnxruntime on servers, phones and browsers.
+    Needs pip install 'charrnn[export]'."""
     from charrnn.export import export
 
     if json_out:

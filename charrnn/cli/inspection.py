@@ -14,11 +14,13 @@ import typer
 from charrnn import api
 from charrnn.cli.options import (
     CHECKPOINT_HELP,
+    DecodeErrors,
     DynamicDecayOption,
     DynamicLrOption,
     DynamicMethod,
     DynamicMethodOption,
     DynamicSegmentOption,
+    Encoding,
     Unknown,
     check_flags,
     dynamic_settings,
@@ -35,7 +37,7 @@ from charrnn.cli.streams import (
     to_json,
     user_errors,
 )
-from charrnn.data import read_text
+from charrnn.data import read_prefix
 from charrnn.runs import choose_checkpoint
 
 
@@ -91,11 +93,8 @@ def show(
             help="Characters not in the vocabulary: leave them out (counted), or an error.",
         ),
     ] = Unknown.skip,
-    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
-    decode_errors: Annotated[
-        str,
-        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
-    ] = "strict",
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     dynamic: Annotated[
         bool,
         typer.Option(
@@ -129,7 +128,7 @@ def show(
     need_stdin(text)
     with user_errors():
         model = load_model(checkpoint, quiet)
-        content = read_text(text, encoding, decode_errors)[:length]
+        content = read_prefix(text, length, encoding, decode_errors)  # no more than that
         name = "<stdin>" if text == "-" else Path(text).name
         page = make_page(
             model.params,
@@ -197,9 +196,12 @@ def plot(
             save_image(curves, output, x.value)
         else:
             from rich.console import Console
+            from rich.text import Text
 
-            chart = Console(file=stdout(), highlight=False)
-            chart.print(text_chart(curves, x.value), end="", soft_wrap=True)
+            chart = Text()
+            for piece, style in text_chart(curves, x.value):
+                chart.append(piece, style=style)
+            Console(file=stdout(), highlight=False).print(chart, end="", soft_wrap=True)
     if output is not None and not quiet:
         note(f"wrote {output}")
 
@@ -240,6 +242,8 @@ def gradflow(
     rng_seed: Annotated[
         int, typer.Option(min=0, metavar="N", help="Seed for drawing the positions.")
     ] = 0,
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -261,14 +265,18 @@ def gradflow(
     """Measure the vanishing gradient: the norm of d loss_t / d h_(t-k), the gradient of the
     loss at position t with respect to the hidden state k characters earlier, for k = 1 .. K,
     averaged over many positions of a text. For the LSTM also its cell state c; with several
-    layers, the h of every layer together (--json has each layer's)."""
+    layers, the h of every layer together (--json has each layer's). The positions are drawn
+    from the first N x (burn-in + K + 1) characters of TEXT, room for N windows side by side;
+    no more of it is read."""
     from charrnn.gradflow import measure, save_image, table
 
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})
     need_stdout()
     need_stdin(text)
     with user_errors():
         models = [(path, api.load(path)) for path in checkpoints]
-        content = read_text(text)
+        window = burn_in + max_distance + 1  # what one position reads
+        content = read_prefix(text, positions * window, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
         flows = [
             measure(

@@ -32,6 +32,13 @@ def check_flags(values: dict[str, Any]) -> None:
             ) from None
 
 
+# --encoding and --decode-errors of the commands that read a text, as eval reads it
+Encoding = Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")]
+DecodeErrors = Annotated[
+    str, typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace.")
+]
+
+
 class Unknown(str, Enum):
     """What to do with characters that are not in the model's vocabulary."""
 

@@ -13,11 +13,13 @@ import typer
 from charrnn import jsonout
 from charrnn.cli.options import (
     CHECKPOINT_HELP,
+    DecodeErrors,
     DynamicDecayOption,
     DynamicLrOption,
     DynamicMethod,
     DynamicMethodOption,
     DynamicSegmentOption,
+    Encoding,
     Unknown,
     check_flags,
     dynamic_settings,
@@ -271,11 +273,8 @@ def eval_text(
             help="Characters not in the vocabulary: skip them (counted), or an error.",
         ),
     ] = Unknown.skip,
-    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of TEXT.")] = "utf-8",
-    decode_errors: Annotated[
-        str,
-        typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
-    ] = "strict",
+    encoding: Encoding = "utf-8",
+    decode_errors: DecodeErrors = "strict",
     per_char: Annotated[
         str | None,
         typer.Option(

@@ -12,10 +12,10 @@ import typer
 from charrnn import api, cache
 from charrnn.cli.options import check_flags
 from charrnn.cli.program import PlainCommand, app
+from charrnn.cli.progress import make_encode_bar, make_reporter
 from charrnn.cli.streams import emit, need_stdin, need_stdout, note, to_json, user_errors
 from charrnn.config import DEFAULTS
 from charrnn.model import bpc
-from charrnn.progress import make_encode_bar
 
 
 def _default(key: str, text: str) -> str:
@@ -193,7 +193,8 @@ def train(
             out=out,
             resume=resume,
             overwrite=overwrite,
-            quiet=quiet,
+            reporter=make_reporter(quiet),  # a bar on a terminal, plain lines otherwise
+            encode_bar=make_encode_bar(quiet, "<stdin>" if corpus == "-" else corpus),
             set_items=set_items or [],
             **settings,
         )
@@ -246,6 +247,7 @@ def prepare(
             "prepare caches a file; `charrnn train -` encodes stdin into a temporary cache itself",
             param_hint="'CORPUS'",
         )
+    check_flags({"encoding": encoding, "decode_errors": decode_errors})  # usage errors, as train's
     if json_out:
         need_stdout()
     with user_errors():
