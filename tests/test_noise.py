@@ -5,9 +5,11 @@ for bit; each changes the training; 0 draws nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from helpers import TEXT, arrays, assert_same_arrays, cli, metrics, without_timing
 
 from charrnn.config import Config
@@ -55,7 +57,7 @@ def test_noisy_inputs_replace_about_the_rate_and_leave_the_batch_alone():
     assert 0.15 < changed < 0.19
     assert noisy.min() >= 0 and noisy.max() < 7
     state = s.rng.bit_generator.state
-    off = Config.from_dict({"rng_seed": 0})
+    off = Config.from_dict({"rng_seed": 0, "reset_noise": 0})
     assert _noisy_inputs(s, off, X, 7, np.ones(50, bool)) is X
     assert s.rng.bit_generator.state == state  # nothing drawn
 
@@ -70,3 +72,20 @@ def test_reset_noise_touches_only_the_start_of_reset_streams():
     assert not noisy[10:].any()  # never past the first reset_noise inputs
     assert noisy[:, reset].any()
     assert _noisy_inputs(s, cfg, X, 50, np.zeros(40, bool)) is X  # no stream reset
+
+
+def test_a_run_saved_before_the_noise_keys_resumes_without_noise(tmp_path):
+    """A checkpoint whose config lacks reset_noise and input_noise (written before they
+    existed) resumes training as it was trained: with both 0, not with the new default."""
+    corpus = tmp_path / "short.txt"
+    corpus.write_text(TEXT[:1000], encoding="utf-8")
+    ok(cli("train", corpus, *SMALL, "--max-steps", "2", "-q", "--out", "old"))
+    a = arrays(Path("old/last.npz"))
+    config = json.loads(str(a["config"]))
+    del config["reset_noise"], config["input_noise"]
+    a["config"] = np.array(json.dumps(config))
+    np.savez(Path("old/last.npz"), **a)
+    ok(cli("train", corpus, "--resume", "old", "--max-steps", "4", "-q"))
+    resumed = yaml.safe_load(Path("old/config.yaml").read_text())
+    assert resumed["reset_noise"] == 0 and resumed["input_noise"] == 0
+    assert Config().reset_noise == 40  # while a new run gets the default
