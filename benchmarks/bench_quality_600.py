@@ -18,8 +18,10 @@ nanoGPT's CPU configuration is not in the comparison: its source is not on this 
 network), and a twin written from memory would not be nanoGPT.
 
 Timings need a quiet machine: on a shared one the two trainings get different shares of the
-cores. Results go to benchmarks/results/bench_quality_600-<date>.json. torch is a benchmark
-dependency only (pip install torch==2.13.0).
+cores, and torch's threads spin while they wait for one (2 steps in 26 s with 2 threads against
+15 steps in 15 s with 1, for the twin of configs/shakespeare.yaml on the shared 2 cores): there
+give --threads 1. Results go to benchmarks/results/bench_quality_600-<date>.json. torch is a
+benchmark dependency only (pip install torch==2.13.0).
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ LN2 = math.log(2.0)
 
 def run_charrnn(args, folder: Path, val_ids) -> dict:
     t = time.perf_counter()
+    threads = [] if args.threads is None else [f"workers={args.threads}"]
     result = charrnn.train(
-        args.corpus, config=args.config, out=folder, max_time=args.seconds, max_steps=0
+        args.corpus,
+        config=args.config,
+        out=folder,
+        max_time=args.seconds,
+        max_steps=0,
+        set_items=threads,
     )
     seconds = time.perf_counter() - t
     row = {"steps": result.steps, "chars_trained": result.chars_seen, "seconds": seconds}
@@ -66,6 +74,10 @@ def run_charrnn(args, folder: Path, val_ids) -> dict:
 
 
 def run_twin(args, cfg: dict, train_ids, val_ids, vocab_size: int) -> dict:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     t = time.perf_counter()
     rnn, head, steps = train_twin(train_ids, vocab_size, cfg, args.seconds)
     seconds = time.perf_counter() - t
@@ -81,6 +93,13 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", type=Path, default=CORPUS)
     p.add_argument("--dynamic", action="store_true", help="also charrnn's dynamic evaluation")
     p.add_argument("--skip-twin", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="charrnn's workers and torch's threads (default: each one per core); on a shared "
+        "machine 1, since torch's threads spin while they wait for a core",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -105,7 +124,12 @@ def main(argv=None) -> int:
         cells = (name, f"{row['steps']:,}", f"{row['chars_trained']:,}", f"{row['last_bpc']:.4f}")
         print("| " + " | ".join(cells) + f"{extra} |")
 
-    figures = {"seconds": args.seconds, "config": str(args.config), "results": rows}
+    figures = {
+        "seconds": args.seconds,
+        "config": str(args.config),
+        "threads": args.threads,
+        "results": rows,
+    }
     note = "needs a quiet machine for a fair comparison; a shared one gives noise"
     path = write_result(
         "bench_quality_600", figures, machine_info=machine(), note=note, out=args.out
