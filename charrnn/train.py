@@ -450,7 +450,8 @@ def _noisy_inputs(
 ) -> np.ndarray:
     """The inputs X (T, B) of a step with noise in them (the targets stay): each id replaced,
     with probability input_noise, by one drawn uniformly from the V characters; and in each
-    stream just reset to a zero state, its first n inputs, n uniform in 0..reset_noise, so that
+    stream just reset to a zero state, its first n inputs, n uniform in 0..reset_noise (at most
+    half the chunk), so that
     the model learns to fall back into text after an odd start, as after an unusual seed.
     Nothing is drawn when both are 0."""
     if cfg.input_noise == 0 and (cfg.reset_noise == 0 or not reset.any()):
@@ -461,7 +462,8 @@ def _noisy_inputs(
         noisy[hit] = s.rng.integers(0, V, int(hit.sum()))
     if cfg.reset_noise > 0 and reset.any():
         streams = np.flatnonzero(reset)  # (k,)
-        lengths = s.rng.integers(0, cfg.reset_noise + 1, len(streams))  # (k,)
+        most = min(cfg.reset_noise, len(X) // 2)  # a chunk keeps at least half its text
+        lengths = s.rng.integers(0, most + 1, len(streams))  # (k,)
         hit = np.arange(len(X))[:, None] < lengths[None, :]  # (T, k): each one's first n
         part = noisy[:, streams]  # (T, k)
         part[hit] = s.rng.integers(0, V, int(hit.sum()))
