@@ -184,9 +184,10 @@ def sample(
     with user_errors():
         model = load_model(checkpoint, quiet)
         if adapt is not None:
-            model, read = model.adapt(read_text(adapt), settings, name=str(adapt))
+            where = "<stdin>" if adapt == Path("-") else str(adapt)
+            model, read = model.adapt(read_text(adapt), settings, name=where)
             if not quiet:
-                note(f"adapted to {adapt}: {read.summary()}")
+                note(f"adapted to {where}: {read.summary()}")
         prime = read_text(seed_file) if seed_file is not None else seed or ""
         dropped = unknown_chars(prime, model.vocab) if unknown is Unknown.skip else []
         if dropped and not quiet:
