@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,9 +27,9 @@ import numpy as np
 from charrnn import checkpoint as ckpt_io
 from charrnn import checks, distributed
 from charrnn.config import check_settings
-from charrnn.data import encode
+from charrnn.data import encode, record_ids
 from charrnn.dynamic import Adapter, Settings, gradient_rms
-from charrnn.errors import ArgumentError, ConfigError
+from charrnn.errors import ArgumentError, ConfigError, DataError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, known_ids, result, score
 from charrnn.model import Arch, architecture
 from charrnn.report import PlainReporter
@@ -50,6 +50,7 @@ from charrnn.sample import (
 from charrnn.train import TrainResult, train_corpus
 
 UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
+END_NAME = "<end>"  # a record's end, in per-character records (every character is one long)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -59,8 +60,9 @@ def check_setting(key: str, value: Any) -> None:
 
 
 def train(
-    corpus: str | os.PathLike,
+    corpus: str | os.PathLike | Sequence[str | os.PathLike],
     *,
+    glob: str | Sequence[str] = (),
     config: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -71,7 +73,9 @@ def train(
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
-    """Train a model on the text file `corpus` ("-": standard input), as `charrnn train` does.
+    """Train a model on `corpus`, as `charrnn train` does: a text file ("-": standard input),
+    a folder (its files, recursively, chosen by the fnmatch patterns `glob`), or a list of them;
+    each file is a document (config `documents`: or each line or paragraph a record).
 
     settings: config keys, e.g. hidden_size=256, max_time=60 (None: not given); they override
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
@@ -90,7 +94,11 @@ def train(
     batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
-    corpus = corpus if corpus == "-" else checks.path("corpus", corpus)
+    many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
+    sources = [checks.path("corpus", c) if c != "-" else c for c in (corpus if many else [corpus])]
+    if not sources:
+        raise ArgumentError("corpus must name a text file, a folder or -; the list is empty")
+    globs = checks.strings("glob", [glob] if isinstance(glob, str) else glob)
     config, out = checks.optional_path("config", config), checks.optional_path("out", out)
     resume = checks.optional_path("resume", resume)
     overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
@@ -103,7 +111,8 @@ def train(
     if not distributed.world().root:  # rank 0 reports
         reporter = encode_bar = None
     return train_corpus(
-        os.fspath(corpus),
+        [os.fspath(c) for c in sources] if many else os.fspath(sources[0]),
+        globs=globs,
         config_file=config,
         overrides=settings,
         set_items=set_items,
@@ -129,6 +138,7 @@ def load(path: str | os.PathLike | None = None) -> Model:
         file,
         ckpt.train_state,
         chosen_by,
+        ckpt.documents,
         ckpt.opt_state,
     )
 
@@ -144,7 +154,19 @@ class Model:
     path: Path | None = None  # the checkpoint file
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+    documents: str = "file"  # "line" or "paragraph": a model of records, which ends them
     opt_state: dict = field(default_factory=dict)  # the optimiser's slots, "slot.param"
+
+    @property
+    def records(self) -> str | None:
+        """The kind of records a model of records was trained on ("line", "paragraph"), or
+        None. Its end-of-record symbol is id len(vocab), one output past the characters."""
+        return None if self.documents == "file" else self.documents
+
+    @property
+    def _names(self) -> list[str]:
+        """What each output is called in per-character records: the characters, and END_NAME."""
+        return self.vocab + [END_NAME] if self.records else self.vocab
 
     @property
     def arch(self) -> Arch:
@@ -227,6 +249,8 @@ class Model:
         check_sample_memory(self.params, length, num_samples, keep or out is None)
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        if self.records:  # a record begins after its E, read from a zero state
+            prime_ids = np.concatenate([[len(self.vocab)], prime_ids]).astype(np.intp)
         steps = generate(
             self.params,
             prime_ids,
@@ -239,9 +263,15 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
-        if stops:
+        if stops or self.records:
             return finish_samples(
-                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+                steps,
+                self.vocab,
+                num_samples=num_samples,
+                prefix=prefix,
+                stops=stops,
+                out=out,
+                records=self.records,
             )
         if out is not None:
             texts = write_samples(
@@ -297,8 +327,16 @@ class Model:
         with each scored character's record (as `char_scores` yields them, `top` guesses each)
         during the same single pass."""
         text, name, unknown, top = _check_scoring(text, name, unknown, top, per_char)
-        each = _records_to(per_char, self.vocab, top)
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
+        each = _records_to(per_char, self._names, top)
+        return evaluate(
+            self.params,
+            self.vocab,
+            text,
+            unknown=unknown,
+            name=name,
+            each=each,
+            records=self.records,
+        )
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
@@ -307,9 +345,15 @@ class Model:
         state as `evaluate` (evaluate.score), float64 retry of an overflowing block included.
         Its arguments are checked when the first record is asked for."""
         text, top = checks.text("text", text), checks.count("top", top)
+        if self.records:  # as `evaluate` reads it: records, each end scored too
+            ids = record_ids(text, self.vocab, self.records)[0]
+            for block in score(self.params, ids, resets=ids == len(self.vocab)):
+                skip = 1 if block.start == 0 else 0  # the first E is read, not scored
+                yield from char_records(block, self._names, top)[skip:]
+            return
         ids, _ = encode(text, self.vocab)
         for block in score(self.params, ids):
-            yield from char_records(block, self.vocab, top)
+            yield from char_records(block, self._names, top)
 
     def adapt(
         self,
@@ -345,6 +389,11 @@ class Model:
     def adapter(self, settings: Settings | None = None) -> Adapter:
         """A copy of the weights that adapts as it scores (charrnn.dynamic.Adapter), with the
         gradient statistics of this model's optimiser state."""
+        if self.records:
+            raise DataError(
+                f"dynamic evaluation reads a text as one stream, and this is a model of "
+                f"{self.records} records (documents: {self.records}); score it without --dynamic"
+            )
         rms = gradient_rms(self.opt_state, self.config, self.step)
         return Adapter(self.params, settings or Settings(), rms)
 
@@ -360,6 +409,7 @@ class Model:
                 step=self.step,
                 opt_state=self.opt_state,
                 train_state=self.train_state,
+                documents=self.documents,
             ),
             path,
         )

@@ -283,3 +283,12 @@ def test_show_dynamic_colours_by_the_adapted_surprise(gru, tmp_path):
 
     dynamic = json.loads(cli("eval", text, "--checkpoint", gru, "--dynamic", "--json").stdout)
     assert bpc(result.stderr) == round(dynamic["bpc"], 3) < bpc(static.stderr)
+
+
+def test_a_model_of_records_refuses_dynamic_evaluation_in_one_line(tmp_path):
+    ckpt = train(tmp_path, "--set", "documents=line", steps=5)
+    text = tmp_path / "t.txt"
+    text.write_text(CORPUS[:100], encoding="utf-8")
+    assert "model of line records" in user_error(
+        cli("eval", text, "--checkpoint", ckpt, "--dynamic")
+    )
