@@ -89,8 +89,8 @@ DynamicMethodOption = Annotated[
     DynamicMethod,
     typer.Option(
         metavar="rms|sgd",
-        help="Dynamic evaluation's step: rms (each weight's step scaled by its training "
-        "gradients' RMS, from the checkpoint's optimiser state) or plain sgd.",
+        help="Dynamic evaluation's step: rms (each weight's step divided by the RMS of its "
+        "training gradients, from the checkpoint's optimiser state) or plain sgd.",
     ),
 ]
 DynamicLrOption = Annotated[
