@@ -933,7 +933,6 @@ class _Spool:
         self.f.write(raw)
 
 
-
 @contextmanager
 def _stream_folder(tmp: str) -> Iterator[Path]:
     """A new folder <tmp>/charrnn-stream-*, locked from before it has that name until it is
