@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint browser bench bench-scale bench-mpi bench-quality docs-tables clean
+.PHONY: setup demo test test-all lint browser bench bench-scale bench-mpi bench-quality bench-serve docs-tables clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ bench-scale: $(STAMP)
 # Allreduce of each model size, and the expected speedup on 2 to 64 nodes (docs/scaling-out.md)
 bench-mpi: $(STAMP)
 	$(BIN)/python benchmarks/bench_mpi.py $(MPI_ARGS)
+
+# charrnn serve under 1, 8 and 64 concurrent streaming clients, and its memory over 10,000
+# requests (docs/performance.md); SERVE_ARGS=--quick for a smoke run
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/bench_serve.py $(SERVE_ARGS)
 
 # how well a model starts from a zero state: make bench-quality CHECKPOINT=runs/x/best.npz
 bench-quality: $(STAMP)

@@ -91,48 +91,97 @@ def generate(
     The noise for steps [0, n) does not depend on `length`, so with the same rng seed a shorter
     run's text is a prefix of a longer one's. rng: a Generator, or a seed for one (None: random).
     """
-    if temperature <= 0 or length < 0 or num_samples < 1:
-        raise ValueError("need temperature > 0, length >= 0 and num_samples >= 1")
-    if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-        raise ValueError("need top_k >= 1 and 0 < top_p <= 1")
+    if length < 0 or num_samples < 1:
+        raise ValueError("need length >= 0 and num_samples >= 1")
     rng = np.random.default_rng(rng)
-    Why = params["Why"]
-    V, M, dtype = Why.shape[0], num_samples, Why.dtype
-    greedy = argmax or top_k == 1
-    # argmax(z / T + g) = argmax(z + T g): both scales are at most 1, so nothing can overflow
-    logit_scale = 1.0 if greedy else 1.0 / max(temperature, 1.0)
-    noise_scale = 1.0 if greedy else min(temperature, 1.0)
-    top_k = None if top_k is None or top_k >= V else top_k
-    top_p = None if top_p is None or top_p >= 1.0 else top_p
-
-    Why_T = (Why * logit_scale).astype(dtype, copy=False).T  # (H, V): Why / max(T, 1), transposed
-    by = (params["by"] * logit_scale).astype(dtype, copy=False)  # (V,)
+    draw = Draw.settle(len(params["by"]), temperature, top_k, top_p, argmax)
+    Why_T, by = draw.output_layer(params)  # (H, V), (V,)
+    V, M, dtype = len(by), num_samples, Why_T.dtype
     state = warm_state(params, prime_ids, M)  # (M, W)
     h = top_output(params, state)  # (M, H): the top layer's h_t, read by the output layer
     logits = np.empty((M, V), dtype=dtype)  # (M, V): Why h_t / max(T, 1)
     scores = np.empty((M, V), dtype=dtype)  # (M, V)
     block = max(1, NOISE_BLOCK // (M * V))  # steps of noise per RNG call
-    noise = scores[None]  # replaced at step 0 of every block
+    noise = by[None, None]  # (steps, M, V); for greedy drawing always by, else replaced below
 
     with blas_threads(1):  # small products: a second BLAS thread costs more than it gives
         for i in range(length):
             np.matmul(h, Why_T, out=logits)
-            if greedy:
-                np.add(logits, by, out=scores)
-            else:
-                if i % block == 0:  # by is folded into the noise: one add per step, not two
-                    noise = gumbel(rng, (min(block, length - i), M, V), dtype)  # (steps, M, V)
-                    if noise_scale < 1.0:
-                        noise *= noise_scale  # T g; underflows harmlessly to 0 for a tiny T
-                    noise += by
-                # (Why h + by) / T + g, times min(T, 1)
-                np.add(logits, noise[i % block], out=scores)
-                if top_k is not None or top_p is not None:
-                    scores[_excluded(logits + by, top_k, top_p, noise_scale)] = -np.inf
-            ids = scores.argmax(axis=1)  # (M,)
+            if not draw.greedy and i % block == 0:
+                noise = draw.noise(rng, (min(block, length - i), M, V), by)  # (steps, M, V)
+            ids = draw.choose(logits, noise[0 if draw.greedy else i % block], by, scores)
             yield ids
             if i + 1 < length:
                 h, state = step(params, ids, state)  # h_{t+1} from x_t = ids and the state
+
+
+@dataclass(frozen=True)
+class Draw:
+    """How characters are drawn, settled once from the sampling settings: the scales that
+    fold the temperature in, and the top-k and top-p that exclude something (None if not).
+
+    `generate` draws a batch with one Draw; the server (charrnn/serve) draws rows of one batch
+    with different Draws by calling `choose` on each group of rows that share one, so both
+    draw the same characters from the same noise.
+    """
+
+    greedy: bool
+    logit_scale: float  # 1 / max(T, 1), folded into Why and by
+    noise_scale: float  # min(T, 1), folded into the noise
+    top_k: int | None
+    top_p: float | None
+
+    @classmethod
+    def settle(
+        cls,
+        V: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        argmax: bool = False,
+    ) -> Draw:
+        """The Draw for a vocabulary of V characters. `argmax` (or top_k=1) takes the most
+        likely character at every step and uses no randomness."""
+        if temperature <= 0:
+            raise ValueError("need temperature > 0")
+        if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+            raise ValueError("need top_k >= 1 and 0 < top_p <= 1")
+        greedy = argmax or top_k == 1
+        # argmax(z / T + g) = argmax(z + T g): both scales are at most 1, so nothing can overflow
+        return cls(
+            greedy=greedy,
+            logit_scale=1.0 if greedy else 1.0 / max(temperature, 1.0),
+            noise_scale=1.0 if greedy else min(temperature, 1.0),
+            top_k=None if greedy or top_k is None or top_k >= V else top_k,
+            top_p=None if greedy or top_p is None or top_p >= 1.0 else top_p,
+        )
+
+    def output_layer(self, params: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(Why / max(T, 1) transposed (H, V), by / max(T, 1) (V,)), in the params' dtype."""
+        Why, dtype = params["Why"], params["Why"].dtype
+        Why_T = (Why * self.logit_scale).astype(dtype, copy=False).T  # (H, V)
+        return Why_T, (params["by"] * self.logit_scale).astype(dtype, copy=False)
+
+    def noise(self, rng: np.random.Generator, shape: tuple[int, ...], by: np.ndarray):
+        """T g + by for the next shape[0] steps, shape (steps, M, V): by is folded into the
+        noise, so a step makes one add, not two. Drawn in order, so the values for a step do
+        not depend on how many steps one call draws."""
+        noise = gumbel(rng, shape, by.dtype)
+        if self.noise_scale < 1.0:
+            noise *= self.noise_scale  # T g; underflows harmlessly to 0 for a tiny T
+        noise += by
+        return noise
+
+    def choose(
+        self, logits: np.ndarray, noise: np.ndarray, by: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The ids (M,) drawn from logits (M, V) = Why h_t / max(T, 1): the argmax of
+        (Why h + by) / T + g, times min(T, 1), with noise (M, V) from `noise` (greedy: by
+        alone) and the characters top-k and top-p exclude set to -inf. `out`: scratch (M, V)."""
+        scores = np.add(logits, noise, out=out)
+        if self.top_k is not None or self.top_p is not None:
+            scores[_excluded(logits + by, self.top_k, self.top_p, self.noise_scale)] = -np.inf
+        return scores.argmax(axis=1)  # (M,)
 
 
 def beam_search(
@@ -267,7 +316,7 @@ class Sample:
     # included); "end": the model drew the end of a record (a model trained on records)
 
 
-class _Cut:
+class Cut:
     """One sample's text as it is drawn, ended at the first stop string or at the end of a
     record. The last characters that could still begin a stop string are held back, so that
     what `add` releases is never a part of one."""
@@ -326,7 +375,7 @@ def finish_samples(
     With `out`, they are printed as `write_samples` prints them: the first streamed as it is
     drawn (less what could still be the start of a stop string), the others at the end."""
     M, stops = num_samples, check_stops(stops)
-    cuts = [_Cut(stops) for _ in range(M)]
+    cuts = [Cut(stops) for _ in range(M)]
     texts: list[list[str]] = [[] for _ in range(M)]
     header = (lambda i: f"==> sample {i} of {M} <==\n") if M > 1 else (lambda i: "")
     if out is not None:

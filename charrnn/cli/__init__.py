@@ -17,6 +17,7 @@ One job per module:
   text.py         sample (and its beam search), eval
   inspection.py   info, show, plot, gradflow
   exporting.py    export
+  serving.py      serve (the server itself is charrnn/serve/, an optional extra)
 This file imports the commands in the order `charrnn --help` lists them, and holds `main`,
 the console entry point (pyproject.toml: charrnn = "charrnn.cli:main").
 """
@@ -35,6 +36,7 @@ from charrnn.cli.training import prepare, train
 from charrnn.cli.text import eval_text, sample
 from charrnn.cli.inspection import gradflow, info, plot, show
 from charrnn.cli.exporting import export_model
+from charrnn.cli.serving import serve
 
 # isort: on
 
@@ -49,6 +51,7 @@ __all__ = [
     "plot",
     "prepare",
     "sample",
+    "serve",
     "show",
     "train",
 ]
