@@ -31,6 +31,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from results_io import machine, write_result  # noqa: E402
+
 from charrnn import checkpoint as ckpt_io  # noqa: E402
 from charrnn.data import encode, read_text, split  # noqa: E402
 from charrnn.model import log_softmax_loss, run, zero_state  # noqa: E402
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--burn-in", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="for the random windows")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--name", help="also keep the figures in benchmarks/results/<NAME>-<date>.json")
     args = ap.parse_args(argv)
 
     ckpt = ckpt_io.load(args.checkpoint)
@@ -127,6 +130,9 @@ def main(argv=None) -> int:
                 "zero_start_bpc": float(zero.mean() / np.log(2)),
                 "burn_in_bpc": float(warm.mean() / np.log(2)),
             }
+    if args.name:
+        saved = write_result(args.name, report, machine_info=machine())
+        print(f"results: {saved}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
         return 0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,13 +20,21 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     An OSError (disk full, no permission) propagates with the old file untouched and the
     temporary file removed. A kill leaves at most a `.NAME.*.tmp` file beside it.
     """
+    with atomic_file(path) as f:
+        write(f)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """replace_atomically as a `with` block: the file to write is the block's; when the block
+    ends without an error it is renamed to path, otherwise removed (the old file untouched)."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, default_file_mode())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

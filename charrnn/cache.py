@@ -85,7 +85,9 @@ from charrnn.data import (
     id_dtype,
     open_error,
 )
-from charrnn.errors import DataError
+from charrnn.errors import DataError, TooLargeError
+from charrnn.memory import show_bytes
+from charrnn.runs import special_file
 
 FORMAT_VERSION = 3  # 1: a single file of our own format; 2: this folder without a checksum
 SUFFIX = ".charrnn-cache"
@@ -159,6 +161,8 @@ def prepare(
     name = "<stdin>" if str(source) == "-" else str(source)
     reader = _Reader(name, encoding, errors, block_size, progress or _no_progress)
     if str(source) == "-":
+        if _device_stdin():  # `< /dev/zero` would fill the disk
+            raise DataError("standard input is a character device, not text; pipe text in")
         return _prepare_stream(reader, sys.stdin.buffer, start)
     path = Path(source)
     try:
@@ -167,6 +171,11 @@ def prepare(
         raise open_error(path, e) from None
     with f:
         st = os.fstat(f.fileno())
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            kind = special_file(path) or "a device"  # /dev/zero would fill the disk
+            raise DataError(
+                f"'{path}' is {kind}, not a text file; give a file, or pipe text in with -"
+            )
         if not stat.S_ISREG(st.st_mode):  # a pipe such as <(zcat corpus.gz): read it once
             return _prepare_stream(reader, f, start)
         folder, corpus, reused = _prepare_file(reader, f, path, st, codec, force)
@@ -460,7 +469,7 @@ def _prepare_stream(reader: _Reader, f: BinaryIO, start: float) -> PreparedCorpu
     tmp = tempfile.gettempdir()
     try:
         with tempfile.TemporaryFile(dir=tmp) as spool, _stream_folder(tmp) as out:
-            vocab, n_chars = _scan(reader, f, None, copy=spool)
+            vocab, n_chars = _scan(reader, f, None, copy=_Spool(spool, reader.name, tmp))
             n_bytes = spool.tell()
             spool.seek(0)
             ids = _write_ids(reader, spool, n_bytes, out / IDS, vocab, n_chars)
@@ -471,6 +480,35 @@ def _prepare_stream(reader: _Reader, f: BinaryIO, start: float) -> PreparedCorpu
         ) from None
     corpus = Corpus(ids=ids, vocab=_chars(vocab))
     return PreparedCorpus(corpus, reader.name, None, False, n_bytes, time.perf_counter() - start)
+
+
+def _device_stdin() -> bool:
+    """Whether stdin is a character device other than a terminal (/dev/zero, /dev/urandom)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # the test runner's stdin has no descriptor
+        return False
+    return stat.S_ISCHR(mode) and not sys.stdin.isatty()
+
+
+class _Spool:
+    """The copy of a stream in the temporary folder, refused past half the folder's free space
+    when it began (the other half: its ids), so `train - < /dev/zero` ends with an error, not
+    a full disk."""
+
+    def __init__(self, f: BinaryIO, name: str, folder: str):
+        self.f, self.name, self.folder, self.written = f, name, folder, 0
+        self.room = max(0, shutil.disk_usage(folder).free // 2 - (64 << 20))
+
+    def write(self, raw: bytes) -> None:
+        self.written += len(raw)
+        if self.written > self.room:
+            raise TooLargeError(
+                f"input too large: '{self.name}' is more than the {show_bytes(self.room)} the "
+                f"temporary folder '{self.folder}' has room for (half its free space, the other "
+                "half for its ids); set TMPDIR to a folder with more free space"
+            )
+        self.f.write(raw)
 
 
 @contextmanager

@@ -14,14 +14,18 @@ from __future__ import annotations
 import codecs
 import contextlib
 import mmap
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from charrnn.errors import DataError
+from charrnn.errors import DataError, TooLargeError, option
+from charrnn.memory import show_bytes
 
+MAX_TEXT_BYTES = 256 * 10**6  # a text read whole (eval, gradflow, sample --seed-file): 256 MB
 STREAMS_PER_READ = 8  # memory-mapped ids: streams read between two releases (<= 16 MB mapped)
 PREFIX_BLOCK = 1 << 16  # bytes read at a time by read_prefix
 DECODE_ERRORS = ("strict", "replace")  # invalid input: a DataError naming its offset, or U+FFFD
@@ -83,24 +87,49 @@ def decode_error(name: str, encoding: str, e: UnicodeError, offset: int = 0) -> 
     if isinstance(e, UnicodeDecodeError):
         return DataError(
             f"'{name}' is not valid {encoding} at byte offset {offset + e.start}; "
-            "pass --encoding (e.g. latin-1) or --decode-errors replace"
+            f"pass {option('encoding', 'latin-1')} (or the text's own encoding) or "
+            f"{option('decode_errors', 'replace')}"
         )
-    return DataError(f"'{name}' cannot be read as {encoding}: {e}; pass another --encoding")
+    return DataError(
+        f"'{name}' cannot be read as {encoding}: {e}; pass another {option('encoding')}"
+    )
 
 
 def empty_error(name: str) -> DataError:
     return DataError(f"'{name}' is empty; give a text with at least a few hundred characters")
 
 
-def read_bytes(source: str | Path) -> bytes:
-    """The raw bytes of a file, or of standard input for "-"."""
-    if str(source) == "-":
-        return sys.stdin.buffer.read()
-    path = Path(source)
+def read_bytes(source: str | Path, limit: int | None = None) -> bytes:
+    """The raw bytes of a file, or of standard input for "-": at most `limit` bytes
+    (MAX_TEXT_BYTES by default), else TooLargeError before more is read, so /dev/zero or an
+    endless pipe ends with "input too large" instead of taking all memory."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    name = "<stdin>" if str(source) == "-" else str(source)
     try:
-        return path.read_bytes()
+        with _open_bytes(source) as f:
+            if _size(f) > limit:  # a regular file says its size
+                raise _too_large(name, limit)
+            raw = f.read(limit + 1)
     except OSError as e:
-        raise open_error(path, e) from None
+        raise open_error(Path(source), e) from None
+    if len(raw) > limit:
+        raise _too_large(name, limit)
+    return raw
+
+
+def _size(f: BinaryIO) -> int:
+    """The size of a regular file; 0 for a pipe, a device, or a stream with no descriptor."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: the test runner's
+        return 0
+
+
+def _too_large(name: str, limit: int) -> TooLargeError:
+    return TooLargeError(
+        f"input too large: '{name}' holds more than {show_bytes(limit)}, the most a text read "
+        "whole may have; give a part of it (e.g. head -c 100M FILE | charrnn ... -)"
+    )
 
 
 def read_prefix(
@@ -108,7 +137,8 @@ def read_prefix(
 ) -> str:
     """The first `chars` characters of a file, or of standard input for "-": read and decoded
     a block at a time, so that no more of it is read than those characters need (a byte the
-    codec cannot decode past them is never seen). Errors as `read_text` words them."""
+    codec cannot decode past them is never seen). Errors as `read_text` words them; at most
+    MAX_TEXT_BYTES are read."""
     check_encoding(encoding)
     check_decode_errors(errors)
     name = "<stdin>" if str(source) == "-" else str(source)
@@ -118,6 +148,8 @@ def read_prefix(
         with _open_bytes(source) as f:
             while have < chars:
                 raw = f.read(PREFIX_BLOCK)
+                if offset + len(raw) > MAX_TEXT_BYTES:  # /dev/zero in a codec that yields nothing
+                    raise _too_large(name, MAX_TEXT_BYTES)
                 held = len(decoder.getstate()[0])  # bytes of a character cut by the last block
                 try:
                     text = decoder.decode(raw, final=not raw)
@@ -156,6 +188,7 @@ def decode(raw: bytes, name: str, encoding: str = "utf-8", errors: str = "strict
 
 
 def read_text(source: str | Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """A whole text file (or stdin for "-") decoded; at most MAX_TEXT_BYTES (read_bytes)."""
     name = "<stdin>" if str(source) == "-" else str(source)
     return decode(read_bytes(source), name, encoding, errors)
 
@@ -221,7 +254,7 @@ class Batches:
             raise DataError(
                 f"the training text has {len(ids)} characters, too short for one chunk of "
                 f"batch_size x seq_length = {batch_size} x {seq_length} (needs {need}); "
-                "use a longer corpus or lower --batch-size / --seq-length"
+                f"use a longer corpus or lower {option('batch_size')} / {option('seq_length')}"
             )
         self._offsets = np.arange(seq_length)[:, None] + (np.arange(batch_size) * self.L)[None, :]
         self._mapping = _mapping(ids)

@@ -280,3 +280,18 @@ def end_together() -> Iterator[None]:
             traceback.print_exc()
             _world.abort(1)
         raise
+
+
+def alone() -> bool:
+    """For everything but training, which alone shares its work among MPI ranks: whether this
+    process is the one to do it. Started by a launcher as one of several processes, rank 0
+    runs as one process (its world is Solo: MPI is never started, so no rank waits for
+    another) and returns True; every other rank returns False and should end at once, so a
+    command prints its result once and writes a file once. True without a launcher."""
+    global _world
+    if launched_size() == 1:
+        return True
+    if launched_rank() != 0:
+        return False
+    _world = Solo()
+    return True

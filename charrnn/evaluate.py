@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from charrnn.data import encode, unknown_chars
-from charrnn.errors import DataError
+from charrnn.errors import DataError, option
 from charrnn.model import Workspace, bpc, log_softmax_loss, run, top_output, zero_state
 from charrnn.model import trace as model_trace
 from charrnn.parallel import blas_threads
@@ -95,7 +95,7 @@ def known_ids(
         raise DataError(
             f"'{name}' has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
             f"vocabulary ({show_chars(unknown_chars(text, vocab))}); "
-            f"pass --unknown skip to leave them out of {product}"
+            f"pass {option('unknown', 'skip')} to leave them out of {product}"
         )
     if len(ids) == 0:
         raise DataError(

@@ -32,13 +32,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn import checks
 from charrnn.cells import CELLS
 from charrnn.data import encode
-from charrnn.errors import DataError
+from charrnn.errors import ArgumentError, DataError, option
+from charrnn.memory import check_fits
 from charrnn.model import Arch, Workspace, architecture, forward, layer_names, run, zero_state
-from charrnn.plot import new_figure
+from charrnn.plot import new_figure, save_figure
 
 BATCH = 64  # positions per backward pass: an LSTM of 256 at K = 200 holds ~0.5 GB of float64
+PASS_BYTES = 1 << 30  # fewer positions per pass when BATCH of them would hold more than this
 BURN_BLOCK = 256  # burn-in characters per model.run call
 
 
@@ -52,7 +55,7 @@ def state_gradients(params: dict, X: np.ndarray, y: np.ndarray, burn_in: int) ->
     K, B = X.shape[0] - burn_in, X.shape[1]
     H, GH, L, S = arch.hidden_size, arch.gates * arch.hidden_size, arch.num_layers, arch.states
     if K < 1:
-        raise ValueError("need at least one character after the burn-in")
+        raise ArgumentError("need at least one character after the burn-in")
 
     # burn-in: forward only, from a zero state, in blocks that bound memory
     state = zero_state(params, B)  # (B, W)
@@ -140,30 +143,57 @@ def measure(
 ) -> GradFlow:
     """‖d loss_t / d S_{t-k}‖ for k = 1 .. max_distance at `positions` positions t of text,
     drawn without replacement with the seed (all of them if the text has fewer). Characters
-    not in the vocabulary are left out of the text. DataError if the text is too short."""
+    not in the vocabulary are left out of the text. DataError if the text is too short;
+    ArgumentError for a count out of range (checks.LIMITS); TooLargeError, before any work,
+    when it needs more memory than this process may use (positions_per_pass)."""
+    text, label, name = checks.text("text", text), checks.text("label", label), str(name)
+    max_distance = checks.count("max_distance", max_distance)
+    positions = checks.count("positions", positions)
+    burn_in, rng_seed = checks.count("burn_in", burn_in), checks.count("rng_seed", rng_seed)
     ids, _ = encode(text, vocab)
     K, need = max_distance, burn_in + max_distance + 1  # + 1: x_{t+1}
     if len(ids) < need:
         raise DataError(
             f"'{name}' has {len(ids):,} characters in the model's vocabulary; measuring "
             f"{K} steps back after a burn-in of {burn_in} needs at least {need:,}: give a "
-            "longer text or lower --max-distance or --burn-in"
+            f"longer text or lower {option('max_distance')} or {option('burn_in')}"
         )
     first = burn_in + K - 1  # the earliest t with a whole window and burn-in before it
     count = len(ids) - 1 - first  # positions first .. len - 2 have an x_{t+1}
     rng = np.random.default_rng(rng_seed)
     ts = np.sort(first + rng.choice(count, size=min(positions, count), replace=False))  # (P,)
+    batch = positions_per_pass(params, max_distance, len(ts))  # before any pass
     params64 = {k: v.astype(np.float64) for k, v in params.items()}
     arch = architecture(params64)
     shape = (arch.num_layers, arch.states, arch.hidden_size)
     norms = np.empty((K, len(ts), *shape[:2]))  # (K, P, L, S)
     offsets = np.arange(-(burn_in + K) + 1, 1)  # (burn_in + K,): the window ends at t
-    for start in range(0, len(ts), BATCH):
-        t = ts[start : start + BATCH]  # (B,)
+    for start in range(0, len(ts), batch):
+        t = ts[start : start + batch]  # (B,)
         X = ids[t[None, :] + offsets[:, None]]  # (burn_in + K, B)
         g = state_gradients(params64, X, ids[t + 1], burn_in)  # (K, B, W)
         norms[:, start : start + len(t)] = np.linalg.norm(g.reshape(K, len(t), *shape), axis=-1)
     return GradFlow(label, arch, ts, norms)
+
+
+def positions_per_pass(params: dict, max_distance: int, positions: int) -> int:
+    """How many positions one backward pass takes: BATCH, or fewer when K = max_distance is
+    so long that BATCH of them would hold more than PASS_BYTES (a pass of one position is then
+    the least). TooLargeError, before any work, when even that, with the norms kept for every
+    position, needs more memory than this process may use. A pass holds, in float64, the
+    window's forward cache (every layer's gates and states, the output probabilities), the
+    backward's gradients of the gates and the state gradients g (K, B, W)."""
+    arch = architecture(params)
+    K, P = max_distance, positions
+    L, H, G, V, S = arch.num_layers, arch.hidden_size, arch.gates, arch.vocab_size, arch.states
+    per_position = 8 * K * (L * (3 * G * H + 6 * H) + 2 * V + L * S * H)
+    B = max(1, min(BATCH, P, PASS_BYTES // per_position))
+    check_fits(
+        B * per_position + 8 * K * P * L * S,
+        f"measuring {K:,} characters back at {P:,} position{'s' * (P != 1)}",
+        f"{option('max_distance')} or {option('positions')}",
+    )
+    return B
 
 
 # ---- printing and drawing ----
@@ -225,7 +255,4 @@ def save_image(flows: list[GradFlow], out, title: str | None = None) -> None:
     ax.set_title(title or f"the gradient k characters back, over {P} positions")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    try:
-        fig.savefig(out)
-    except ValueError as e:  # an unknown suffix
-        raise DataError(f"cannot write '{out}': {e}; name a .png, .svg or .pdf file") from None
+    save_figure(fig, out, "the image")

@@ -8,21 +8,23 @@ checkpoint.py's job; choosing it (a run folder, $CHARRNN_CHECKPOINT, the latest 
 
 from __future__ import annotations
 
-import json
 import textwrap
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.model import architecture, bpc, param_names
+from charrnn.runs import Metrics
 
 PREVIEW_CHARS = 80  # vocabulary characters shown in the text summary
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 
 
-def describe(path: str | Path) -> dict[str, Any]:
-    """Everything `charrnn info` reports about the checkpoint file at path."""
+def describe(path: str | Path, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything `charrnn info` reports about the checkpoint file at path; `warn` hears of
+    lines of the run's metrics.jsonl that were skipped."""
     path = Path(path)
     ckpt = ckpt_io.load(path)
     arch = architecture(ckpt.params)
@@ -43,28 +45,22 @@ def describe(path: str | Path) -> dict[str, Any]:
         "chars_seen": ckpt.train_state.get("chars_seen"),
         "best_val_bpc": bpc(best),
     }
-    info.update(_run_metrics(path.parent / "metrics.jsonl"))
+    info.update(_run_metrics(path.parent / "metrics.jsonl", warn))
     info["config"] = ckpt.config
     return info
 
 
-def _run_metrics(metrics: Path) -> dict[str, Any]:
-    """The run's last step and last validation, from its metrics.jsonl (None without one)."""
+def _run_metrics(metrics: Path, warn: Callable[[str], None] | None) -> dict[str, Any]:
+    """The run's last step and last validation, from its metrics.jsonl (None without one);
+    lines that hold no valid record (runs.Metrics) are skipped, and `warn` told once."""
     last_step = last_val = last_val_step = None
-    try:
-        lines = metrics.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
-            continue
+    records = Metrics(metrics)
+    for _, rec in records:
         last_step = rec["step"]
-        if isinstance(rec.get("val_bpc"), (int, float)):
+        if rec.get("val_bpc") is not None:
             last_val, last_val_step = rec["val_bpc"], rec["step"]
+    if warn is not None and records.problem():
+        warn(records.problem())
     return {"run_steps": last_step, "last_val_bpc": last_val, "last_val_step": last_val_step}
 
 

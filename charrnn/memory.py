@@ -12,6 +12,8 @@ import os
 import resource
 from pathlib import Path
 
+from charrnn.errors import TooLargeError
+
 UNKNOWN = 1 << 62  # no limit found: refuse nothing
 
 
@@ -79,3 +81,14 @@ def _mapped() -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(need: int, what: str, lower: str) -> None:
+    """TooLargeError before allocating, when `what` needs more than memory_limit(): it says
+    how much it needs, how much there is, and what to `lower`."""
+    limit = memory_limit()
+    if need > limit:
+        raise TooLargeError(
+            f"{what} needs about {show_bytes(need)} of memory, more than the "
+            f"{show_bytes(limit)} this process can use; lower {lower}"
+        )

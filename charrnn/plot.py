@@ -9,15 +9,19 @@ cut short by a kill.
 
 from __future__ import annotations
 
-import json
+import io
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from charrnn.config import load_config_file
-from charrnn.errors import CharRNNError, DataError
+from charrnn.errors import CharRNNError, DataError, option
 from charrnn.model import bpc
+from charrnn.outputs import Output, image_format, write_output
+from charrnn.runs import Metrics, regular_file
 
 X_AXES = {"steps": "step", "chars": "training characters", "time": "seconds of training"}
 MARKERS = "●◆▲■★✚"  # validation points of runs 1, 2, ... in the text chart
@@ -35,34 +39,32 @@ class Curves:
     val_bpc: np.ndarray  # (m,)
 
 
-def read_curves(run: str | Path, x: str = "steps") -> Curves:
-    """The curves of a run folder (or of a metrics.jsonl file) against x: steps, chars, time."""
+def read_curves(
+    run: str | Path, x: str = "steps", warn: Callable[[str], None] | None = None
+) -> Curves:
+    """The curves of a run folder (or of a metrics.jsonl file) against x: steps, chars, time.
+    Lines that hold no valid record (runs.Metrics) are skipped, and `warn` told once."""
     run = Path(run)
     metrics = run / "metrics.jsonl" if run.is_dir() else run
-    if not metrics.is_file():
+    if regular_file(metrics, "a run's metrics.jsonl") is None:
         raise DataError(
             f"'{run}' has no metrics.jsonl; give a run folder that 'charrnn train' wrote"
         )
-    records = []
-    for line in metrics.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            records.append(rec)
     per_step = _chars_per_step(metrics.parent) if x == "chars" else 1
-    train_x, train_bpc, val_x, val_bpc = [], [], [], []
+    train_x, train_bpc, val_x, val_bpc = array("d"), array("d"), array("d"), array("d")
     elapsed = 0.0  # the last line (a closing validation) has no elapsed of its own
-    for rec in records:
-        elapsed = rec.get("elapsed", elapsed)
+    records = Metrics(metrics)
+    for _, rec in records:
+        elapsed = rec["elapsed"] if rec.get("elapsed") is not None else elapsed
         where = elapsed if x == "time" else rec["step"] * per_step
-        if isinstance(rec.get("train_loss"), (int, float)):
+        if rec.get("train_loss") is not None:
             train_x.append(where)
             train_bpc.append(bpc(rec["train_loss"]))
-        if isinstance(rec.get("val_bpc"), (int, float)):
+        if rec.get("val_bpc") is not None:
             val_x.append(where)
             val_bpc.append(rec["val_bpc"])
+    if warn is not None and records.problem():
+        warn(records.problem())
     if not train_x and not val_x:
         raise DataError(f"'{metrics}' holds no training steps yet; nothing to plot")
     return Curves(
@@ -75,14 +77,24 @@ def read_curves(run: str | Path, x: str = "steps") -> Curves:
 
 
 def _chars_per_step(run_dir: Path) -> int:
+    """batch_size x seq_length of the run's config.yaml, each a whole number from 1 to 2**31."""
+    path = run_dir / "config.yaml"
+    found = regular_file(path, "a run's config.yaml")  # a FIFO would never be read to its end
     try:
-        cfg = load_config_file(run_dir / "config.yaml")
-        return int(cfg["batch_size"]) * int(cfg["seq_length"])
-    except (CharRNNError, KeyError, TypeError, ValueError):
+        cfg = load_config_file(path) if found else {}
+        sizes = [cfg.get(key) for key in ("batch_size", "seq_length")]
+    except (CharRNNError, AttributeError):  # AttributeError: a YAML list, not a mapping
+        sizes = []
+    if len(sizes) != 2 or not all(_whole(n) for n in sizes):
         raise DataError(
-            f"--x chars needs batch_size and seq_length from '{run_dir / 'config.yaml'}'; "
-            "plot against --x steps instead"
-        ) from None
+            f"{option('x', 'chars')} needs batch_size and seq_length, whole numbers from 1 to "
+            f"2**31, from '{path}'; plot against {option('x', 'steps')} instead"
+        )
+    return sizes[0] * sizes[1]
+
+
+def _whole(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 2**31
 
 
 def _smooth(y: np.ndarray) -> np.ndarray:
@@ -111,6 +123,15 @@ def new_figure(figsize: tuple[float, float], dpi: int, instead: str):
     return fig, fig.add_subplot()
 
 
+def save_figure(fig, out: str | Path | Output, what: str, reads=()) -> None:
+    """Draw fig in the format out's name asks for (image_format), then write it by the rule
+    of outputs.py: never over a file not asked for, atomically."""
+    target = out.path if isinstance(out, Output) else out
+    buf = io.BytesIO()  # drawn whole first: PDF and PS seek, which a pipe cannot
+    fig.savefig(buf, format=image_format(target))
+    write_output(out, lambda f: f.write(buf.getbuffer()), what, reads)
+
+
 def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
     """Draw the runs' curves into an image file (PNG, or SVG/PDF by its suffix)."""
     fig, ax = new_figure((9, 5), 110, "leave out -o for a text chart")
@@ -123,10 +144,7 @@ def save_image(curves: list[Curves], out: str | Path, x: str = "steps") -> None:
     ax.set_title("train (moving average) and validation bits per character")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    try:
-        fig.savefig(out)
-    except ValueError as e:  # an unknown suffix
-        raise DataError(f"cannot write '{out}': {e}; name a .png, .svg or .pdf file") from None
+    save_figure(fig, out, "the image")
 
 
 def text_chart(

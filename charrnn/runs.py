@@ -11,13 +11,23 @@ run: a new training refuses it unless told to continue it (--resume) or to start
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from charrnn.atomic import remove_quietly
-from charrnn.errors import CheckpointError, RunLockedError, TrainingError
+from charrnn.atomic import remove_quietly, replace_atomically
+from charrnn.errors import (
+    CheckpointError,
+    DataError,
+    RunLockedError,
+    TooLargeError,
+    TrainingError,
+    option,
+)
+from charrnn.memory import show_bytes
 
 RUNS_DIR = "runs"
 CHECKPOINT_ENV = "CHARRNN_CHECKPOINT"  # pins the checkpoint used when none is given
@@ -79,11 +89,13 @@ def existing_run(run_dir: str | Path) -> TrainingError | None:
     if "last.npz" in found:
         return TrainingError(
             f"run folder '{run_dir}' already holds a run ({', '.join(found)}); continue it "
-            f"with --resume {run_dir}, or pass --overwrite to delete it and start over"
+            f"with {option('resume', run_dir)}, or pass {option('overwrite', True)} to delete "
+            "it and start over"
         )
     return TrainingError(
         f"run folder '{run_dir}' already holds a run ({', '.join(found)}) with no last.npz to "
-        "--resume from; pass --overwrite to delete it and start over, or another --out"
+        f"{option('resume')} from; pass {option('overwrite', True)} to delete it and start "
+        f"over, or another {option('out')}"
     )
 
 
@@ -141,7 +153,7 @@ def latest_checkpoint(base: str | Path = RUNS_DIR, name: str = "best.npz") -> Pa
     if not found:
         raise CheckpointError(
             f"no trained model found under '{base}/' in this folder; "
-            "run 'charrnn train CORPUS' first or pass --checkpoint FILE"
+            f"run 'charrnn train CORPUS' first or pass {option('checkpoint', 'FILE')}"
         )
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
@@ -180,7 +192,7 @@ class RunLock:
             os.close(fd)
             raise RunLockedError(
                 f"run folder '{self.path.parent}' is in use by another training process; "
-                "wait for it to finish or pass another --out"
+                f"wait for it to finish or pass another {option('out')}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -192,3 +204,148 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+# ---- reading a run folder's text files back: they are the user's to edit ----
+
+MAX_METRICS_BYTES = 1 << 30  # metrics.jsonl: a line a step, ~200 bytes: 5 million steps
+MAX_LINE_BYTES = 1 << 16  # a line longer than this is no record train wrote: skipped unread
+MAX_STEP = 2**53  # steps and counts are exact in a float up to here
+MAX_VALUE = 1e100  # a loss, rate or time beyond this is no value train wrote
+# the numbers of a record that plot and info read, and the least each may be
+NUMBERS = {"train_loss": 0.0, "val_loss": 0.0, "val_bpc": 0.0, "elapsed": 0.0}
+
+
+def regular_file(path: str | Path, what: str) -> Path | None:
+    """path when it names a regular file, None when nothing is there; a DataError naming
+    `what` it should be when it is a FIFO, a device, a socket or a folder (a FIFO would make
+    the reader wait for a writer forever, /dev/zero never ends)."""
+    path = Path(path)
+    kind = special_file(path)
+    if kind is None and path.is_dir():
+        kind = "a folder"
+    if kind is not None:
+        raise DataError(f"'{path}' is {kind}, not a file; {what} is a regular file")
+    return path if path.exists() else None
+
+
+class Metrics:
+    """The records of a metrics.jsonl, read a line at a time: `for line, record in metrics`.
+
+    A record is a JSON object with a whole "step" from 0 to MAX_STEP and, for each of NUMBERS
+    it holds, null or a finite number at least that least value and at most MAX_VALUE (JSON's
+    true is not a number here). Any other line is skipped and counted: text that is not JSON
+    (a line cut short by a kill), NaN or Infinity, a number of more than 20 digits, JSON nested
+    past Python's recursion limit, a line over MAX_LINE_BYTES (skipped without reading it
+    whole). `problem()` says how many were skipped and why the first was. A file over
+    MAX_METRICS_BYTES is a TooLargeError, a FIFO or device a DataError, before any is read."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.skipped = 0
+        self._first: str | None = None
+        found = regular_file(self.path, "a run's metrics.jsonl")
+        self.exists = found is not None
+        if found is not None and found.stat().st_size > MAX_METRICS_BYTES:
+            raise TooLargeError(
+                f"input too large: '{path}' holds {show_bytes(found.stat().st_size)}, more "
+                f"than the {show_bytes(MAX_METRICS_BYTES)} a metrics.jsonl may have"
+            )
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict]]:
+        if not self.exists:
+            return
+        with open(self.path, "rb") as f:
+            for number, line in enumerate(_lines(f, MAX_LINE_BYTES, MAX_METRICS_BYTES), 1):
+                record, why = (None, "longer than 64 kB") if line is None else _record(line)
+                if record is None:
+                    self.skipped += 1
+                    if self._first is None:
+                        self._first = f"line {number}: {why}"
+                    continue
+                yield line, record
+
+    def problem(self) -> str | None:
+        """None when every line was a record; else one sentence for the user."""
+        if not self.skipped:
+            return None
+        lines = "line" if self.skipped == 1 else "lines"
+        return (
+            f"skipped {self.skipped:,} {lines} of '{self.path}' that hold no valid record "
+            f"(the first, {self._first})"
+        )
+
+
+def _lines(f, max_line: int, max_total: int) -> Iterator[bytes | None]:
+    """The lines of a binary file without their newline, each read in bounded pieces; None for
+    a line longer than max_line (read past, never held); at most max_total bytes in all."""
+    total = 0
+    while total <= max_total:
+        line = f.readline(max_line + 1)
+        if not line:
+            return
+        total += len(line)
+        if len(line) > max_line and not line.endswith(b"\n"):
+            while (rest := f.readline(max_line)) and not rest.endswith(b"\n"):
+                total += len(rest)
+                if total > max_total:
+                    return
+            total += len(rest)
+            yield None
+            continue
+        yield line.rstrip(b"\r\n")
+
+
+def _refuse(text: str):
+    raise ValueError(text)
+
+
+def _int(text: str) -> int:
+    return int(text) if len(text.lstrip("-")) <= 20 else _refuse("a number of over 20 digits")
+
+
+def _record(line: bytes) -> tuple[dict | None, str]:
+    """(the record, "") for a valid line, else (None, why not)."""
+    if not line.strip():
+        return None, "empty"
+    try:
+        rec = json.loads(
+            line.decode("utf-8", "replace"),
+            parse_constant=lambda c: _refuse(f"{c} is not a number JSON allows"),
+            parse_int=_int,
+        )
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as e:
+        return None, str(e).split(":")[0] if "JSON" not in str(e) else "not JSON"
+    if not isinstance(rec, dict):
+        return None, "not a JSON object"
+    step = rec.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        return None, "its step is not a whole number from 0 to 2**53"
+    for key, least in NUMBERS.items():
+        x = rec.get(key)
+        if x is None:
+            continue
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not least <= x <= MAX_VALUE:
+            return None, f"its {key} is not null or a number from {least:g} to {MAX_VALUE:g}"
+    return rec, ""
+
+
+def trim_metrics(path: Path, step: int) -> float:
+    """For a resumed run: drop the lines of metrics.jsonl past `step` (and those that are no
+    record), replacing it atomically; the last `elapsed` kept, which the run continues from."""
+    metrics = Metrics(path)
+    if not metrics.exists:
+        return 0.0
+    elapsed = 0.0
+
+    def write(out) -> None:
+        nonlocal elapsed
+        for line, rec in metrics:
+            if rec["step"] <= step:
+                out.write(line + b"\n")
+                elapsed = float(rec["elapsed"]) if rec.get("elapsed") is not None else elapsed
+
+    replace_atomically(path, write)
+    return elapsed

@@ -29,9 +29,10 @@ from typing import TextIO
 
 import numpy as np
 
-from charrnn.data import encode, unknown_chars
-from charrnn.errors import DataError
-from charrnn.model import Workspace, run, step, top_output, zero_state
+from charrnn.data import encode, id_dtype, unknown_chars
+from charrnn.errors import ArgumentError, DataError, option
+from charrnn.memory import check_fits
+from charrnn.model import Workspace, architecture, run, step, top_output, zero_state
 from charrnn.parallel import blas_threads
 
 WARM_BLOCK = 4096  # prime characters per model.run call: bounds memory for long primes
@@ -51,7 +52,8 @@ def encode_prime(
     if missing and unknown == "error":
         raise DataError(
             f"the seed has {n_unknown} character{'s' * (n_unknown != 1)} not in the model's "
-            f"vocabulary: {show_chars(missing)}; remove them or pass --unknown skip to drop them"
+            f"vocabulary: {show_chars(missing)}; remove them or pass {option('unknown', 'skip')} "
+            "to drop them"
         )
     return ids, missing
 
@@ -91,8 +93,8 @@ def generate(
     The noise for steps [0, n) does not depend on `length`, so with the same rng seed a shorter
     run's text is a prefix of a longer one's. rng: a Generator, or a seed for one (None: random).
     """
-    if length < 0 or num_samples < 1:
-        raise ValueError("need length >= 0 and num_samples >= 1")
+    if length < 0 or num_samples < 1:  # Model.sample words each
+        raise ArgumentError("need length >= 0 and num_samples >= 1")
     rng = np.random.default_rng(rng)
     draw = Draw.settle(len(params["by"]), temperature, top_k, top_p, argmax)
     Why_T, by = draw.output_layer(params)  # (H, V), (V,)
@@ -143,9 +145,9 @@ class Draw:
         """The Draw for a vocabulary of V characters. `argmax` (or top_k=1) takes the most
         likely character at every step and uses no randomness."""
         if temperature <= 0:
-            raise ValueError("need temperature > 0")
+            raise ArgumentError("need temperature > 0")
         if (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
-            raise ValueError("need top_k >= 1 and 0 < top_p <= 1")
+            raise ArgumentError("need top_k >= 1 and 0 < top_p <= 1")
         greedy = argmax or top_k == 1
         # argmax(z / T + g) = argmax(z + T g): both scales are at most 1, so nothing can overflow
         return cls(
@@ -200,8 +202,8 @@ def beam_search(
     would not change their order. With beam = 1 this is greedy decoding (--argmax); with beam
     >= V^(length - 1) nothing is ever pruned and the result is exact.
     """
-    if length < 1 or beam < 1 or not 1 <= num_results <= beam:
-        raise ValueError("need length >= 1, beam >= 1 and 1 <= num_results <= beam")
+    if length < 1 or beam < 1 or not 1 <= num_results <= beam:  # Model.beam_search words each
+        raise ArgumentError("need length >= 1, beam >= 1 and 1 <= num_results <= beam")
     Why_T, by = params["Why"].T, params["by"]  # (H, V), (V,)
     V = len(by)
     state = warm_state(params, prime_ids, 1)  # (1, W): one beam to start from
@@ -276,18 +278,22 @@ def write_samples(
     *,
     num_samples: int = 1,
     prefix: str = "",
-) -> None:
+    length: int | None = None,
+    keep: bool = False,
+) -> list[str] | None:
     """Print the samples that `steps` (from generate) yields, the first streamed as it is drawn.
 
     One sample: prefix + text + newline. Several: each under a header line
     `==> sample i of M <==`, separated by a blank line; sample 1 is streamed, the others are
-    printed when the batch is done (all M are computed together).
+    printed when the batch is done (all M are computed together). Memory: samples 2..M are held
+    as ids, one to four bytes a character (`length` of them each, when given, else as drawn),
+    sample 1 only with `keep`, which returns every sample as `collect` does (else None).
     """
     M = num_samples
     header = (lambda i: f"==> sample {i} of {M} <==\n") if M > 1 else (lambda i: "")
     out.write(header(1) + prefix)
     out.flush()
-    rest: list[np.ndarray] = []  # ids of samples 2..M, one (M - 1,) array per step
+    held = _Held(vocab, length, M if keep else M - 1)
     buf: list[str] = []
     for ids in steps:
         c = vocab[ids[0]]
@@ -296,14 +302,13 @@ def write_samples(
             out.write("".join(buf))
             out.flush()
             buf.clear()
-        if M > 1:
-            rest.append(ids[1:])
+        held.add(ids if keep else ids[1:])
     out.write("".join(buf) + "\n")
-    if M > 1:
-        columns = np.array(rest, dtype=np.intp).reshape(-1, M - 1).T  # (M - 1, length)
-        for i, row in enumerate(columns, start=2):
-            out.write(f"\n{header(i)}{prefix}{decode(row, vocab)}\n")
+    rows = held.rows()
+    for i, row in enumerate(rows[1:] if keep else rows, start=2):
+        out.write(f"\n{header(i)}{prefix}{decode(row, vocab)}\n")
     out.flush()
+    return [prefix + decode(row, vocab) for row in rows] if keep else None
 
 
 ENDINGS = ("length", "stop", "end")  # why a sample ended: see `Sample.ended`
@@ -414,12 +419,70 @@ def finish_samples(
 
 
 def collect(
-    steps: Iterator[np.ndarray], vocab: list[str], num_samples: int = 1, prefix: str = ""
+    steps: Iterator[np.ndarray],
+    vocab: list[str],
+    num_samples: int = 1,
+    prefix: str = "",
+    length: int | None = None,
 ) -> list[str]:
     """All samples as strings, each prefix + its generated text."""
-    ids = np.array(list(steps), dtype=np.intp).reshape(-1, num_samples).T  # (M, length)
-    return [prefix + decode(row, vocab) for row in ids]
+    held = _Held(vocab, length, num_samples)
+    for ids in steps:
+        held.add(ids)
+    return [prefix + decode(row, vocab) for row in held.rows()]
+
+
+class _Held:
+    """The ids of `width` samples as they are drawn, in the smallest type that holds them: one
+    (length, width) array when the length is known, else blocks of BLOCK_STEPS steps."""
+
+    BLOCK_STEPS = 4096
+
+    def __init__(self, vocab: list[str], length: int | None, width: int):
+        self.dtype, self.width, self.n = id_dtype(len(vocab) + 1), width, 0  # + 1: an end id
+        self.full: list[np.ndarray] = []
+        self.block = np.empty((length or self.BLOCK_STEPS, width), self.dtype)
+
+    def add(self, ids: np.ndarray) -> None:
+        if not self.width:
+            return
+        if self.n == len(self.block):
+            self.full.append(self.block)
+            self.block = np.empty((self.BLOCK_STEPS, self.width), self.dtype)
+            self.n = 0
+        self.block[self.n] = ids
+        self.n += 1
+
+    def rows(self) -> np.ndarray:
+        """(width, steps) of ids."""
+        last = self.block[: self.n]
+        return (np.concatenate([*self.full, last]) if self.full else last).T
 
 
 def decode(ids: np.ndarray, vocab: list[str]) -> str:
     return "".join(vocab[i] for i in ids.tolist())
+
+
+def check_sample_memory(params: dict, length: int, num_samples: int, keep: bool) -> None:
+    """TooLargeError, before anything is drawn or printed, when drawing num_samples samples of
+    `length` characters needs more memory than this process may use. Drawing holds a few
+    (M, V) and (M, W) arrays and a block of noise; the samples kept are one to four bytes a
+    character (all M with `keep`, else the M - 1 printed after the first)."""
+    arch = architecture(params)
+    size = params["Why"].dtype.itemsize
+    M, V, W = num_samples, arch.vocab_size, arch.state_width
+    need = size * (4 * M * V + 6 * M * W + max(NOISE_BLOCK, M * V))
+    need += np.dtype(id_dtype(V)).itemsize * length * (M if keep else M - 1)
+    need += 16 * length * keep  # the kept texts as str, and their join
+    lower = option("length") if length * M > 4 * M * (V + W) else option("num_samples")
+    check_fits(need, f"drawing {M:,} samples of {length:,} characters", lower)
+
+
+def check_beam_memory(params: dict, length: int, beam: int) -> None:
+    """TooLargeError, before the search, when a beam of width `beam` over `length` characters
+    needs more memory than this process may use: per step the (beam, V) log-probabilities and
+    their sort in float64, the beams' states, and every step's back-pointers."""
+    arch = architecture(params)
+    V, W = arch.vocab_size, arch.state_width
+    need = beam * (48 * V + 32 * W + 16 * length) + 8 * length * beam
+    check_fits(need, f"a beam search of width {beam:,} over {length:,} characters", option("beam"))

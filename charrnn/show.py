@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import jsonout
-from charrnn.atomic import replace_atomically
 from charrnn.errors import DataError
 from charrnn.evaluate import NO_SCORE, known_ids, score
 from charrnn.model import architecture, bpc, state_blocks
+from charrnn.outputs import write_output
 
 TOP_GUESSES = 5  # the model's likeliest characters listed for each position
 TOP_UNITS = 12  # units in the page's short list
@@ -356,12 +356,8 @@ def make_page(
     return Page(_fill(template, fields), len(ids), n_unknown, bpc, summary)
 
 
-def save_page(page: Page, path: str | Path) -> None:
-    """Write the page to path atomically: a reader, or a crash, never sees half a page."""
-    try:
-        replace_atomically(Path(path), lambda f: f.write(page.html.encode("utf-8")))
-    except OSError as e:
-        raise DataError(
-            f"cannot write '{path}': {e.strerror or e}; check that its folder exists and can "
-            "be written to"
-        ) from None
+def save_page(page: Page, path, reads=()) -> None:
+    """Write the page to path (a path or an outputs.Output) by the rule of outputs.py: never
+    over a file it was not asked to create, atomically: a reader, or a crash, never sees half
+    a page. `reads`: the files the page was made from, refused as the output."""
+    write_output(path, lambda f: f.write(page.html.encode("utf-8")), "the page", reads)

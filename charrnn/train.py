@@ -13,7 +13,6 @@ streams; rank 0 alone writes the run folder and reports.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -34,7 +33,7 @@ from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml, settle
 from charrnn.data import Batches, Corpus, split
-from charrnn.errors import ConfigError, DataError, TrainingError
+from charrnn.errors import ConfigError, DataError, TrainingError, option
 from charrnn.evaluate import chunked_loss
 from charrnn.model import bpc
 from charrnn.parallel import GradientWorkers, auto_workers, blas_threads
@@ -47,6 +46,7 @@ from charrnn.runs import (
     make_run_dir,
     remove_run,
     remove_unused,
+    trim_metrics,
 )
 from charrnn.sample import generate
 from charrnn.state import TrainState
@@ -112,28 +112,11 @@ def _metrics_file(run_dir: Path, resume_step: int | None):
     the lines kept, which the resumed run's `elapsed` continues from (0 for a new run)."""
     path = run_dir / "metrics.jsonl"
     elapsed = 0.0
-    if resume_step is not None and path.exists():
-        kept = [
-            (ln, rec)
-            for ln in path.read_text(errors="replace").splitlines()
-            if (rec := _json_object(ln)) is not None
-            and isinstance(rec.get("step", 0), int)
-            and rec.get("step", 0) <= resume_step
-        ]
-        _write_atomic(path, "".join(ln + "\n" for ln, _ in kept))
-        times = [r["elapsed"] for _, r in kept if isinstance(r.get("elapsed"), (int, float))]
-        elapsed = float(times[-1]) if times and math.isfinite(times[-1]) else 0.0
-    elif path.exists():
+    if resume_step is not None:  # bounded, and a FIFO or device refused (runs.Metrics)
+        elapsed = trim_metrics(path, resume_step)
+    elif os.path.lexists(path):
         path.unlink()
     return path.open("a", buffering=1), elapsed  # line-buffered: a kill loses no finished line
-
-
-def _json_object(line: str) -> dict | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -175,7 +158,8 @@ def train_corpus(
             continuing = _same_folder(Path(out), resume_dir)
             if continuing and overwrite:
                 raise ConfigError(
-                    "--overwrite would delete the run that --resume continues; give one of them"
+                    f"{option('overwrite', True)} would delete the run that {option('resume')} "
+                    "continues; give one of them"
                 )
         saved = None if ckpt is None else ckpt.config
         cfg = settle(
@@ -316,7 +300,7 @@ def _make_run_dir(run_dir: str | Path | None) -> tuple[Path, list[Path]]:
     except OSError as e:
         where = RUNS_DIR if run_dir is None else run_dir
         raise TrainingError(
-            f"cannot create run folder '{where}': {e.strerror or e}; pass another --out"
+            f"cannot create run folder '{where}': {e.strerror or e}; pass another {option('out')}"
         ) from None
 
 

@@ -185,7 +185,7 @@ def test_train_never_replaces_a_run_unless_told(run, corpus):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
     with pytest.raises(TrainingError) as e:
         charrnn.train(corpus, out=run, **{**SETTINGS, "max_steps": 3})
-    assert "already holds a run" in str(e.value) and "--overwrite" in str(e.value)
+    assert "already holds a run" in str(e.value) and "overwrite=True" in str(e.value)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
     result = charrnn.train(corpus, out=run, overwrite=True, **{**SETTINGS, "max_steps": 3})
     assert result.steps == 3 and charrnn.load(run / "last.npz").step == 3

@@ -162,7 +162,7 @@ def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, raw, block_size):
     with pytest.raises(DataError) as got:
         cache.prepare(path, block_size=block_size)
     assert str(got.value) == str(expected.value)
-    assert "byte offset" in str(got.value) and "--decode-errors replace" in str(got.value)
+    assert "byte offset" in str(got.value) and "decode_errors='replace'" in str(got.value)
     assert not list(tmp_path.glob("*charrnn-cache*"))  # found in pass 1: nothing written yet
 
 
@@ -500,7 +500,7 @@ def test_prepare_command_errors(tmp_path, runner):
     assert result.exit_code == 1
     assert result.stderr == (
         f"Error: '{bad}' is not valid utf-8 at byte offset 3; pass "
-        "--encoding (e.g. latin-1) or --decode-errors replace\n"
+        "--encoding latin-1 (or the text's own encoding) or --decode-errors replace\n"
     )
     result = runner.invoke(app, ["prepare", str(bad), "--encoding", "latin-1"])
     assert result.exit_code == 0

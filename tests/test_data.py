@@ -33,7 +33,7 @@ def test_read_text_invalid_utf8_names_the_byte_offset(tmp_path):
     with pytest.raises(DataError) as e:
         read_text(path)
     assert "byte offset 3" in str(e.value)
-    assert "--decode-errors replace" in str(e.value)
+    assert "decode_errors='replace'" in str(e.value)  # Python's terms, called from Python
 
 
 def test_read_text_replace_and_other_encodings(tmp_path):
@@ -183,7 +183,7 @@ def test_corpus_too_short_for_one_chunk():
         Batches(np.arange(40), 4, 10)
     msg = str(e.value)
     assert "has 40 characters" in msg and "needs 41" in msg
-    assert "--batch-size" in msg and "--seq-length" in msg
+    assert "batch_size" in msg and "seq_length" in msg  # from Python: the arguments
 
 
 def test_batches_ids_are_intp():

@@ -132,5 +132,7 @@ def test_errors(tmp_path, runs):
         f"'{tmp_path / 'empty'}' has no metrics.jsonl; give a run folder that 'charrnn train' wrote"
     )
     result = cli("plot", runs[0], "-o", "curves.xyz")
-    assert user_error(result).startswith("cannot write 'curves.xyz': Format 'xyz' is not supported")
+    assert user_error(result) == (
+        "cannot write 'curves.xyz': .xyz is not an image format; name a .png, .svg or .pdf file"
+    )
     usage_error(cli("plot"), "RUN...")

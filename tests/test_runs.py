@@ -16,7 +16,7 @@ from helpers import cli, finish, start_training, user_error, wait_for_checkpoint
 
 from charrnn import checkpoint as ckpt_io
 from charrnn import runs
-from charrnn.errors import CheckpointError, RunLockedError
+from charrnn.errors import CheckpointError, RunLockedError, as_command
 
 # ---- naming ----
 
@@ -51,10 +51,13 @@ def test_no_checkpoint_says_what_to_do(tmp_path):
     (tmp_path / "runs" / "empty").mkdir(parents=True)
     with pytest.raises(CheckpointError) as e:
         runs.latest_checkpoint(tmp_path / "runs")
-    assert str(e.value) == (
+    assert str(e.value) == (  # from Python: load's argument
         f"no trained model found under '{tmp_path / 'runs'}/' in this folder; "
-        "run 'charrnn train CORPUS' first or pass --checkpoint FILE"
+        "run 'charrnn train CORPUS' first or pass path='FILE'"
     )
+    with pytest.raises(CheckpointError) as e, as_command():  # the command line's flag
+        runs.latest_checkpoint(tmp_path / "runs")
+    assert str(e.value).endswith("or pass --checkpoint FILE")
 
 
 # ---- locking ----

@@ -185,7 +185,7 @@ def test_bad_inputs_are_clean_errors(models, text_file, tmp_path):
     message = user_error(cli("show", text_file, "--checkpoint", "nope.npz", "-o", "p.html"))
     assert "nope.npz" in message
     message = user_error(cli("show", text_file, "--checkpoint", ckpt, "-o", "no/dir/p.html"))
-    assert message.startswith("cannot write 'no/dir/p.html': ")
+    assert message.startswith("cannot write the page to 'no/dir/p.html': ")
     assert not Path("p.html").exists()
     usage = cli("show", text_file, "--checkpoint", ckpt, "--length", 0)
     assert usage.exit_code == 2 and "'--length'" in usage.stderr

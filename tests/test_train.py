@@ -305,14 +305,14 @@ BAD_CORPORA = {
     "invalid UTF-8": (
         _file("bad.txt", b"hello\xffworld " * 50),
         [],
-        "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding (e.g. latin-1) "
-        "or --decode-errors replace",
+        "'bad.txt' is not valid utf-8 at byte offset 5; pass --encoding latin-1 "
+        "(or the text's own encoding) or --decode-errors replace",
     ),
     "binary": (
         _file("x.bin", bytes(range(256)) * 8),
         [],
-        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding (e.g. latin-1) "
-        "or --decode-errors replace",
+        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding latin-1 "
+        "(or the text's own encoding) or --decode-errors replace",
     ),
     "unreadable": (_unreadable, [], "cannot read 'locked.txt': permission denied"),
 }

@@ -19,6 +19,7 @@ from charrnn.cli.options import (
     Unknown,
     check_flags,
     load_model,
+    most,
 )
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
@@ -32,6 +33,7 @@ from charrnn.cli.streams import (
     user_errors,
 )
 from charrnn.data import read_prefix
+from charrnn.outputs import check_output, image_format
 from charrnn.runs import choose_checkpoint
 
 
@@ -55,7 +57,7 @@ def info(
 
     need_stdout()
     with user_errors():
-        described = describe(choose_checkpoint(checkpoint)[0])
+        described = describe(choose_checkpoint(checkpoint)[0], warn=_warn)
     emit(to_json(described, readable=True) if json_out else summary(described))
 
 
@@ -78,7 +80,10 @@ def show(
         ),
     ] = None,
     length: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Show the first N characters of TEXT.")
+        int,
+        typer.Option(
+            min=1, max=most("show_length"), metavar="N", help="Show the first N characters of TEXT."
+        ),
     ] = 5000,
     unknown: Annotated[
         Unknown,
@@ -109,6 +114,8 @@ def show(
     need_stdin(text)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if not to_stdout:  # refused before the work (outputs.py)
+            output = check_output(output, "the page", [text, model.path])
         content = read_prefix(text, length, encoding, decode_errors)  # no more than that
         name = "<stdin>" if text == "-" else Path(text).name
         page = make_page(
@@ -126,7 +133,7 @@ def show(
         else:
             save_page(page, output)
     if not quiet:
-        note(page.summary() if to_stdout else f"wrote {output}: {page.summary()}")
+        note(page.summary() if to_stdout else f"wrote {output.path}: {page.summary()}")
 
 
 class XAxis(str, Enum):
@@ -171,7 +178,11 @@ def plot(
     if output is None:
         need_stdout()
     with user_errors():
-        curves = [read_curves(run, x.value) for run in runs]
+        if output is not None:  # refused before the work (outputs.py)
+            reads = [r / "metrics.jsonl" if r.is_dir() else r for r in runs]
+            output = check_output(output, "the image", reads)
+            kind = _kind(output.path)
+        curves = [read_curves(run, x.value, warn=_warn) for run in runs]
         if output is not None:
             save_image(curves, output, x.value)
         else:
@@ -183,7 +194,18 @@ def plot(
                 chart.append(piece, style=style)
             Console(file=stdout(), highlight=False).print(chart, end="", soft_wrap=True)
     if output is not None and not quiet:
-        note(f"wrote {output}")
+        note(f"wrote {output.path}{kind}")
+
+
+def _kind(output: Path) -> str:
+    """What the notice adds to `wrote FILE`: the image format when the name does not say it
+    (a file is written under the name given, never FILE.png beside it); checks the suffix."""
+    kind = image_format(output)
+    return "" if output.suffix else f" ({kind.upper()}: the name has no suffix)"
+
+
+def _warn(message: str) -> None:
+    note(f"Warning: {message}")
 
 
 @app.command(cls=PlainCommand)
@@ -200,12 +222,15 @@ def gradflow(
     ],
     max_distance: Annotated[
         int,
-        typer.Option(min=1, metavar="K", help="Measure k = 1 .. K characters back."),
+        typer.Option(
+            min=1, max=most("max_distance"), metavar="K", help="Measure k = 1 .. K characters back."
+        ),
     ] = 200,
     positions: Annotated[
         int,
         typer.Option(
             min=1,
+            max=most("positions"),
             metavar="N",
             help="Positions t of the text to average over, drawn at random (with --rng-seed).",
         ),
@@ -214,13 +239,17 @@ def gradflow(
         int,
         typer.Option(
             min=0,
+            max=most("burn_in"),
             metavar="N",
             help="Characters read from a zero state before each window, so the state is a "
             "typical one.",
         ),
     ] = 100,
     rng_seed: Annotated[
-        int, typer.Option(min=0, metavar="N", help="Seed for drawing the positions.")
+        int,
+        typer.Option(
+            min=0, max=most("rng_seed"), metavar="N", help="Seed for drawing the positions."
+        ),
     ] = 0,
     encoding: Encoding = "utf-8",
     decode_errors: DecodeErrors = "strict",
@@ -255,6 +284,9 @@ def gradflow(
     need_stdin(text)
     with user_errors():
         models = [(path, api.load(path)) for path in checkpoints]
+        if output is not None:  # refused before the work (outputs.py)
+            output = check_output(output, "the image", [text, *(m.path for _, m in models)])
+            kind = _kind(output.path)
         window = burn_in + max_distance + 1  # what one position reads
         content = read_prefix(text, positions * window, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
@@ -281,4 +313,4 @@ def gradflow(
     else:
         emit("\n\n".join(table(flow) for flow in flows))
     if output is not None and not quiet:
-        note(f"wrote {output}")
+        note(f"wrote {output.path}{kind}")

@@ -11,9 +11,16 @@ from typing import Annotated, Any
 import typer
 
 from charrnn import api
+from charrnn.checks import LIMITS
 from charrnn.cli.streams import note
 from charrnn.errors import ConfigError
 from charrnn.runs import CHECKPOINT_ENV
+
+
+def most(name: str) -> int:
+    """The largest value of a count flag: the library's bound for it (checks.LIMITS), so the
+    flag and the Python argument of the same name refuse the same values."""
+    return LIMITS[name][1]
 
 
 def check_flags(values: dict[str, Any]) -> None:

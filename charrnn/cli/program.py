@@ -11,7 +11,8 @@ import typer
 from typer.core import TyperCommand
 
 from charrnn import __version__
-from charrnn.cli.streams import emit
+from charrnn.cli.streams import emit, note
+from charrnn.distributed import alone, launched_size
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion, Typer's own
@@ -67,6 +68,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -75,3 +77,11 @@ def _root(
     ] = False,
 ) -> None:
     """Train, sample and evaluate character-level language models (RNN, LSTM, GRU) in NumPy."""
+    command = ctx.invoked_subcommand
+    if command is not None and command != "train" and launched_size() > 1:
+        if not alone():  # under mpiexec: rank 0 alone runs it, as one process
+            raise typer.Exit(0)
+        note(
+            f"Note: started as {launched_size()} MPI processes; only train shares its work "
+            f"among them, so {command} runs once, in rank 0"
+        )

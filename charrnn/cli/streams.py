@@ -21,7 +21,7 @@ import typer
 
 from charrnn import jsonout
 from charrnn.distributed import PeerFailed
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, as_command
 
 
 class OutputError(Exception):
@@ -160,9 +160,11 @@ def error(message: str, code: int = 1) -> typer.Exit:
 @contextmanager
 def user_errors():
     """Library errors to one stderr line and exit 1; Ctrl-C outside training to exit 130; a
-    product that cannot be written to stdout as `output_failed` says."""
+    product that cannot be written to stdout as `output_failed` says. Within it the library's
+    messages name settings as flags (`--overwrite`, not `overwrite=True`: errors.option)."""
     try:
-        yield
+        with as_command():
+            yield
     except PeerFailed:  # another MPI rank failed and says why
         raise typer.Exit(1) from None
     except CharRNNError as e:
@@ -182,8 +184,8 @@ def user_errors():
         if isinstance(e, ValueError) and not any(m in str(e) for m in _TOO_BIG):
             raise
         raise error(
-            "not enough memory for what this command was asked to do; lower the sizes given "
-            "to it (--hidden-size, --batch-size, --seq-length, --num-samples, --length)"
+            "not enough memory for what this command was asked to do; ask for less (its "
+            "sizes and counts are listed by --help)"
         ) from None
 
 

@@ -5,6 +5,7 @@ each of its characters). The model's work is charrnn.api.Model's."""
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from charrnn.cli.options import (
     Unknown,
     check_flags,
     load_model,
+    most,
 )
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import (
@@ -30,6 +32,7 @@ from charrnn.cli.streams import (
     user_errors,
 )
 from charrnn.data import read_text, unknown_chars
+from charrnn.outputs import Output, check_output, writing
 
 
 @app.command(cls=PlainCommand)
@@ -49,7 +52,9 @@ def sample(
         Path | None,
         typer.Option(metavar="FILE", help="Read the prime text from a UTF-8 file (- for stdin)."),
     ] = None,
-    length: Annotated[int, typer.Option(min=1, metavar="N", help="Characters to generate.")] = 500,
+    length: Annotated[
+        int, typer.Option(min=1, max=most("length"), metavar="N", help="Characters to generate.")
+    ] = 500,
     temperature: Annotated[
         float,
         typer.Option(
@@ -58,7 +63,12 @@ def sample(
     ] = 1.0,
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, metavar="K", help="Draw only among the K most likely characters."),
+        typer.Option(
+            min=1,
+            max=most("top_k"),
+            metavar="K",
+            help="Draw only among the K most likely characters.",
+        ),
     ] = None,
     top_p: Annotated[
         float | None,
@@ -75,6 +85,7 @@ def sample(
         int | None,
         typer.Option(
             min=1,
+            max=most("beam"),
             metavar="K",
             help="Beam search instead of drawing: keep the K most likely continuations (by "
             "total log-probability) and print the best; --num-samples M <= K prints the best M.",
@@ -83,13 +94,17 @@ def sample(
     num_samples: Annotated[
         int,
         typer.Option(
-            min=1, metavar="M", help="Independent samples, computed together as one batch."
+            min=1,
+            max=most("num_samples"),
+            metavar="M",
+            help="Independent samples, computed together as one batch.",
         ),
     ] = 1,
     rng_seed: Annotated[
         int | None,
         typer.Option(
             min=0,
+            max=most("rng_seed"),
             metavar="N",
             help="Seed: the same inputs give the same text (default: random).",
         ),
@@ -176,7 +191,8 @@ def sample(
             unknown=unknown.value,
             echo_seed=not no_seed_echo,
             stop=stop or (),
-            out=None if json_out else stdout(),  # streamed as it is drawn
+            out=None if json_out else stdout(),  # streamed as it is drawn, nothing kept
+            keep=False,
         )
     if json_out:
         emit(to_json([{"text": s.text, "ended": s.ended} for s in samples]))
@@ -274,6 +290,8 @@ def eval_text(
     need_stdin(text)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if per_char not in (None, "-"):  # refused before the work (outputs.py)
+            per_char = check_output(per_char, "the per-character scores", [text, model.path])
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
         if per_char is None:
@@ -292,26 +310,26 @@ def eval_text(
 
 
 class _Lines:
-    """One JSON object per line (charrnn.jsonout: strict JSON) to the file dest (UTF-8), opened
-    at the first line, so that a text refused before any score leaves no file; or to stdout
-    for "-"."""
+    """One JSON object per line (charrnn.jsonout: strict JSON) to the checked output dest
+    (UTF-8; outputs.py: a file replaced atomically when the pass ends without an error, or a
+    stream), opened at the first line, so that a text refused before any score leaves no
+    file; or to stdout for "-"."""
 
-    def __init__(self, dest: str):
-        self.dest, self.file = dest, None
+    def __init__(self, dest: str | Output):
+        self.dest, self.file, self.held = dest, None, ExitStack()
 
     def write(self, record: dict) -> None:
         if self.dest == "-":
             stdout().write(to_json(record, readable=True) + "\n")
             return
-        if self.file is None:
-            self.file = open(self.dest, "w", encoding="utf-8")  # closed by __exit__
-        self.file.write(jsonout.dumps(record, ascii=False) + "\n")
+        if self.file is None:  # committed or removed by __exit__
+            self.file = self.held.enter_context(writing(self.dest, "the per-character scores"))
+        self.file.write((jsonout.dumps(record, ascii=False) + "\n").encode("utf-8"))
 
     def __enter__(self) -> _Lines:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
-        elif self.dest == "-":
+        self.held.__exit__(*exc)
+        if self.file is None and self.dest == "-":
             stdout().flush()
