@@ -10,6 +10,14 @@ folder and runs, each as a fresh subprocess:
 then `charrnn prepare` on a mixed-Unicode corpus (accents, Greek, Cyrillic, ~500 CJK characters,
 emoji; more than 256 distinct characters, so uint16 ids).
 
+Many files (issue 20; `--files N`, `--folder-gb G`, `--only-folders` for these alone): a folder of
+N small files (default 100,000, in 1,000 subfolders, 300-700 bytes each) and a folder of G GB
+(default 3) in files of 125 MB; for each, `charrnn prepare` (the encoding: peak RSS, time and the
+most files it had open at once, sampled from /proc/PID/fd every 20 ms) and then `charrnn train`
+reusing the entry. Memory must stay within RSS_SPREAD_MB of the single 10 MB file's run.
+With --only-folders (and one 10 MB file to compare with) the results go to
+benchmarks/results/scale-folders-<date>.json; docs/texts.md quotes them.
+
 Training: 10 steps at hidden 512, batch 64, seq_length 100, with one validation at step 10 on
 val_max_chars=20000 characters of the validation tail (so it reads the cache's tail too, but
 does not dominate the time). Peak RSS is each child's own ru_maxrss (os.wait4), which counts the
@@ -66,11 +74,15 @@ RSS_LIMIT_MB, RSS_SPREAD_MB = 400, 50
 ENCODE_MIN_MBS = {"ascii": 100, "mixed": 50}
 
 
-def run(args: list[str]) -> dict:
-    """Run `python -m charrnn ARGS`; its wall time, its own peak RSS and its --json output."""
+def run(args: list[str], env: dict | None = None) -> dict:
+    """Run `python -m charrnn ARGS`; its wall time, its own peak RSS, the most files it had
+    open at once (sampled) and its --json output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", *args], stdout=out, stderr=err, env=env
+        )
+        fds = _most_open_files(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max of all
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -85,8 +97,76 @@ def run(args: list[str]) -> dict:
     return {
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(usage.ru_maxrss * scale / 2**20, 1),
+        "max_open_files": max(fds) if fds else None,
         "json": result,
     }
+
+
+def _most_open_files(pid: int) -> list[int]:
+    """Counts of /proc/PID/fd sampled every 20 ms by a thread until the process exits (a
+    list it fills: read it after the wait)."""
+    import threading
+
+    counts: list[int] = []
+
+    def sample():
+        while True:
+            try:
+                counts.append(len(os.listdir(f"/proc/{pid}/fd")))
+            except OSError:  # gone (or no /proc)
+                return
+            time.sleep(0.02)
+
+    if os.path.isdir("/proc"):
+        threading.Thread(target=sample, daemon=True).start()
+    return counts
+
+
+def make_many_files(folder: Path, n: int, lines: list[str], rng: random.Random) -> int:
+    """n files of 300-700 bytes of lines, 100 to a subfolder; returns the bytes written."""
+    total = 0
+    text = "".join(lines)
+    past = time.time() - 60
+    for i in range(n):
+        sub = folder / f"{i // 100:05d}"
+        if i % 100 == 0:
+            sub.mkdir(parents=True)
+        start = rng.randrange(len(text) - 1000)
+        piece = text[start : start + rng.randint(300, 700)]
+        path = sub / f"{i:06d}.txt"
+        path.write_text(piece, encoding="utf-8")
+        os.utime(path, (past, past))
+        total += len(piece)
+    return total
+
+
+def folder_rows(folder: Path, files: int, folder_gb: float, lines, rng) -> list[dict]:
+    """prepare, then train reusing the entry, on a folder of many small files and on a folder
+    of several GB; each folder and its cache entry deleted after."""
+    env = {**os.environ, "CHARRNN_CACHE_DIR": str(folder / "cache")}
+    rows = []
+    for name, make in (
+        (f"{files:,} small files", lambda d: make_many_files(d, files, lines, rng)),
+        (f"{folder_gb:g} GB folder", lambda d: _big_folder(d, folder_gb, lines, rng)),
+    ):
+        corpus = folder / "texts"
+        corpus.mkdir()
+        print(f"{name} ...", file=sys.stderr)
+        size = make(corpus)
+        prep = run(["prepare", str(corpus), "--quiet", "--json"], env)
+        train = run(["train", str(corpus), "--out", str(folder / "run"), *TRAIN_ARGS], env)
+        rows.append({"what": name, "bytes": size, "prepare": prep, "train_warm": train})
+        shutil.rmtree(corpus)
+        shutil.rmtree(folder / "cache")
+        shutil.rmtree(folder / "run")
+    return rows
+
+
+def _big_folder(corpus: Path, gb: float, lines, rng) -> int:
+    n = max(1, round(gb * 1000 / 125))
+    for i in range(n):
+        make_corpus(corpus / f"part-{i:03d}.txt", 125 * MB, lines, rng)
+    return sum(p.stat().st_size for p in corpus.iterdir())
 
 
 def make_corpus(path: Path, size: int, lines: list[str], rng: random.Random) -> None:
@@ -136,11 +216,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000", help="corpus sizes in MB")
     parser.add_argument("--mixed-mb", type=int, default=200, help="size of the mixed corpus")
     parser.add_argument("--tmpdir", default=None, help="where to generate the corpora")
+    parser.add_argument("--files", type=int, default=100_000, help="small files in a folder")
+    parser.add_argument("--folder-gb", type=float, default=3.0, help="size of the big folder")
+    parser.add_argument(
+        "--only-folders", action="store_true", help="only the folders (and one 10 MB file)"
+    )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [10] if args.only_folders else [int(s) for s in args.sizes.split(",")]
 
     folder = Path(tempfile.mkdtemp(prefix="charrnn-bench-scale-", dir=args.tmpdir))
-    need = 2.2 * (sum(sizes) + 2 * args.mixed_mb) * MB + 500 * MB  # corpora, caches, runs
+    need = 2.2 * (sum(sizes) + 2 * args.mixed_mb + args.folder_gb * 1000) * MB + 500 * MB
     free = shutil.disk_usage(folder).free
     print(
         f"generating in {folder}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed",
@@ -177,6 +262,9 @@ def main() -> None:
             corpus.unlink()
             shutil.rmtree(prep["json"]["cache"])  # the cache folder
 
+        folders = folder_rows(folder, args.files, args.folder_gb, lines, rng)
+        if args.only_folders:
+            return report(rows, {}, folders, "scale-folders")
         corpus = folder / f"mixed-{args.mixed_mb}mb.txt"
         make_corpus(corpus, args.mixed_mb * MB, mixed_lines(lines, rng), rng)
         print("mixed-Unicode corpus ...", file=sys.stderr)
@@ -191,10 +279,10 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    report(rows, encode)
+    report(rows, encode, folders)
 
 
-def report(rows: list[dict], encode: dict) -> None:
+def report(rows: list[dict], encode: dict, folders: list[dict], result: str = "scale") -> None:
     print(
         "\ncharrnn train: 10 steps, hidden 512, batch 64, seq_length 100 "
         "(validation at step 10 on 20,000 chars)\n"
@@ -214,13 +302,28 @@ def report(rows: list[dict], encode: dict) -> None:
             f"{p['peak_rss_mb']:>6.0f} MB {p['json']['seconds']:>5.1f}s "
             f"{p['json']['mb_per_sec']:>6.1f}"
         )
-    m = encode["mixed"]["json"]
+    if encode:
+        m = encode["mixed"]["json"]
+        print(
+            f"\nencoding (charrnn prepare, in-process time): ASCII {encode['ascii_mb_per_sec']} "
+            f"MB/s ({encode['ascii_corpus_mb']} MB); mixed Unicode {encode['mixed_mb_per_sec']} "
+            f"MB/s ({encode['mixed_corpus_mb']} MB, {m['vocab_size']} distinct characters, "
+            f"{m['id_dtype']} ids, peak RSS {encode['mixed']['peak_rss_mb']:.0f} MB)"
+        )
     print(
-        f"\nencoding (charrnn prepare, in-process time): ASCII {encode['ascii_mb_per_sec']} "
-        f"MB/s ({encode['ascii_corpus_mb']} MB); mixed Unicode {encode['mixed_mb_per_sec']} "
-        f"MB/s ({encode['mixed_corpus_mb']} MB, {m['vocab_size']} distinct characters, "
-        f"{m['id_dtype']} ids, peak RSS {encode['mixed']['peak_rss_mb']:.0f} MB)"
+        f"\n{'folder':>20} {'files':>9} {'documents':>10} {'chars':>15} "
+        f"{'prepare':>26} {'train':>18}"
     )
+    print(
+        f"{'':>20} {'':>9} {'':>10} {'':>15} {'RSS / s / files open':>26} {'peak RSS / wall':>18}"
+    )
+    for f in folders:
+        p, t = f["prepare"], f["train_warm"]
+        print(
+            f"{f['what']:>20} {p['json']['files']:>9,} {p['json']['documents']:>10,} "
+            f"{p['json']['chars']:>15,} {p['peak_rss_mb']:>8.0f} MB {p['json']['seconds']:>6.1f}s "
+            f"{p['max_open_files'] or 0:>6} {t['peak_rss_mb']:>8.0f} MB {t['wall_s']:>6.1f}s"
+        )
 
     checks = []
     if rows:
@@ -250,6 +353,17 @@ def report(rows: list[dict], encode: dict) -> None:
                     f"{rate} MB/s",
                 )
             )
+    if rows and folders:
+        small = max(rows[0]["train_cold"]["peak_rss_mb"], rows[0]["train_warm"]["peak_rss_mb"])
+        for f in folders:
+            peak = max(f["prepare"]["peak_rss_mb"], f["train_warm"]["peak_rss_mb"])
+            checks.append(
+                (
+                    f"{f['what']}: within {RSS_SPREAD_MB} MB of the {rows[0]['size_mb']} MB file",
+                    peak - small <= RSS_SPREAD_MB,
+                    f"{peak - small:+.0f} MB",
+                )
+            )
     print()
     for what, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}: {value}")
@@ -258,10 +372,11 @@ def report(rows: list[dict], encode: dict) -> None:
         "train_args": TRAIN_ARGS,
         "rows": rows,
         "encode": encode,
+        "folders": folders,
         "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
         "load_1min_end": os.getloadavg()[0],
     }
-    out = write_result("scale", figures, machine_info=machine(measure_gemm_peak()))
+    out = write_result(result, figures, machine_info=machine(measure_gemm_peak()))
     print(f"\nsaved {out.relative_to(REPO)}")
 
 

@@ -16,7 +16,7 @@ text charrnn/evaluate.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +26,7 @@ import numpy as np
 from charrnn import checkpoint as ckpt_io
 from charrnn import checks, distributed
 from charrnn.config import check_settings
-from charrnn.data import encode
+from charrnn.data import encode, record_ids
 from charrnn.errors import ArgumentError, ConfigError
 from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
 from charrnn.model import Arch, architecture
@@ -48,6 +48,7 @@ from charrnn.sample import (
 from charrnn.train import TrainResult, train_corpus
 
 UNKNOWN = ("error", "skip")  # what to do with characters not in the vocabulary
+END_NAME = "<end>"  # a record's end, in per-character records (every character is one long)
 
 
 def check_setting(key: str, value: Any) -> None:
@@ -57,8 +58,9 @@ def check_setting(key: str, value: Any) -> None:
 
 
 def train(
-    corpus: str | os.PathLike,
+    corpus: str | os.PathLike | Sequence[str | os.PathLike],
     *,
+    glob: str | Sequence[str] = (),
     config: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
@@ -69,7 +71,9 @@ def train(
     set_items: Iterable[str] = (),
     **settings: Any,
 ) -> TrainResult:
-    """Train a model on the text file `corpus` ("-": standard input), as `charrnn train` does.
+    """Train a model on `corpus`, as `charrnn train` does: a text file ("-": standard input),
+    a folder (its files, recursively, chosen by the fnmatch patterns `glob`), or a list of them;
+    each file is a document (config `documents`: or each line or paragraph a record).
 
     settings: config keys, e.g. hidden_size=256, max_time=60 (None: not given); they override
     the YAML file `config`, and `set_items` ("key=value" strings, like --set) override them.
@@ -88,7 +92,11 @@ def train(
     batch (docs/scaling-out.md); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
-    corpus = corpus if corpus == "-" else checks.path("corpus", corpus)
+    many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
+    sources = [checks.path("corpus", c) if c != "-" else c for c in (corpus if many else [corpus])]
+    if not sources:
+        raise ArgumentError("corpus must name a text file, a folder or -; the list is empty")
+    globs = checks.strings("glob", [glob] if isinstance(glob, str) else glob)
     config, out = checks.optional_path("config", config), checks.optional_path("out", out)
     resume = checks.optional_path("resume", resume)
     overwrite, quiet = checks.boolean("overwrite", overwrite), checks.boolean("quiet", quiet)
@@ -101,7 +109,8 @@ def train(
     if not distributed.world().root:  # rank 0 reports
         reporter = encode_bar = None
     return train_corpus(
-        os.fspath(corpus),
+        [os.fspath(c) for c in sources] if many else os.fspath(sources[0]),
+        globs=globs,
         config_file=config,
         overrides=settings,
         set_items=set_items,
@@ -119,7 +128,16 @@ def load(path: str | os.PathLike | None = None) -> Model:
     $CHARRNN_CHECKPOINT names, else the most recently written runs/*/best.npz."""
     file, chosen_by = choose_checkpoint(checks.optional_path("path", path))
     ckpt = ckpt_io.load(file)
-    return Model(ckpt.params, ckpt.vocab, ckpt.config, ckpt.step, file, ckpt.train_state, chosen_by)
+    return Model(
+        ckpt.params,
+        ckpt.vocab,
+        ckpt.config,
+        ckpt.step,
+        file,
+        ckpt.train_state,
+        chosen_by,
+        ckpt.documents,
+    )
 
 
 @dataclass
@@ -133,6 +151,18 @@ class Model:
     path: Path | None = None  # the checkpoint file
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
+    documents: str = "file"  # "line" or "paragraph": a model of records, which ends them
+
+    @property
+    def records(self) -> str | None:
+        """The kind of records a model of records was trained on ("line", "paragraph"), or
+        None. Its end-of-record symbol is id len(vocab), one output past the characters."""
+        return None if self.documents == "file" else self.documents
+
+    @property
+    def _names(self) -> list[str]:
+        """What each output is called in per-character records: the characters, and END_NAME."""
+        return self.vocab + [END_NAME] if self.records else self.vocab
 
     @property
     def arch(self) -> Arch:
@@ -215,6 +245,8 @@ class Model:
         check_sample_memory(self.params, length, num_samples, keep or out is None)
         stops = check_stops(stop)
         prime_ids, _ = encode_prime(seed, self.vocab, unknown)
+        if self.records:  # a record begins after its E, read from a zero state
+            prime_ids = np.concatenate([[len(self.vocab)], prime_ids]).astype(np.intp)
         steps = generate(
             self.params,
             prime_ids,
@@ -227,9 +259,15 @@ class Model:
             num_samples=num_samples,
         )
         prefix = seed if echo_seed else ""
-        if stops:
+        if stops or self.records:
             return finish_samples(
-                steps, self.vocab, num_samples=num_samples, prefix=prefix, stops=stops, out=out
+                steps,
+                self.vocab,
+                num_samples=num_samples,
+                prefix=prefix,
+                stops=stops,
+                out=out,
+                records=self.records,
             )
         if out is not None:
             texts = write_samples(
@@ -292,10 +330,18 @@ class Model:
         if per_char is not None:
 
             def each(block: Block) -> None:
-                for record in char_records(block, self.vocab, top):
+                for record in char_records(block, self._names, top):
                     per_char(record)
 
-        return evaluate(self.params, self.vocab, text, unknown=unknown, name=name, each=each)
+        return evaluate(
+            self.params,
+            self.vocab,
+            text,
+            unknown=unknown,
+            name=name,
+            each=each,
+            records=self.records,
+        )
 
     def char_scores(self, text: str, *, top: int = 3) -> Iterator[dict[str, Any]]:
         """For each character of text in the vocabulary (others are skipped, as `evaluate`
@@ -304,9 +350,15 @@ class Model:
         state as `evaluate` (evaluate.score), float64 retry of an overflowing block included.
         Its arguments are checked when the first record is asked for."""
         text, top = checks.text("text", text), checks.count("top", top)
+        if self.records:  # as `evaluate` reads it: records, each end scored too
+            ids = record_ids(text, self.vocab, self.records)[0]
+            for block in score(self.params, ids, resets=ids == len(self.vocab)):
+                skip = 1 if block.start == 0 else 0  # the first E is read, not scored
+                yield from char_records(block, self._names, top)[skip:]
+            return
         ids, _ = encode(text, self.vocab)
         for block in score(self.params, ids):
-            yield from char_records(block, self.vocab, top)
+            yield from char_records(block, self._names, top)
 
 
 def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):

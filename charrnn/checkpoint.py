@@ -1,11 +1,13 @@
 """Checkpoints: one self-contained .npz file, written atomically and loaded without pickle.
 
-Arrays in a checkpoint (format_version 2; the README's "Checkpoint format" has the details):
+Arrays in a checkpoint (format_version 3; docs/checkpoints.md has the details):
     Wxh, Whh, bh          layer 0's weights, gate blocks stacked in rows: (G H, V), (G H, H), (G H,)
     Wxh_l, Whh_l, bh_l    layer l >= 1's: (G H, H), (G H, H), (G H,)
     Why (V, H), by (V,)   the output layer; all weights float32 or all float64
     cell (), num_layers ()  "rnn", "lstm" or "gru" (G = 1, 4, 3) and the number of layers
     vocab (V,)            the characters in id order, a unicode array (NUL is stored as "")
+    documents ()          "file", or "line" / "paragraph" for a model of records: its outputs are
+                          then the V characters and the end of a record, id V (V + 1 rows of Why)
     config ()             the resolved training config, a JSON string
     format_version ()     int64
     step ()               int64, updates done
@@ -14,6 +16,7 @@ Arrays in a checkpoint (format_version 2; the README's "Checkpoint format" has t
     train_state ()        JSON string: rng state, best validation loss, patience count, ...
 
 Format 1 (charrnn 0.1) had no `cell` and `num_layers`: a one-layer vanilla RNN, read as such.
+Format 2 had no `documents`: read as "file".
 
 The same loader reads a `.safetensors` file that `charrnn export` wrote (docs/export.md): the
 model's arrays under the names above, and `format_version`, `cell`, `num_layers`, `vocab` (a JSON
@@ -51,12 +54,12 @@ import numpy as np
 from charrnn import jsonout
 from charrnn.atomic import remove_quietly, replace_atomically
 from charrnn.config import MAX_LAYERS
-from charrnn.data import N_CODE_POINTS
+from charrnn.data import DOCUMENTS, N_CODE_POINTS
 from charrnn.errors import CheckpointError
 from charrnn.memory import memory_limit, show_bytes
 from charrnn.model import CELLS, Arch, architecture, param_shapes
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: `documents`; 2: `cell`, `num_layers`; 1: charrnn 0.1
 BASE_NAMES = ("Wxh", "Whh", "bh", "Why", "by")  # in every checkpoint, of any format
 MAX_MEMBERS = 20_000  # arrays in a file: 1,024 layers of 3 weights with 2 optimizer slots each
 MAX_TEXT = 1 << 16  # characters of 'config', 'train_state' or 'cell': a real one has hundreds
@@ -78,6 +81,12 @@ class Checkpoint:
     opt_state: dict[str, np.ndarray] = field(default_factory=dict)
     train_state: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION  # as the file says (load); save writes FORMAT_VERSION
+    documents: str = "file"  # "line" or "paragraph": a model of records (data.Corpus.end_id)
+
+    @property
+    def end_id(self) -> int | None:
+        """The id of the end of a record (the row of Why after the characters'), or None."""
+        return len(self.vocab) if self.documents != "file" else None
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> None:
@@ -88,6 +97,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
     arrays["cell"] = np.array(arch.cell)
     arrays["num_layers"] = np.array(arch.num_layers, dtype=np.int64)
     arrays["vocab"] = np.array(ckpt.vocab if ckpt.vocab else [], dtype="<U1")
+    arrays["documents"] = np.array(ckpt.documents)
     arrays["config"] = np.array(jsonout.dumps(ckpt.config))
     arrays["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
     arrays["step"] = np.array(ckpt.step, dtype=np.int64)
@@ -278,7 +288,7 @@ SAFETENSORS_DTYPES = {  # the dtypes a safetensors header may name that NumPy ha
     "BOOL": np.dtype("?"),
 }
 META_SCALARS = ("format_version", "num_layers", "step")  # whole numbers, as text
-META_TEXTS = ("cell", "config", "train_state")  # strings; vocab is a JSON list of characters
+META_TEXTS = ("cell", "config", "train_state", "documents")  # strings; vocab: a JSON list
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -453,6 +463,13 @@ def _layout(z, declared: dict[str, _Member], path: Path) -> tuple[list[str], lis
     if V > N_CODE_POINTS:
         raise _damaged(f"{where}: 'vocab' declares {V:,} characters, more than Unicode has")
 
+    documents = "file"  # formats 1 and 2, and a file that leaves it out
+    if "documents" in declared:
+        documents = scalar("documents", "U", max_chars=16)
+        if documents not in DOCUMENTS:
+            raise _damaged(f"{where}: unknown documents {documents[:20]!r}")
+    V += documents != "file"  # a model of records has one more output: the end of a record
+
     cell, num_layers = "rnn", 1
     if version >= 2:
         for name in ("cell", "num_layers"):
@@ -505,7 +522,7 @@ def _layout(z, declared: dict[str, _Member], path: Path) -> tuple[list[str], lis
         m = declared[n]
         if param not in want or m.shape != want[param] or m.dtype != dtype:
             raise _damaged(f"{where}: optimizer state '{n}' does not match the weights")
-    extra = [n for n in ("step", "h_carry", "train_state") if n in declared]
+    extra = [n for n in ("step", "h_carry", "train_state", "documents") if n in declared]
     return [*want, "vocab", "config", "format_version", *extra, *opt], list(want)
 
 
@@ -582,6 +599,7 @@ def _from_arrays(arrays: dict, param_names: list[str], path: Path) -> Checkpoint
     for k, v in opt_state.items():
         if not np.isfinite(v).all():
             raise _damaged(f"{where}: optimizer state 'opt.{k}' contains NaN or infinite values")
+    documents = _scalar(arrays, "documents", "U", where) if "documents" in arrays else "file"
     return Checkpoint(
         params=params,
         vocab=vocab,
@@ -591,6 +609,7 @@ def _from_arrays(arrays: dict, param_names: list[str], path: Path) -> Checkpoint
         opt_state=opt_state,
         train_state=train_state,
         format_version=int(arrays["format_version"]),
+        documents=documents,
     )
 
 

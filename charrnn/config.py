@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from charrnn.cells import CELLS
-from charrnn.data import DECODE_ERRORS, text_codec
+from charrnn.data import DECODE_ERRORS, DOCUMENTS, text_codec
 from charrnn.errors import ConfigError
 from charrnn.model import INIT_SCALE
 from charrnn.parallel import auto_workers
@@ -94,6 +94,11 @@ def _one_of(*choices: str) -> Any:
     """The first choice is the default."""
     rule = _Rule(str, "one of " + ", ".join(choices), lambda v: v in choices)
     return _rule(choices[0], rule)
+
+
+def _path() -> Any:
+    """A path, or null (the default)."""
+    return _rule(None, _Rule(str, "a path or null", lambda v: 0 < len(v) < 4096, True))
 
 
 def _codec(default: str) -> Any:
@@ -160,6 +165,14 @@ class Config:
     val_max_chars: int = _integer(1_000_000, ge=1)
     encoding: str = _codec("utf-8")
     decode_errors: str = _one_of(*DECODE_ERRORS)
+    # what a document is: each file (file); each line, or each blank-line-separated block, a
+    # record that ends with the end-of-record symbol (line, paragraph). docs/texts.md
+    documents: str = _one_of(*DOCUMENTS)
+    # validation text (a file or a folder) instead of the tail of the corpus; null = the tail
+    val_file: str | None = _path()
+    # fine-tuning: the checkpoint (or run folder) whose weights a new run started from; set by
+    # --init-from, recorded so that the run says where it began. docs/texts.md
+    init_from: str | None = _path()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -467,6 +480,9 @@ FIXED_ON_RESUME = (
     "val_fraction",
     "encoding",
     "decode_errors",
+    "documents",
+    "val_file",
+    "init_from",
 )
 
 

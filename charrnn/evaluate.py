@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from charrnn.data import encode, unknown_chars
+from charrnn.data import encode, record_ids, unknown_chars
 from charrnn.errors import DataError, option
 from charrnn.model import Workspace, bpc, log_softmax_loss, run, top_output, zero_state
 from charrnn.model import trace as model_trace
@@ -48,6 +48,7 @@ class EvalResult:
     perplexity: float  # exp(loss); inf beyond the largest float
     chars: int  # characters scored
     unknown_chars: int  # characters skipped because they are not in the vocabulary
+    record_ends: int = 0  # a model of records: the ends of records scored (in the mean too)
 
     @property
     def reason(self) -> str | None:
@@ -60,6 +61,8 @@ class EvalResult:
         """The result as JSON can hold it (it has no NaN or Infinity): a value that is not a
         finite number is null, and then, only then, `reason` says why."""
         d = asdict(self)
+        if not self.record_ends:  # only a model of records has them
+            del d["record_ends"]
         if self.reason is not None:
             d.update({k: None for k in ("loss", "bpc", "perplexity") if not math.isfinite(d[k])})
             d["reason"] = self.reason
@@ -68,6 +71,8 @@ class EvalResult:
     def summary(self) -> str:
         n = self.unknown_chars
         skipped = f"; {n:,} unknown character{'s' * (n != 1)} skipped" if n else ""
+        if self.record_ends:  # a model of records scores each record's end as a character
+            skipped = f" and {self.record_ends:,} record ends (scored too){skipped}"
         if not math.isfinite(self.loss):
             return f"no finite loss over {self.chars:,} characters{skipped}: {NO_SCORE}"
         perplexity = (
@@ -113,10 +118,14 @@ def evaluate(
     unknown: str = "skip",
     name: str = "text",
     each: Callable[[Block], None] | None = None,
+    records: str | None = None,
 ) -> EvalResult:
     """Score text (see the module docstring); unknown="error" refuses unknown characters.
     `each`, when given, sees every block of the pass as it is scored (`eval --per-char` writes
-    its lines from them), so the score and the per-character lines come from one pass."""
+    its lines from them), so the score and the per-character lines come from one pass.
+    `records` ("line" or "paragraph"): the model's config `documents`, for a model of records."""
+    if records is not None:
+        return _evaluate_records(params, vocab, text, unknown, name, each, records)
     ids, n_unknown = known_ids(text, vocab, name, unknown)
     total = 0.0
     for block in score(params, ids):
@@ -124,6 +133,31 @@ def evaluate(
         if each is not None:
             each(block)
     return result(total, len(ids), n_unknown)
+
+
+def _evaluate_records(params, vocab, text, unknown, name, each, mode) -> EvalResult:
+    """A model of records scores a text as records (data.record_ids): E r_1 E r_2 ... E, the
+    state zeroed before each E is read, and every character and every E after the first scored
+    (the first E is read, not predicted). Its mean is over both: `chars` counts the characters,
+    `record_ends` the Es."""
+    if not text:
+        raise DataError(f"'{name}' is empty; give a text to score")
+    ids, n_unknown, n_records = record_ids(text, vocab, mode)
+    if n_unknown and unknown == "error":
+        known_ids(text, vocab, name, unknown)  # its message names the characters
+    if n_records == 0:
+        raise DataError(f"'{name}' holds no {mode} records; nothing to score")
+    total = 0.0
+    for block in score(params, ids, resets=ids == len(vocab)):
+        if block.start == 0:  # the first E starts the first record: read, not scored
+            block = Block(1, block.ids[1:], block.losses[1:], block.probs[1:])
+        total += block.total
+        if each is not None:
+            each(block)
+    scored = len(ids) - 1
+    return replace(
+        result(total, scored, n_unknown), chars=scored - n_records, record_ends=n_records
+    )
 
 
 def result(total: float, chars: int, unknown_chars: int = 0) -> EvalResult:
@@ -168,6 +202,7 @@ def score(
     state: np.ndarray | None = None,
     block: int | None = None,
     trace: bool = False,
+    resets: np.ndarray | None = None,
 ) -> Iterator[Block]:
     """The one scoring pass: ids (N,) read left to right from `state` (1, W), the carried state
     (default: the zero state), in blocks of `block` (default BLOCK) characters, each yielded as
@@ -185,7 +220,8 @@ def score(
     state = zero_state(params, 1) if state is None else state
     ws = Workspace()  # the block's states and logits are reused block to block
     for start in range(0, len(ids), block):
-        scored, state = score_block(params, ids[start : start + block], state, ws, trace)
+        x, r = ids[start : start + block], None if resets is None else resets[start : start + block]
+        scored, state = score_block(params, x, state, ws, trace, r)
         if state.dtype != params["Whh"].dtype:  # scored again in float64: so are the rest
             params = _wide(params)
         scored.start = start
@@ -193,7 +229,12 @@ def score(
 
 
 def score_block(
-    params: dict, x: np.ndarray, state: np.ndarray, ws=None, trace: bool = False
+    params: dict,
+    x: np.ndarray,
+    state: np.ndarray,
+    ws=None,
+    trace: bool = False,
+    resets: np.ndarray | None = None,
 ) -> tuple[Block, np.ndarray]:
     """One block of the pass: x (T,) scored from the carried state (1, W); returns the Block
     and the carried state after it. Where a float32 model's outputs overflow, the block is
@@ -201,13 +242,14 @@ def score_block(
     between blocks (dynamic evaluation) scores each block through this with the params of its
     choice."""
     ws = Workspace() if ws is None else ws
-    scored, after = _score_block(params, x, state, ws, trace)
+    scored, after = _score_block(params, x, state, ws, trace, resets)
     if not np.isfinite(scored.losses).all() and params["Whh"].dtype != np.float64:
-        scored, after = _score_block(_wide(params), x, state.astype(np.float64), ws, trace)
+        wide = state.astype(np.float64)
+        scored, after = _score_block(_wide(params), x, wide, ws, trace, resets)
     return scored, after
 
 
-def _score_block(params: dict, x: np.ndarray, state: np.ndarray, ws, trace: bool):
+def _score_block(params: dict, x: np.ndarray, state: np.ndarray, ws, trace: bool, resets=None):
     T = len(x)
     # a (1, H) x (H, G H) product is too small to share between threads; an overflow is said
     # by the scores, not by NumPy's warnings
@@ -221,7 +263,9 @@ def _score_block(params: dict, x: np.ndarray, state: np.ndarray, ws, trace: bool
             # hs[j] is the top layer's output before x[j] (hs[0] from state), so it predicts
             # x[j]; the state after the block carries on
             states = None
-            hs, after = run(params, x[:, None], state, ws)  # (T + 1, 1, H)
+            # resets (T,): a record's state is zeroed before its E is read
+            r = None if resets is None else resets[:, None]
+            hs, after = run(params, x[:, None], state, ws, resets=r)  # (T + 1, 1, H)
             top = hs[:T].reshape(T, -1)  # (T, H)
         _, probs, losses = log_softmax_loss(params, top, x, ws)  # (T, V), (T,)
     return Block(0, x, losses, probs, states), after
@@ -266,6 +310,7 @@ def chunked_loss(
     chunk: int = 256,
     burn_in: int = 512,
     part: tuple[int, int] = (0, 1),
+    corpus=None,
 ) -> tuple[float, int]:
     """Mean loss (nats/char) of a long id sequence scored as n_streams parallel streams: the
     validation score of training, a fraction of `total_loss`'s time.
@@ -276,8 +321,11 @@ def chunked_loss(
     the text before it gives, and the sum is close to the exact single-stream pass.
     part (i, k): score only the i-th of k contiguous shares of the streams and return its part
     of the mean (the k parts sum to it), for the ranks of an MPI run to share the validation.
+    corpus: the data.Corpus whose ids these are, for where documents begin: a stream's state
+    is zeroed there (None: one document).
     Returns (loss, chars_scored).
     """
+    resets = (lambda idx: None) if corpus is None else corpus.resets
     n = len(ids) - 1
     S = max(1, min(n_streams, n // chunk))
     L = n // S
@@ -294,12 +342,14 @@ def chunked_loss(
     for p in range(0, warm, chunk):
         T = min(chunk, warm - p)
         idx = starts[None, burn] - warm + p + np.arange(T)[:, None]  # (T, S_i - 1)
-        state[burn] = run(params, np.asarray(ids[idx], dtype=np.intp), state[burn])[1]
+        x = np.asarray(ids[idx], dtype=np.intp)
+        state[burn] = run(params, x, state[burn], resets=resets(idx))[1]
     total = 0.0
     for p in range(0, L, chunk):
         T = min(chunk, L - p)
         idx = starts[None, :] + p + np.arange(T)[:, None]  # (T, S_i)
-        hs, state = run(params, np.asarray(ids[idx], dtype=np.intp), state)  # (T + 1, S_i, H)
+        x = np.asarray(ids[idx], dtype=np.intp)
+        hs, state = run(params, x, state, resets=resets(idx))  # (T + 1, S_i, H)
         targets = np.asarray(ids[idx + 1], dtype=np.intp).reshape(-1)  # (T S_i,)
         _, _, losses = log_softmax_loss(params, hs[1:].reshape(-1, hs.shape[-1]), targets)
         total += float(losses.sum(dtype=np.float64))

@@ -37,7 +37,7 @@ from charrnn.runs import checkpoint_file
 
 FORMATS = ("safetensors", "hf", "onnx")
 INSTALL = "pip install 'charrnn[export]'"
-TRAIN_STATE_KEPT = ("best_val_loss", "chars_seen")  # what `info` reports; no rng, no patience
+TRAIN_STATE_KEPT = ("best_val_loss", "chars_seen", "corpus")  # what `info` reports; no rng
 
 
 @dataclass
@@ -148,6 +148,7 @@ def safetensors_content(ckpt: ckpt_io.Checkpoint) -> tuple[dict[str, np.ndarray]
         "format_version": str(ckpt_io.FORMAT_VERSION),
         "cell": arch.cell,
         "num_layers": str(arch.num_layers),
+        "documents": ckpt.documents,  # "line" / "paragraph": one more output, a record's end
         "vocab": jsonout.dumps(ckpt.vocab, ascii=False),
         "config": jsonout.dumps(ckpt.config),
         "step": str(ckpt.step),

@@ -38,16 +38,29 @@ def describe(path: str | Path, warn: Callable[[str], None] | None = None) -> dic
         "hidden_size": arch.hidden_size,
         "parameters": sum(int(ckpt.params[k].size) for k in param_names(arch)),
         "dtype": str(ckpt.params["Whh"].dtype),
-        "vocab_size": arch.vocab_size,
+        "vocab_size": len(ckpt.vocab),
+        "documents_mode": ckpt.documents,  # file, or line / paragraph: records (one more output)
         "vocab_preview": show_vocab(ckpt.vocab),
         "vocab": ckpt.vocab,
         "step": ckpt.step,
         "chars_seen": ckpt.train_state.get("chars_seen"),
         "best_val_bpc": bpc(best),
+        # what the run trained on (charrnn.train._corpus_record): documents, characters
+        "corpus": _corpus(ckpt.train_state.get("corpus")),
+        "init_from": ckpt.config.get("init_from"),
     }
     info.update(_run_metrics(path.parent / "metrics.jsonl", warn))
     info["config"] = ckpt.config
     return info
+
+
+def _corpus(record) -> dict[str, int] | None:
+    """{"documents", "chars"} of the corpus a checkpoint records, or None (older ones)."""
+    if not isinstance(record, dict):
+        return None
+    values = {k: record.get(k) for k in ("documents", "chars")}
+    ok = all(type(v) is int and 0 <= v < 2**63 for v in values.values())
+    return values if ok else None
 
 
 def _run_metrics(metrics: Path, warn: Callable[[str], None] | None) -> dict[str, Any]:
@@ -104,11 +117,31 @@ def summary(info: dict[str, Any]) -> str:
             f"{info['parameters']:,} parameters, {info['dtype']}",
         ),
         ("vocabulary", f'{info["vocab_size"]} characters: "{info["vocab_preview"]}"{more}'),
+        *_corpus_rows(info),
         ("trained", trained),
         ("validation", val),
         ("config", _wrap(config) or "(none saved)"),
     ]
     return "\n".join(f"{label:<11} {text}" for label, text in rows)
+
+
+def _corpus_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The `corpus` row (what it trained on: documents or records, and characters) and the
+    `started` row of a fine-tuned model."""
+    rows = []
+    corpus, mode = info.get("corpus"), info.get("documents_mode", "file")
+    if mode == "file" and corpus is not None:
+        n = corpus["documents"]
+        what = f"{n:,} document{'s' * (n != 1)}, {corpus['chars']:,} characters"
+        rows.append(("corpus", what))
+    elif mode != "file":
+        what = f"records (documents: {mode}), each ended by the end-of-record symbol"
+        if corpus is not None:
+            what = f"{corpus['documents']:,} {what}; {corpus['chars']:,} ids with the ends"
+        rows.append(("corpus", what))
+    if info.get("init_from"):
+        rows.append(("started", f"from {info['init_from']} (fine-tuned)"))
+    return rows
 
 
 def _wrap(text: str, width: int = 100, indent: int = 12) -> str:

@@ -260,14 +260,25 @@ class _Layer:
     hs: np.ndarray  # (T + 1, B, H) its hidden states, hs[0] = h_0
     out: np.ndarray  # (T, B, H) what the layer above reads: hs[1:], after dropout
     cell_cache: object
+    m: np.ndarray | None = None  # (T, B, 1) the state's keep mask: 0 where it is reset
 
 
-def _layers(params: dict, arch: Arch, X: np.ndarray, state0: np.ndarray, ws, keep):
-    """Every layer's forward over ids X (T, B): ([_Layer] bottom to top, state_last (B, W))."""
+def keep_mask(resets: np.ndarray | None, dtype) -> np.ndarray | None:
+    """(T, B, 1): 0 where a stream's state is reset before step t, 1 elsewhere; None when no
+    state is reset in the chunk (then every cell runs exactly as without resets)."""
+    if resets is None or not resets.any():
+        return None
+    return (~resets)[:, :, None].astype(dtype)
+
+
+def _layers(params: dict, arch: Arch, X: np.ndarray, state0: np.ndarray, ws, keep, resets=None):
+    """Every layer's forward over ids X (T, B): ([_Layer] bottom to top, state_last (B, W)).
+    resets (T, B) bool or None: where each layer's carried state is zeroed before step t."""
     T, B = X.shape
     cell = CELLS[arch.cell]
     GH, dtype = arch.gates * arch.hidden_size, params["Whh"].dtype
     state_last = np.empty((B, arch.state_width), dtype)  # (B, W)
+    m = keep_mask(resets, dtype)  # (T, B, 1) or None
     layers: list[_Layer] = []
     x_in = None
     for layer in range(arch.num_layers):
@@ -282,21 +293,22 @@ def _layers(params: dict, arch: Arch, X: np.ndarray, state0: np.ndarray, ws, kee
             np.matmul(x_in.reshape(T * B, arch.hidden_size), Wxh.T, out=ax.reshape(T * B, GH))
             ax += bh
         s0 = tuple(state0[:, _state_columns(arch, layer, k)] for k in range(cell.STATES))
-        hs, s_last, cell_cache = cell.forward(Whh, ax, s0, lws)
+        hs, s_last, cell_cache = cell.forward(Whh, ax, s0, lws, m)
         for k, s in enumerate(s_last):
             state_last[:, _state_columns(arch, layer, k)] = s
         out = hs[1:]  # (T, B, H)
         if keep is not None:  # inverted dropout on what the layer above reads
             out = np.multiply(out, keep[layer], out=lws.get("out", (T, B, arch.hidden_size), dtype))
-        layers.append(_Layer(lws, x_in, hs, out, cell_cache))
+        layers.append(_Layer(lws, x_in, hs, out, cell_cache, m))
         x_in = out
     return layers, state_last
 
 
-def run(params: dict, X: np.ndarray, state0: np.ndarray, ws=_Fresh):
+def run(params: dict, X: np.ndarray, state0: np.ndarray, ws=_Fresh, resets=None):
     """Inference over ids X (T, B) from state0 (B, W), no dropout: (hs, state_last), hs
-    (T + 1, B, H) the top layer's outputs with hs[0] its h_0, state_last a new (B, W) array."""
-    layers, state_last = _layers(params, architecture(params), X, state0, ws, None)
+    (T + 1, B, H) the top layer's outputs with hs[0] its h_0, state_last a new (B, W) array.
+    resets (T, B) bool: zero a stream's state before step t (a document starts there)."""
+    layers, state_last = _layers(params, architecture(params), X, state0, ws, None, resets)
     return layers[-1].hs, state_last
 
 
@@ -324,15 +336,24 @@ def log_softmax_loss(params: dict, H_flat: np.ndarray, y: np.ndarray, ws=_Fresh)
     return float(losses.mean(dtype=np.float64)), probs, losses
 
 
-def forward(params: dict, X: np.ndarray, Y: np.ndarray, state0: np.ndarray, ws=_Fresh, keep=None):
+def forward(
+    params: dict,
+    X: np.ndarray,
+    Y: np.ndarray,
+    state0: np.ndarray,
+    ws=_Fresh,
+    keep=None,
+    resets=None,
+):
     """Loss of one chunk: X, Y (T, B) input and target ids, state0 (B, W) the carried state,
-    keep None or the dropout masks (L, T, B, H) for each layer's output.
+    keep None or the dropout masks (L, T, B, H) for each layer's output, resets None or (T, B)
+    bool: where a stream's state is zeroed before step t (a document's start; m_t in the cells).
 
     Returns (loss, cache, state_last); `cache` holds what `backward` needs.
     """
     arch = architecture(params)
     T, B = X.shape
-    layers, state_last = _layers(params, arch, X, state0, ws, keep)
+    layers, state_last = _layers(params, arch, X, state0, ws, keep, resets)
     top = layers[-1].out.reshape(T * B, arch.hidden_size)  # (N, H)
     loss, probs, _ = log_softmax_loss(params, top, Y.reshape(-1), ws)
     cache = {"arch": arch, "X": X, "Y": Y, "keep": keep, "layers": layers, "probs": probs}
@@ -376,7 +397,8 @@ def backward(params: dict, cache: dict, out: dict | None = None) -> dict[str, np
             dhs *= keep[layer]  # out_t = keep ⊙ h_t
         dax, dah = cell.backward(params[Whh], lay.cell_cache, dhs, lay.ws)  # (T, B, G H) each
         dax_flat = dax.reshape(N, GH)  # (N, G H)
-        H_prev = lay.hs[:-1].reshape(N, H)  # (N, H): h_{t-1} for every position
+        H_prev = lay.hs[:-1] if lay.m is None else lay.hs[:-1] * lay.m  # h_{t-1} read, m_t h_{t-1}
+        H_prev = H_prev.reshape(N, H)  # (N, H): for every position
         # (G H, H): sum_t dah_t h_{t-1}^T
         grads[Whh] = _product(dah.reshape(N, GH).T, H_prev, out, Whh)
         grads[bh] = dax_flat.sum(axis=0, out=_into(out, bh))  # (G H,)

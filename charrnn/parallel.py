@@ -77,14 +77,25 @@ class GradientWorkers:
         self.workspaces = [Workspace() for _ in self.shares]
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
-    def __call__(self, params: dict, X: np.ndarray, Y: np.ndarray, state0: np.ndarray, keep=None):
+    def __call__(
+        self,
+        params: dict,
+        X: np.ndarray,
+        Y: np.ndarray,
+        state0: np.ndarray,
+        keep=None,
+        resets=None,
+    ):
         """X, Y (T, B) ids, state0 (B, W) the carried state, keep None or dropout masks
-        (L, T, B, H): each worker takes its columns of all of them."""
+        (L, T, B, H), resets None or (T, B) where states are zeroed: each worker takes its
+        columns of all of them."""
 
         def part(i: int):
             s = self.shares[i]
             k = None if keep is None else keep[:, :, s]
-            loss, cache, state = forward(params, X[:, s], Y[:, s], state0[s], self.workspaces[i], k)
+            r = None if resets is None else resets[:, s]
+            ws = self.workspaces[i]
+            loss, cache, state = forward(params, X[:, s], Y[:, s], state0[s], ws, k, r)
             return loss, backward(params, cache, self.grads if i == 0 else None), state
 
         with blas_threads(1):

@@ -373,16 +373,22 @@ def finish_samples(
     prefix: str = "",
     stops: Iterable[str] = (),
     out: TextIO | None = None,
+    records: str | None = None,
 ) -> list[Sample]:
     """The samples that `steps` (from generate) yields, each ended at its first stop string, at
     an id beyond the characters of vocab (a records model's end of a record: len(vocab)) or
     after all its characters, whichever comes first. Drawing stops once every sample has ended.
     With `out`, they are printed as `write_samples` prints them: the first streamed as it is
-    drawn (less what could still be the start of a stop string), the others at the end."""
+    drawn (less what could still be the start of a stop string), the others at the end; the
+    samples of a model of `records` ("line", "paragraph") are printed as records are written,
+    one per line (or with a blank line between them), under no headers."""
     M, stops = num_samples, check_stops(stops)
     cuts = [Cut(stops) for _ in range(M)]
     texts: list[list[str]] = [[] for _ in range(M)]
     header = (lambda i: f"==> sample {i} of {M} <==\n") if M > 1 else (lambda i: "")
+    between = "\n"  # after a sample's newline: a blank line between samples
+    if records is not None:
+        header, between = (lambda i: ""), ("\n" if records == "paragraph" else "")
     if out is not None:
         out.write(header(1) + prefix)
         out.flush()
@@ -413,7 +419,7 @@ def finish_samples(
     if out is not None:
         out.write("\n")
         for i, s in enumerate(samples[1:], start=2):
-            out.write(f"\n{header(i)}{s.text}\n")
+            out.write(f"{between}{header(i)}{s.text}\n")
         out.flush()
     return samples
 

@@ -32,6 +32,7 @@ class TrainState:
     chars_seen: int = 0  # training characters read
     best_val: float = math.inf  # best validation loss so far
     bad_evals: int = 0  # validations since the last improvement
+    corpus: dict | None = None  # what it trains on: {"chars", "documents", "crc32"} of the ids
 
     @classmethod
     def fresh(cls, cfg: Config, vocab_size: int, ranks: int = 1) -> TrainState:
@@ -51,13 +52,26 @@ class TrainState:
         return cls(params, optim.init_state(cfg.optimizer, params), state, rng)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: ckpt_io.Checkpoint, cfg: Config, vocab: list[str]) -> TrainState:
+    def from_checkpoint(
+        cls, ckpt: ckpt_io.Checkpoint, cfg: Config, vocab: list[str], corpus: dict | None = None
+    ) -> TrainState:
         """The state saved in ckpt, checked against the config and the corpus's vocabulary it
-        is resumed with (CheckpointError or ConfigError saying what does not fit)."""
+        is resumed with (CheckpointError or ConfigError saying what does not fit); `corpus`:
+        the corpus's record (chars, documents, crc32 of its ids), compared with the one the
+        checkpoint holds (a checkpoint older than the record is not compared)."""
         if vocab != ckpt.vocab:
             raise ConfigError(
                 "the corpus's characters differ from the checkpoint's vocabulary; "
                 "resume with the corpus the run was trained on"
+            )
+        saved = ckpt.train_state.get("corpus")
+        if corpus is not None and isinstance(saved, dict) and saved != corpus:
+            then = f"{saved.get('documents')} documents of {saved.get('chars')} characters"
+            now = f"{corpus['documents']} of {corpus['chars']}"
+            raise ConfigError(
+                f"the corpus changed since the run was trained on it (then {then}, now {now}, "
+                "or the same sizes with other text); resume with the same texts, or start a "
+                "new run (--init-from continues from its weights)"
             )
         arch = architecture(ckpt.params)
         ts = ckpt.train_state
@@ -97,9 +111,11 @@ class TrainState:
             chars_seen=ts.get("chars_seen", ckpt.step * B * cfg.seq_length),
             best_val=math.inf if best_val is None else float(best_val),
             bad_evals=ts.get("bad_evals", 0),
+            corpus=corpus,
         )
 
     def to_checkpoint(self, cfg: Config, vocab: list[str]) -> ckpt_io.Checkpoint:
+        corpus = {} if self.corpus is None else {"corpus": self.corpus}
         return ckpt_io.Checkpoint(
             params=self.params,
             vocab=vocab,
@@ -112,7 +128,9 @@ class TrainState:
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "bad_evals": self.bad_evals,
                 "chars_seen": self.chars_seen,
+                **corpus,
             },
+            documents=cfg.documents,
         )
 
     def is_finite(self) -> bool:

@@ -20,19 +20,19 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from charrnn import cache, distributed, jsonout, optim
+from charrnn import cache, distributed, finetune, jsonout, optim
 from charrnn import checkpoint as ckpt_io
 from charrnn.atomic import replace_atomically
 from charrnn.config import Config, config_to_yaml, settle
-from charrnn.data import Batches, Corpus, split
+from charrnn.data import Batches, Corpus, held_out_in, in_vocab, split_corpus
 from charrnn.errors import ConfigError, DataError, TrainingError, option
 from charrnn.evaluate import chunked_loss
 from charrnn.model import bpc
@@ -48,7 +48,7 @@ from charrnn.runs import (
     remove_unused,
     trim_metrics,
 )
-from charrnn.sample import generate
+from charrnn.sample import finish_samples, generate
 from charrnn.state import TrainState
 
 
@@ -65,6 +65,8 @@ class TrainResult:
     best_checkpoint: Path | None = None
     signal: int | None = None
     primary: bool = True  # this process reports the run: False on MPI ranks other than 0
+    documents: int = 1  # the corpus's documents (files with text, or records)
+    corpus_chars: int = 0  # the corpus's ids (records: with their ends)
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +81,8 @@ class TrainResult:
             "best_val_bpc": bpc(self.best_val_loss),
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "documents": self.documents,
+            "chars": self.corpus_chars,
         }
 
 
@@ -125,7 +129,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def train_corpus(
-    source: str,
+    source: str | Sequence[str],
     *,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -135,20 +139,23 @@ def train_corpus(
     overwrite: bool = False,
     reporter=None,
     encode_bar=None,
+    globs: Sequence[str] = (),
 ) -> TrainResult:
     """Everything `charrnn train` does: settle the config (a new run's, or a resumed run's with
     every compatibility check), read the corpus through its cache, and train.
 
+    `source`: a path or a list of them (files, folders whose files `globs` choose, "-").
     `overrides` are command-line settings (None = not given); `encode_bar` is an optional
     progress callback and context manager shown while a large corpus is encoded. A folder
     `out` that holds a run is refused unless `resume` continues that run or `overwrite` says
     to delete it, and refused before the corpus is read (again under the run's lock in `train`).
     """
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     world = distributed.world()
     ckpt = None
     continuing = False
     with world.together():  # an error on any rank ends every rank, and is reported once
-        if world.size > 1 and str(source) == "-":
+        if world.size > 1 and "-" in map(str, sources):
             raise ConfigError(
                 "an MPI run reads its corpus from a file on every rank; give a file, not -"
             )
@@ -165,6 +172,12 @@ def train_corpus(
         cfg = settle(
             config_file, overrides, set_items, saved=saved, ranks=world.size, cores=world.cores
         )
+        base = None  # fine-tuning: the checkpoint a new run starts from
+        if ckpt is None and cfg.init_from is not None:
+            base, file = finetune.load_base(cfg.init_from)
+            arch = finetune.architecture_overrides(base, config_file, overrides or {}, set_items)
+            given = {**(overrides or {}), **arch, "init_from": str(file)}
+            cfg = settle(config_file, given, set_items, ranks=world.size, cores=world.cores)
         existing = "continue" if continuing else "overwrite" if overwrite else "refuse"
         if world.root and out is not None and existing == "refuse":
             if (refusal := existing_run(out)) is not None:
@@ -176,18 +189,18 @@ def train_corpus(
     # rank 0 reads the corpus first and builds its cache; the other ranks then read the cache
     with world.together():
         if world.root:
-            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, base, encode_bar)
     with world.together():
         if not world.root:
-            prepared, state = _read_corpus(source, cfg, ckpt, encode_bar)
+            prepared, state, val = _read_corpus(sources, globs, cfg, ckpt, base, encode_bar)
     ids, vocab = prepared.corpus.ids, prepared.corpus.vocab
     if not world.same(
         len(ids), prepared.source_bytes, zlib.crc32("".join(vocab).encode("utf-8", "surrogatepass"))
     ):
         raise world.everywhere(  # each machine has its own copy, and they differ
             DataError(
-                f"the MPI processes read different texts as '{source}'; give every machine "
-                "the same corpus (or put it on a filesystem they share)"
+                f"the MPI processes read different texts as '{prepared.name}'; give every "
+                "machine the same corpus (or put it on a filesystem they share)"
             )
         )
     encoded = not prepared.reused and prepared.source_bytes >= 32 << 20
@@ -199,6 +212,9 @@ def train_corpus(
         reporter=reporter,
         notice=prepared.summary() if encoded else None,
         existing=existing,
+        val=val,
+        corpus_record=_corpus_record(prepared),
+        init=base,
     )
 
 
@@ -218,12 +234,44 @@ def _load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
     return ckpt, ckpt_path.parent
 
 
-def _read_corpus(source: str, cfg: Config, ckpt, encode_bar):
-    """(the corpus through its cache, the state resumed from ckpt or None)."""
+def _read_corpus(sources: list, globs: Sequence[str], cfg: Config, ckpt, base, encode_bar):
+    """(the corpus through its cache, the state resumed from ckpt or None, the validation
+    documents of cfg.val_file or None). A fine-tuned run (`base`, or a resumed one whose config
+    has init_from) reads the corpus in the union of its vocabulary and the base model's."""
     with encode_bar or nullcontext():
-        prepared = cache.prepare(source, cfg.encoding, cfg.decode_errors, progress=encode_bar)
-    state = None if ckpt is None else TrainState.from_checkpoint(ckpt, cfg, prepared.corpus.vocab)
-    return prepared, state
+        prepared = cache.prepare(
+            sources,
+            cfg.encoding,
+            cfg.decode_errors,
+            documents=cfg.documents,
+            globs=globs,
+            progress=encode_bar,
+        )
+    corpus = prepared.corpus
+    target = None
+    if base is not None:
+        target = finetune.union_vocab(base, corpus.vocab)
+    elif ckpt is not None and cfg.init_from is not None and set(corpus.vocab) <= set(ckpt.vocab):
+        target = ckpt.vocab  # the union it was fine-tuned in (else from_checkpoint says so)
+    if target is not None:
+        prepared = replace(prepared, corpus=in_vocab(corpus, target))
+    state = None
+    if ckpt is not None:
+        vocab = prepared.corpus.vocab
+        state = TrainState.from_checkpoint(ckpt, cfg, vocab, _corpus_record(prepared))
+    val = None
+    if cfg.val_file is not None:
+        held_out = cache.prepare(
+            cfg.val_file, cfg.encoding, cfg.decode_errors, documents=cfg.documents, globs=globs
+        )
+        val = held_out_in(held_out.corpus, prepared.corpus, cfg.val_max_chars + 1, held_out.name)
+    return prepared, state, val
+
+
+def _corpus_record(prepared: cache.PreparedCorpus) -> dict:
+    """What a checkpoint records of the corpus it was trained on, for resume to compare."""
+    corpus = prepared.corpus
+    return {"chars": len(corpus.ids), "documents": corpus.documents, "crc32": prepared.crc32}
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -242,9 +290,14 @@ def train(
     reporter=None,
     notice: str | None = None,
     existing: str = "refuse",
+    val: Corpus | None = None,
+    corpus_record: dict | None = None,
+    init: ckpt_io.Checkpoint | None = None,
 ) -> TrainResult:
     """Train a model on corpus into run_dir (None: a new folder under runs/); continue from
-    `state` (a resumed run) when given.
+    `state` (a resumed run) when given. `val`: the validation documents (cfg.val_file's) when
+    they are not the corpus's tail; `corpus_record`: what checkpoints record of the corpus;
+    `init`: the checkpoint whose weights a new run starts from (charrnn.finetune).
 
     The run folder is locked before anything in it is written, so a second training pointed at
     the same folder refuses without touching the first one's files. `existing` says what to do
@@ -276,6 +329,9 @@ def train(
                     notice,
                     overwrite=existing == "overwrite",
                     world=world,
+                    val=val,
+                    corpus_record=corpus_record,
+                    init=init,
                 )
             except BaseException:
                 remove_unused(made)  # a folder made for a run that failed its checks
@@ -426,9 +482,10 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     return keep
 
 
-def _validate(params: dict, val_ids: np.ndarray, world: distributed.World) -> float:
-    """The validation loss: each rank scores its share of the streams, the shares are summed."""
-    part, _ = chunked_loss(params, val_ids, part=(world.rank, world.size))
+def _validate(params: dict, val: Corpus, world: distributed.World) -> float:
+    """The validation loss: each rank scores its share of the streams, the shares are summed;
+    a stream's state is zeroed where a validation document begins."""
+    part, _ = chunked_loss(params, val.ids, part=(world.rank, world.size), corpus=val)
     return world.sum(part)
 
 
@@ -440,8 +497,11 @@ def _columns(keep: np.ndarray | None, streams: slice) -> np.ndarray | None:
 def _preview(cfg: Config, s: TrainState, vocab: list[str]) -> str:
     # its own generator, so previews never change the training's random stream
     g = np.random.default_rng([cfg.rng_seed or 0, s.step])
-    steps = generate(s.params, np.zeros(0, np.intp), cfg.sample_length, g, temperature=0.8)
-    return "".join(vocab[int(ids[0])] for ids in steps)
+    records = cfg.documents != "file"  # then a few records, each begun after an E
+    prime = np.full(int(records), len(vocab), np.intp)
+    M = 5 if records else 1
+    steps = generate(s.params, prime, cfg.sample_length, g, temperature=0.8, num_samples=M)
+    return "\n".join(x.text for x in finish_samples(steps, vocab, num_samples=M))
 
 
 def _evaluate_and_save(
@@ -518,8 +578,14 @@ def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, min
     X, Y = batches.get(s.step)  # (T, B) inputs and targets
     _reset_streams(s, cfg, batches.starts_epoch(s.step))
     keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+    starts = batches.resets(s.step)  # (T, B): where a document begins, or None
     loss, _, s.state[mine] = loss_and_grads(
-        s.params, X[:, mine], Y[:, mine], s.state[mine], _columns(keep, mine)
+        s.params,
+        X[:, mine],
+        Y[:, mine],
+        s.state[mine],
+        _columns(keep, mine),
+        None if starts is None else starts[:, mine],
     )
     loss = world.mean(loss)  # the gradients now hold the whole batch's mean
     return loss, optim.clip_gradients(loss_and_grads.grads, cfg.clip_mode, cfg.grad_clip)
@@ -531,7 +597,7 @@ class _Run:
 
     s: TrainState
     batches: Batches
-    val_ids: np.ndarray | None  # None: validation is off
+    val_ids: Corpus | None  # the validation documents; None: validation is off
     limits: _Limits
     ckpts: _Checkpoints
     metrics_out: Any  # metrics.jsonl, line-buffered (rank 0; devnull on the others)
@@ -539,16 +605,21 @@ class _Run:
     start_info: dict  # the reporter's start record
 
 
-def _open(cfg, corpus, run_dir, state, notice, overwrite, world) -> _Run:
-    """Split the corpus, make or take the state, and (rank 0) write config.yaml and open
-    metrics.jsonl; every rank alike, an error on any ends them all."""
+def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record, init) -> _Run:
+    """Split the corpus (unless `val` is the validation set), make or take the state, and
+    (rank 0) write config.yaml and open metrics.jsonl; every rank alike, an error on any ends
+    them all."""
     with world.together():  # an error on any rank ends every rank, and is reported once
-        train_ids, val_ids = split(corpus.ids, cfg.val_fraction)
-        batches = Batches(train_ids, cfg.batch_size, cfg.seq_length)
-        val_ids = val_ids[: cfg.val_max_chars + 1]
-        validate = cfg.eval_every > 0 and len(val_ids) >= 2
+        train, val = split_corpus(corpus, cfg.val_fraction) if val is None else (corpus, val)
+        train_ids = train.ids
+        batches = Batches(train_ids, cfg.batch_size, cfg.seq_length, train)
+        val = replace(val, ids=val.ids[: cfg.val_max_chars + 1])  # the validation documents
+        validate = cfg.eval_every > 0 and len(val.ids) >= 2
         resumed = state is not None
-        s = state if resumed else TrainState.fresh(cfg, len(corpus.vocab), world.size)
+        s = state if resumed else TrainState.fresh(cfg, corpus.model_vocab_size, world.size)
+        if init is not None:  # fine-tuning: the trained weights over the fresh ones
+            finetune.start_from(s.params, init, corpus.vocab, corpus.end_id is not None)
+        s.corpus = corpus_record
         limits = _Limits.of(cfg, batches.steps_per_epoch)
         on_disk = resumed and (run_dir / "last.npz").exists()
         ckpts = _Checkpoints(run_dir, cfg, corpus.vocab, s.step if on_disk else None, world)
@@ -568,13 +639,14 @@ def _open(cfg, corpus, run_dir, state, notice, overwrite, world) -> _Run:
         **limits.described(cfg, batches.steps_per_epoch),
         "vocab_size": len(corpus.vocab),
         "train_chars": len(train_ids),
-        "val_chars": len(val_ids),
+        "val_chars": len(val.ids),
         "start_elapsed": elapsed0,
         "notice": notice,
         "ranks": world.size,
     }
-    val = val_ids if validate else None
-    return _Run(s, batches, val, limits, ckpts, metrics_out, elapsed0, start_info)
+    return _Run(
+        s, batches, val if validate else None, limits, ckpts, metrics_out, elapsed0, start_info
+    )
 
 
 def _train(
@@ -586,10 +658,13 @@ def _train(
     notice: str | None,
     overwrite: bool,
     world: distributed.World,
+    val: Corpus | None = None,
+    corpus_record: dict | None = None,
+    init: ckpt_io.Checkpoint | None = None,
 ) -> TrainResult:
     B, T = cfg.batch_size, cfg.seq_length
     mine = world.streams(B)  # this rank's streams of the batch: all B for one process
-    run = _open(cfg, corpus, run_dir, state, notice, overwrite, world)
+    run = _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_record, init)
     s, batches, val_ids, limits, ckpts = run.s, run.batches, run.val_ids, run.limits, run.ckpts
     reporter.start(run.start_info)
     grads = world.gradients(s.params)  # views into the one buffer that the ranks sum
@@ -670,6 +745,8 @@ def _train(
         best_checkpoint=ckpts.best,
         signal=received,
         primary=world.root,
+        documents=corpus.documents,
+        corpus_chars=len(corpus.ids),
     )
 
 

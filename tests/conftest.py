@@ -1,9 +1,12 @@
 """Shared fixtures. Every test runs in its own empty tmp_path as the current directory, so a
 default run folder (runs/...) or any relative path a test writes never lands in the repository,
-and without $CHARRNN_CHECKPOINT, so the default checkpoint is the one the test made."""
+without $CHARRNN_CHECKPOINT, so the default checkpoint is the one the test made, and with
+$XDG_CACHE_HOME in tmp_path (and no $CHARRNN_CACHE_DIR), so the id cache is the test's own."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,10 +32,31 @@ rng_seed: 1
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_home(tmp_path_factory):
+    """The session's fixtures (overfit, good_run) train too: their cache is never the home's."""
+    with pytest.MonkeyPatch.context() as mp:
+        # matplotlib keeps its font cache where it always has: under the XDG cache folder
+        # that this fixture moves, a fresh cache per test would be rebuilt (and written) each time
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        mp.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR", os.path.join(home, "matplotlib")))
+        mp.delenv("CHARRNN_CACHE_DIR", raising=False)
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CHARRNN_CHECKPOINT", raising=False)  # a user's pin would choose models
+    # the id cache goes to the user's cache folder: this test's, never the real home's
+    monkeypatch.delenv("CHARRNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-home"))
+    # and its fallback, <tmp>/charrnn-cache, is the test's too (`charrnn cache clear` clears it)
+    tmp = tmp_path.with_name(tmp_path.name + "-tmp")  # beside it: tests list tmp_path
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
     return tmp_path
 
 

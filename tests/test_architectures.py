@@ -73,7 +73,8 @@ def test_checkpoint_names_every_array_per_layer(cell, layers, gates, states, cor
            "--out", "run", "-q"))  # fmt: skip
     a = arrays(Path("run/last.npz"))
     H, V = 12, len(set(TEXT[:3000]))
-    assert a["format_version"] == 2 and a["cell"] == cell and a["num_layers"] == layers
+    assert a["format_version"] == 3 and a["cell"] == cell and a["num_layers"] == layers
+    assert a["documents"] == "file"
     assert a["Wxh"].shape == (gates * H, V) and a["Whh"].shape == (gates * H, H)
     assert a["Why"].shape == (V, H) and a["by"].shape == (V,)
     for layer in range(1, layers):
@@ -151,7 +152,7 @@ def test_format1_checkpoint_resumes_and_saves_format2(tmp_path):
     shutil.copy(FORMAT1, run / "last.npz")
     ok(cli("train", DATA / "format1-corpus.txt", "--resume", run, "--max-steps", 25, "-q"))
     a = arrays(run / "last.npz")
-    assert a["format_version"] == 2 and a["step"] == 25 and a["cell"] == "rnn"
+    assert a["format_version"] == 3 and a["step"] == 25 and a["cell"] == "rnn"
     assert math.isfinite(ckpt_io.load(run / "best.npz").train_state["best_val_loss"])
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import TINY, cli, usage_error, user_error
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from charrnn import cache
@@ -34,7 +34,8 @@ from charrnn.train import train
 
 @pytest.fixture(autouse=True)
 def no_cache_dir(monkeypatch):
-    """Caches go beside the corpus unless a test sets CHARRNN_CACHE_DIR itself."""
+    """Caches go to the test's user cache folder (conftest.py) unless a test sets
+    CHARRNN_CACHE_DIR itself."""
     monkeypatch.delenv("CHARRNN_CACHE_DIR", raising=False)
 
 
@@ -62,7 +63,8 @@ def assert_same(a, b):
 
 
 def cache_folder(tmp_path, name="c.txt"):
-    return tmp_path / f"{name}.charrnn-cache"
+    """The entry of the corpus tmp_path/name: in the user cache folder, not beside it."""
+    return cache.entry_folders(tmp_path / name)[0]
 
 
 # ---- the streaming path gives the in-memory path's ids and vocabulary ----
@@ -96,6 +98,7 @@ def test_same_ids_and_vocab_as_in_memory(tmp_path, text, block_size):
     errors=st.sampled_from(["strict", "replace"]),
 )
 def test_any_bytes_any_blocks_same_as_in_memory(tmp_path, raw, block_size, errors):
+    assume(b"\0" not in raw)  # a file whose first block holds a NUL is refused as binary
     path = write(tmp_path / "c.txt", raw)
     try:
         expected = in_memory(path, errors=errors)
@@ -179,8 +182,12 @@ def test_empty_missing_and_directory(tmp_path):
         cache.prepare(write(tmp_path / "e.txt", b""))
     with pytest.raises(DataError, match="not found; check the path"):
         cache.prepare(tmp_path / "nope.txt")
-    with pytest.raises(DataError, match="is a directory"):
-        cache.prepare(tmp_path)
+    with pytest.raises(DataError, match="holds no text files"):
+        (tmp_path / "d" / "e").mkdir(parents=True)
+        (tmp_path / "d" / ".hidden").write_text("hidden text")
+        cache.prepare(tmp_path / "d")  # a folder of folders and no text
+    with pytest.raises(DataError, match="looks like a binary file"):
+        cache.prepare(write(tmp_path / "b.bin", b"\x00\x01abc"))
     with pytest.raises(DataError, match="unknown text encoding 'base64'"):
         cache.prepare(write(tmp_path / "c.txt", "abc"), "base64")
     with pytest.raises(DataError, match="decode_errors must be strict or replace, not 'ignore'"):
@@ -209,16 +216,24 @@ def test_the_ids_are_a_standard_npy_and_the_metadata_json(tmp_path):
     prepared = cache.prepare(path)
     folder = cache_folder(tmp_path)
     assert prepared.cache_path == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "lock", "meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ids.npy",
+        "lock",
+        "meta.json",
+        "starts.npy",
+    ]
+    assert folder.parent == tmp_path / "cache-home" / "charrnn"  # the user's cache folder
     ids = np.load(folder / "ids.npy", mmap_mode="r")
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint8
     np.testing.assert_array_equal(ids, in_memory(path).ids)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["vocab"] == [ord(c) for c in in_memory(path).vocab]
     assert meta["n_chars"] == len(MIXED) and meta["encoding"] == "utf-8"
-    assert meta["source"]["size"] == path.stat().st_size and meta["source"]["trusted"] is True
+    assert meta["files"]["bytes"] == path.stat().st_size and meta["files"]["trusted"] is True
+    assert meta["sources"]["paths"] == [str(path)] and meta["n_documents"] == 1
+    np.testing.assert_array_equal(np.load(folder / "starts.npy"), [0])
     assert prepared.to_dict()["cache_bytes"] == sum(
-        (folder / f).stat().st_size for f in ("ids.npy", "meta.json")
+        (folder / f).stat().st_size for f in ("ids.npy", "meta.json", "starts.npy")
     )
 
 
@@ -237,7 +252,7 @@ def test_progress_counts_corpus_bytes_in_both_passes(tmp_path):
 def test_cache_is_reused_while_the_corpus_is_unchanged(tmp_path):
     path = write(tmp_path / "c.txt", MIXED)
     first = cache.prepare(path)
-    assert not first.reused and first.cache_path == tmp_path / "c.txt.charrnn-cache"
+    assert not first.reused and first.cache_path == cache_folder(tmp_path)
     again = cache.prepare(path)
     assert again.reused and again.cache_path == first.cache_path
     assert_same(again.corpus, first.corpus)
@@ -316,8 +331,9 @@ def test_an_interrupted_prepare_leaves_no_ids_behind(tmp_path):
     assert not cache.prepare(path).reused
 
 
-def test_a_cache_file_of_format_1_is_replaced_by_the_folder(tmp_path):
+def test_a_file_where_the_entry_should_be_is_replaced_by_the_folder(tmp_path):
     path = write(tmp_path / "c.txt", "abc" * 100)
+    cache_folder(tmp_path).parent.mkdir(parents=True)
     cache_folder(tmp_path).write_bytes(b"\x93CHARRNN-IDS" + bytes(600))
     got = cache.prepare(path)
     assert not got.reused and got.cache_path.is_dir()
@@ -344,21 +360,38 @@ def not_writable(monkeypatch, folders):
     monkeypatch.setattr(Path, "mkdir", refuse)
 
 
-def test_unwritable_folder_falls_back_to_the_user_cache_dir(tmp_path, monkeypatch):
+def test_an_unwritable_user_cache_folder_falls_back_to_the_temp_folder(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     not_writable(monkeypatch, {cache_folder(tmp_path)})
     built = cache.prepare(path)
-    assert built.cache_path.parent == tmp_path / "xdg" / "charrnn"
+    assert built.cache_path.parent == tmp_path / "tmp" / "charrnn-cache"
     assert built.cache_path.name.startswith("c.txt-")
     assert not cache_folder(tmp_path).exists()
     assert cache.prepare(path).reused
 
 
+def test_a_corpus_in_a_read_only_folder_or_in_proc_trains(tmp_path):
+    """Nothing is written beside a corpus: a read-only folder, or /proc (issue 22 class 8),
+    is no obstacle. A file of /proc reads as size 0: it is read once, like a pipe."""
+    (tmp_path / "ro").mkdir()
+    path = write(tmp_path / "ro" / "c.txt", "abc" * 100)
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        assert cache.prepare(path).cache_path.parent == tmp_path / "cache-home" / "charrnn"
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == ["c.txt"]
+    proc = cache.prepare("/proc/self/status")
+    assert proc.cache_path is None and proc.corpus.documents == 1 and "N" in proc.corpus.vocab
+    trained = cli("train", "/proc/self/status", *TINY, "--max-steps", 2, "--out", "r", "-q")
+    assert trained.exit_code == 0, trained.stderr
+
+
 def test_no_writable_folder_at_all_is_a_clean_error(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    not_writable(monkeypatch, set(cache.entry_folders(path)))
     with pytest.raises(DataError, match="no writable folder for the cache of .*CHARRNN_CACHE_DIR"):
         cache.prepare(path)
 
@@ -366,7 +399,7 @@ def test_no_writable_folder_at_all_is_a_clean_error(tmp_path, monkeypatch):
 def test_a_cache_in_a_read_only_folder_is_still_reused(tmp_path, monkeypatch):
     path = write(tmp_path / "c.txt", "abc" * 100)
     cache.prepare(path)
-    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    not_writable(monkeypatch, set(cache.entry_folders(path)))
     assert cache.prepare(path).reused
 
 
@@ -673,7 +706,12 @@ def test_leftovers_of_a_killed_build_go_with_the_next_prepare(tmp_path):
     (folder / "meta.json").unlink()
     (folder / ".meta.json.k3j2h1.tmp").write_text("{")
     assert cli("prepare", path).exit_code == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "lock", "meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ids.npy",
+        "lock",
+        "meta.json",
+        "starts.npy",
+    ]
 
 
 def test_a_read_of_a_cache_whose_build_was_killed_clears_it(tmp_path):
@@ -681,8 +719,8 @@ def test_a_read_of_a_cache_whose_build_was_killed_clears_it(tmp_path):
     folder = cache.prepare(path).cache_path
     (folder / "meta.json").unlink()
     (folder / ".meta.json.zz9.tmp").write_text("{")
-    assert cache._open_cache(folder, {}, "utf-8", "strict") is None
-    assert sorted(p.name for p in folder.iterdir()) == ["lock"]
+    assert cache._open_cache(folder, {}, "") is None
+    assert sorted(p.name for p in folder.iterdir()) == ["lock", "starts.npy"]
 
 
 def _stream_folders(tmp: Path) -> list[Path]:
@@ -743,7 +781,7 @@ def test_charrnn_cache_dir_is_where_caches_go(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "caches"))
     summary = json.loads(cli("prepare", path, "--json").stdout)
     assert Path(summary["cache"]).parent == tmp_path / "caches"
-    assert not cache_folder(tmp_path).exists()  # though the corpus's folder is writable
+    assert not (tmp_path / "cache-home").exists()  # not the user cache folder
     assert json.loads(cli("prepare", path, "--json").stdout)["reused"] is True
 
 
@@ -763,7 +801,7 @@ def test_cache_dir_errors_name_it_and_never_say_to_set_it(tmp_path, monkeypatch)
     path = write(tmp_path / "c.txt", "abc" * 100)
     chosen = tmp_path / "caches"
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(chosen))
-    not_writable(monkeypatch, set(cache._cache_folders(path)))
+    not_writable(monkeypatch, set(cache.entry_folders(path)))
     message = user_error(cli("prepare", path))
     assert message == (
         f"cannot write the cache of '{path}' in CHARRNN_CACHE_DIR '{chosen}'; "

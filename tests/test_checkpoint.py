@@ -333,7 +333,7 @@ BAD_CHECKPOINTS = {
     "h_carry misshapen": (edit(h_carry=f32((2, 3))), "'h_carry' is float32 (2, 3)"),
     "newer format_version": (
         edit(format_version=np.array(99)),
-        "format_version 99, newer than this charrnn reads (2); upgrade",
+        "format_version 99, newer than this charrnn reads (3); upgrade",
     ),
     "negative step": (edit(step=np.array(-1)), "invalid step -1"),
     "config not JSON": (edit(config=np.array("{hidden_size: 8")), "not valid JSON"),

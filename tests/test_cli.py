@@ -116,8 +116,8 @@ def test_completion_options_are_offered():
 def test_train_help_shows_config_defaults_and_clean_metavars():
     result = ok(cli("train", "--help"))
     text = flat(result.stdout)
-    assert usage(result) == "train [OPTIONS] CORPUS"
-    assert "CORPUS Text file to train on (UTF-8), or - for stdin." in text
+    assert usage(result) == "train [OPTIONS] CORPUS..."
+    assert "CORPUS... Text files, folders of them (read recursively) and - for stdin" in text
     for flag, shown in [
         ("--hidden-size N Hidden units H per layer.", DEFAULTS["hidden_size"]),
         ("--cell rnn|lstm|gru Vanilla tanh, LSTM or GRU.", "rnn"),
@@ -134,7 +134,7 @@ def test_train_help_shows_config_defaults_and_clean_metavars():
     assert "{" not in result.stdout and "None" not in result.stdout
     # every config-key flag states its default
     flags = [k for k in inspect.signature(train_command).parameters if k in DEFAULTS]
-    assert len(flags) == 19 and text.count("[default:") == len(flags)
+    assert len(flags) == 22 and text.count("[default:") == len(flags)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +145,7 @@ def test_train_help_shows_config_defaults_and_clean_metavars():
         ("info", "info [OPTIONS] [CHECKPOINT_OR_RUN]"),
         ("plot", "plot [OPTIONS] RUN..."),
         ("gradflow", "gradflow [OPTIONS] CHECKPOINT... TEXT"),
-        ("prepare", "prepare [OPTIONS] CORPUS"),
+        ("prepare", "prepare [OPTIONS] CORPUS..."),
         ("export", "export [OPTIONS] CHECKPOINT_OR_RUN"),
     ],
 )

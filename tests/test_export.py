@@ -77,10 +77,10 @@ def test_the_file_holds_the_weights_alone_and_the_metadata_to_sample(runs, cell)
     assert names == set(param_names(charrnn.load(npz).arch))  # no opt.*, no h_carry
     for k in names:
         assert tensors[k].dtype == saved[k].dtype and tensors[k].tobytes() == saved[k].tobytes()
-    assert meta["cell"] == cell and meta["num_layers"] == "2" and meta["format_version"] == "2"
+    assert meta["cell"] == cell and meta["num_layers"] == "2" and meta["format_version"] == "3"
     assert json.loads(meta["vocab"]) == charrnn.load(npz).vocab
     assert json.loads(meta["config"]) == json.loads(str(saved["config"]))
-    assert set(json.loads(meta["train_state"])) == {"best_val_loss", "chars_seen"}  # no rng
+    assert set(json.loads(meta["train_state"])) == {"best_val_loss", "chars_seen", "corpus"}
     assert st.stat().st_size < npz.stat().st_size / 2  # Adam's two slots stay behind
 
 
@@ -151,7 +151,7 @@ def test_charrnn_load_gives_the_same_model(runs, cell):
     for k in a.params:
         assert a.params[k].dtype == b.params[k].dtype
         assert a.params[k].tobytes() == b.params[k].tobytes()
-    assert b.train_state == {k: a.train_state[k] for k in ("best_val_loss", "chars_seen")}
+    assert b.train_state == {k: a.train_state[k] for k in ("best_val_loss", "chars_seen", "corpus")}
     assert a.sample("T", 50, rng_seed=1) == b.sample("T", 50, rng_seed=1)
 
 
@@ -393,8 +393,8 @@ BAD_SAFETENSORS = {
         "'Wxh' has shape",
     ),
     "a newer format_version": (
-        meta(format_version="3"),
-        "format_version 3, newer than this charrnn reads (2); upgrade charrnn",
+        meta(format_version="4"),
+        "format_version 4, newer than this charrnn reads (3); upgrade charrnn",
     ),
     "format_version not a number": (
         meta(format_version="two"),

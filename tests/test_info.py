@@ -44,18 +44,21 @@ def test_info_json(run):
     V = len(best.vocab)
     assert info == {
         "checkpoint": str(run / "best.npz"),
-        "format_version": 2,
+        "format_version": 3,
         "cell": "gru",
         "num_layers": 2,
         "hidden_size": 8,
         "parameters": expected_parameters(V, 8, 3, 2),
         "dtype": "float32",
         "vocab_size": V,
+        "documents_mode": "file",
         "vocab_preview": show_vocab(best.vocab),
         "vocab": best.vocab,
         "step": best.step,
         "chars_seen": best.step * 2 * 8,
         "best_val_bpc": pytest.approx(min(r["val_bpc"] for r in vals)),
+        "corpus": {"documents": 1, "chars": best.train_state["corpus"]["chars"]},
+        "init_from": None,
         "run_steps": 12,
         "last_val_bpc": vals[-1]["val_bpc"],
         "last_val_step": 12,
@@ -70,19 +73,20 @@ def test_info_text(run):
     assert result.exit_code == 0, result.output
     info = json.loads(cli("info", run, "--json").stdout)
     lines = result.stdout.splitlines()
-    assert lines[:5] == [
-        f"checkpoint  {run / 'best.npz'} (format 2)",
+    assert lines[:6] == [
+        f"checkpoint  {run / 'best.npz'} (format 3)",
         f"model       2-layer gru, hidden size 8, {info['parameters']:,} parameters, float32",
         f'vocabulary  {info["vocab_size"]} characters: "{info["vocab_preview"]}"',
+        f"corpus      1 document, {info['corpus']['chars']:,} characters",
         f"trained     {info['step']:,} steps, {info['chars_seen']:,} characters seen"
         + ("" if info["step"] == 12 else " (the run went on to step 12)"),
         f"validation  best {info['best_val_bpc']:.4f} bpc; last {info['last_val_bpc']:.4f} bpc "
         "at step 12",
     ]
-    assert lines[5].startswith("config      cell=gru num_layers=2 hidden_size=8 dropout=0.0 ")
-    assert all(len(line) <= 100 for line in lines[5:]), lines
+    assert lines[6].startswith("config      cell=gru num_layers=2 hidden_size=8 dropout=0.0 ")
+    assert all(len(line) <= 100 for line in lines[6:]), lines
     assert " ".join(result.stdout.split("config", 1)[1].split()).endswith(
-        "encoding=utf-8 decode_errors=strict"
+        "encoding=utf-8 decode_errors=strict documents=file val_file=None init_from=None"
     )
 
 
@@ -92,7 +96,7 @@ def test_last_checkpoint_and_a_file_outside_its_run(run, tmp_path):
     shutil.copy(run / "last.npz", tmp_path / "alone.npz")
     alone = cli("info", tmp_path / "alone.npz")
     assert alone.exit_code == 0, alone.output
-    assert alone.stdout.splitlines()[3:5] == [
+    assert alone.stdout.splitlines()[4:6] == [
         "trained     12 steps, 192 characters seen",
         f"validation  best {last['best_val_bpc']:.4f} bpc",  # no metrics.jsonl beside it
     ]

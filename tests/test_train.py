@@ -282,7 +282,12 @@ def _unreadable() -> str:
 # name: (makes the corpus and gives its name, more arguments, the message)
 BAD_CORPORA = {
     "missing": (lambda: "missing.txt", [], "file 'missing.txt' not found; check the path"),
-    "a directory": (_folder, [], "'adir' is a directory; give a text file"),
+    "a directory": (
+        _folder,
+        [],
+        "'adir' holds no text files; give text files or a folder of them (hidden files are "
+        "skipped; --glob chooses which files)",
+    ),
     "empty": (
         _file("empty.txt", b""),
         [],
@@ -311,8 +316,7 @@ BAD_CORPORA = {
     "binary": (
         _file("x.bin", bytes(range(256)) * 8),
         [],
-        "'x.bin' is not valid utf-8 at byte offset 128; pass --encoding latin-1 "
-        "(or the text's own encoding) or --decode-errors replace",
+        "'x.bin' looks like a binary file (a NUL at byte 0), not text; give text files",
     ),
     "unreadable": (_unreadable, [], "cannot read 'locked.txt': permission denied"),
 }

@@ -10,9 +10,11 @@ gradient to the layer below as large products after it. A cell module defines
     STATES                                  arrays carried per layer: rnn 1 (h), lstm 2 (h, c),
                                             gru 1 (h); state[0] is always h
     init_layer(n_in, H, rng, dtype, init_scale) -> {"Wxh", "Whh", "bh"}
-    forward(Whh, ax, state0, ws) -> (hs, state_last, cache)
+    forward(Whh, ax, state0, ws, m=None) -> (hs, state_last, cache)
         ax (T, B, G H) the input terms (may be overwritten); state0 a tuple of STATES (B, H);
-        hs (T + 1, B, H) with hs[0] = h_0; state_last a tuple of fresh (B, H) copies
+        hs (T + 1, B, H) with hs[0] = h_0; state_last a tuple of fresh (B, H) copies;
+        m None or a (T, B, 1) keep mask: 0 where a stream's state is reset before step t (a
+        document starts), so step t reads a zero state and no gradient flows back past it
     backward(Whh, cache, dhs, ws) -> (dax, dah)
         dhs (T, B, H) dloss/dh_t from above (may be overwritten); dax (T, B, G H) dloss/d ax_t;
         dah (T, B, G H) dloss/d(Whh h_{t-1}): the same array as dax except for the gru.

@@ -19,6 +19,9 @@ Backward, with dh_t = (dh_t from above) + dh_next:
     da_r = da_n ⊙ ah_n ⊙ r(1 - r)                    dax_r = dah_r = da_r
     dh_next = Whh^T dah_t + z_t ⊙ dh_t               (dh_{t-1}: through the product and directly)
 
+Where a stream's state is reset before step t (m_t = 0, a document's start), h_{t-1} is read as
+m_t h_{t-1} = 0, and no gradient flows back through it: dh_next is multiplied by m_t.
+
 The factors right of dh_t and da_n are computed in bulk, a block of steps at a time, outside
 the per-step work. The sigmoid is computed as (1 + tanh(a / 2)) / 2: no exp(-a) can overflow.
 The interface is the one all cells share (charrnn/cells/__init__.py).
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.cells.weights import init_weights
+from charrnn.cells.weights import init_weights, prev
 
 GATES = 3  # r, z, n
 STATES = 1  # h
@@ -39,9 +42,9 @@ def init_layer(n_in: int, H: int, rng: np.random.Generator, dtype=np.float32, in
     return init_weights(GATES, n_in, H, rng, dtype, init_scale)
 
 
-def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
+def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws, m=None):
     """hs (T + 1, B, H) from ax (T, B, 3H) and state0 = (h_0,); the gate values r, z, n are
-    written over ax."""
+    written over ax. m: None, or the (T, B, 1) keep mask of the state (0 where it is reset)."""
     T, B, G = ax.shape
     H = G // GATES
     dtype = ax.dtype
@@ -54,7 +57,8 @@ def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
     gates = ax  # (T, B, 3H): a_t, then r_t, z_t, n_t, in place
     for t in range(T):
         ah = ahs[t]  # (B, 3H)
-        np.matmul(hs[t], Whh_T, out=ah)  # ah_t = Whh h_{t-1}
+        h_prev = prev(hs, m, t)  # (B, H)
+        np.matmul(h_prev, Whh_T, out=ah)  # ah_t = Whh h_{t-1}
         rz = gates[t, :, : 2 * H]
         rz += ah[:, : 2 * H]
         rz *= 0.5
@@ -66,10 +70,10 @@ def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
         n += rah
         np.tanh(n, out=n)  # n_t = tanh(ax_n + r_t ⊙ ah_n)
         h = hs[t + 1]
-        np.subtract(hs[t], n, out=h)
+        np.subtract(h_prev, n, out=h)
         h *= z
         h += n  # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
-    return hs, (hs[T].copy(),), (hs, gates, ahs)
+    return hs, (hs[T].copy(),), (hs, gates, ahs, m)
 
 
 def _factors(gates: np.ndarray, h_prev: np.ndarray, ahs: np.ndarray, fac: np.ndarray) -> None:
@@ -90,7 +94,7 @@ def _factors(gates: np.ndarray, h_prev: np.ndarray, ahs: np.ndarray, fac: np.nda
 
 def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     """(dax, dah), each (T, B, 3H), from dhs (T, B, H), which is overwritten."""
-    hs, gates, ahs = cache
+    hs, gates, ahs, m = cache
     T, B, H = dhs.shape
     dtype = dhs.dtype
     r, z = gates[:, :, :H], gates[:, :, H : 2 * H]  # (T, B, H) views
@@ -104,7 +108,8 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     fac = ws.get("fac", (min(k, T), B, GATES * H), dtype)
     for end in range(T, 0, -k):
         start = max(0, end - k)
-        _factors(gates[start:end], hs[start:end], ahs[start:end], fac[: end - start])
+        h_prev = hs[start:end] if m is None else hs[start:end] * m[start:end]  # h_{t-1} read
+        _factors(gates[start:end], h_prev, ahs[start:end], fac[: end - start])
         for t in range(end - 1, start - 1, -1):
             f_r, f_z, f_n = (fac[t - start, :, j * H : (j + 1) * H] for j in range(GATES))
             dh = dhs[t]  # dh_t: step t + 1 has added its dh_next
@@ -117,6 +122,8 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
                 np.matmul(dah[t], Whh, out=dh_next)  # Whh^T dah_t, as rows
                 np.multiply(dh, z[t], out=dh_z)
                 dh_next += dh_z  # dh_next = Whh^T dah_t + z_t ⊙ dh_t
+                if m is not None:
+                    dh_next *= m[t]  # nothing flows back through a reset
                 dhs[t - 1] += dh_next
     dax[:, :, : 2 * H] = dah[:, :, : 2 * H]  # da_r, da_z: the same for ax and Whh h
     return dax, dah
@@ -125,7 +132,7 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
 def dstate(Whh: np.ndarray, cache: tuple, above: np.ndarray, dah: np.ndarray) -> tuple:
     """(d loss / d h entering step t,) (T, B, H) from `backward`'s dah and `above` (T, B, H),
     the gradient that came into each h_t from outside the recurrence: for gradient flow."""
-    _, gates, _ = cache
+    _, gates, _, _ = cache
     T, B, H = above.shape
     z = gates[:, :, H : 2 * H]  # (T, B, H)
     dh = dah @ Whh  # (T, B, H): through ah_t = Whh h_{t-1} ...

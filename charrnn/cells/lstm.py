@@ -12,6 +12,9 @@ Backward, with dh_t = (dh_t from above) + Whh^T da_{t+1} and dc_{T+1} = 0:
     dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o_t ⊙ (1 - tanh^2(c_t))
     da_i = dc_t ⊙ g_t ⊙ i(1 - i);  da_f = dc_t ⊙ c_{t-1} ⊙ f(1 - f);  da_g = dc_t ⊙ i_t ⊙ (1 - g^2)
 
+Where a stream's state is reset before step t (m_t = 0, a document's start), h_{t-1} and c_{t-1}
+are read as m_t h_{t-1} = 0 and m_t c_{t-1} = 0, and no gradient flows back through them.
+
 Everything right of dh_t and dc_t is known once the forward is done, so those factors are
 computed in bulk, a block of steps at a time, outside the per-step work; a step is then one
 product and a few multiplies. The sigmoid is computed as (1 + tanh(a / 2)) / 2, so that one
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.cells.weights import init_weights
+from charrnn.cells.weights import init_weights, prev
 
 GATES = 4  # i, f, o, g
 STATES = 2  # h, c
@@ -39,9 +42,9 @@ def init_layer(n_in: int, H: int, rng: np.random.Generator, dtype=np.float32, in
     return layer
 
 
-def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
+def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws, m=None):
     """hs (T + 1, B, H) from ax (T, B, 4H) and state0 = (h_0, c_0); the gate values are written
-    over ax."""
+    over ax. m: None, or the (T, B, 1) keep mask of the state (0 where it is reset)."""
     T, B, G = ax.shape
     H = G // GATES
     dtype = ax.dtype
@@ -56,7 +59,7 @@ def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
     gates = ax  # (T, B, 4H): a_t, then the gate values, in place
     for t in range(T):
         z = gates[t]  # (B, 4H)
-        np.matmul(hs[t], Whh_T, out=ah)  # Whh h_{t-1}
+        np.matmul(prev(hs, m, t), Whh_T, out=ah)  # Whh h_{t-1}
         z += ah  # a_t = ax_t + Whh h_{t-1}
         ifo = z[:, : 3 * H]
         ifo *= 0.5
@@ -64,12 +67,12 @@ def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
         ifo *= 0.5
         ifo += 0.5  # i_t, f_t, o_t = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o)
         i, f, o, g = z[:, :H], z[:, H : 2 * H], z[:, 2 * H : 3 * H], z[:, 3 * H :]
-        np.multiply(f, cs[t], out=cs[t + 1])  # f_t ⊙ c_{t-1}
+        np.multiply(f, prev(cs, m, t), out=cs[t + 1])  # f_t ⊙ c_{t-1}
         np.multiply(i, g, out=ig)
         cs[t + 1] += ig  # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
         np.tanh(cs[t + 1], out=tanh_c[t])
         np.multiply(o, tanh_c[t], out=hs[t + 1])  # h_t = o_t ⊙ tanh(c_t)
-    return hs, (hs[T].copy(), cs[T].copy()), (hs, cs, tanh_c, gates)
+    return hs, (hs[T].copy(), cs[T].copy()), (hs, cs, tanh_c, gates, m)
 
 
 def _factors(gates: np.ndarray, c_prev: np.ndarray, tanh_c: np.ndarray, fac: np.ndarray) -> None:
@@ -93,7 +96,7 @@ def _factors(gates: np.ndarray, c_prev: np.ndarray, tanh_c: np.ndarray, fac: np.
 
 def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     """da (T, B, 4H) = dax = dah from dhs (T, B, H), which is overwritten."""
-    hs, cs, tanh_c, gates = cache
+    hs, cs, tanh_c, gates, m = cache
     T, B, H = dhs.shape
     dtype = dhs.dtype
     f = gates[:, :, H : 2 * H]  # (T, B, H)
@@ -108,7 +111,8 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     fac = ws.get("fac", (min(k, T), B, 5 * H), dtype)
     for end in range(T, 0, -k):
         start = max(0, end - k)
-        _factors(gates[start:end], cs[start:end], tanh_c[start:end], fac[: end - start])
+        c_prev = cs[start:end] if m is None else cs[start:end] * m[start:end]  # c_{t-1} read
+        _factors(gates[start:end], c_prev, tanh_c[start:end], fac[: end - start])
         for t in range(end - 1, start - 1, -1):
             f_i, f_f, f_o, f_g, f_c = (fac[t - start, :, j * H : (j + 1) * H] for j in range(5))
             dh = dhs[t]  # dh_t: step t + 1 has added its dh_next
@@ -121,6 +125,9 @@ def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
             if t > 0:
                 dc *= f[t]  # the part of dc_{t-1} that flows through c_t = f_t ⊙ c_{t-1} + ...
                 np.matmul(da[t], Whh, out=dh_next)  # dh_next = Whh^T da_t, as rows
+                if m is not None:  # nothing flows back through a reset
+                    dc *= m[t]
+                    dh_next *= m[t]
                 dhs[t - 1] += dh_next
     return da, da
 
@@ -129,7 +136,7 @@ def dstate(Whh: np.ndarray, cache: tuple, above: np.ndarray, da: np.ndarray) -> 
     """(dh, dc) (T, B, H), row t d loss / d(h, c) entering step t, from `backward`'s da and
     `above` (T, B, H), the gradient that came into each h_t from outside the recurrence: for
     gradient flow."""
-    _, _, tanh_c, gates = cache
+    _, _, tanh_c, gates, _ = cache
     T, B, H = above.shape
     f, o = gates[:, :, H : 2 * H], gates[:, :, 2 * H : 3 * H]  # (T, B, H)
     dh = da @ Whh  # (T, B, H): dh_{t-1} = Whh^T da_t, as for the vanilla cell

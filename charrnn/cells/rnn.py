@@ -6,6 +6,9 @@
     dh_t = (dh_t from above) + dh_next  dh_next = Whh^T da_{t+1}, 0 at t = T
     da_t = (1 - h_t^2) ⊙ dh_t           tanh' = 1 - tanh^2
 
+Where a stream's state is reset before step t (m_t = 0, a document's start), h_{t-1} is read as
+m_t h_{t-1} = 0, and no gradient flows back through it: dh_next is multiplied by m_t.
+
 Hidden states are rows of (B, H) matrices, so `Whh h` is computed as `h @ Whh.T`. The interface
 is the one all cells share (charrnn/cells/__init__.py).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.cells.weights import init_weights
+from charrnn.cells.weights import init_weights, prev
 
 GATES = 1
 STATES = 1  # h
@@ -24,9 +27,10 @@ def init_layer(n_in: int, H: int, rng: np.random.Generator, dtype=np.float32, in
     return init_weights(GATES, n_in, H, rng, dtype, init_scale)
 
 
-def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
+def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws, m=None):
     """hs (T + 1, B, H) from ax (T, B, H) and state0 = (h_0,); per step one (B, H) x (H, H)
-    product, an add and the tanh, each written into h_t's own row of hs."""
+    product, an add and the tanh, each written into h_t's own row of hs. m: None, or the
+    (T, B, 1) keep mask of the state (0 where it is reset before step t)."""
     T, B, H = ax.shape
     Whh_T = ws.get("Whh_T", (H, H), ax.dtype)  # (H, H)
     np.copyto(Whh_T, Whh.T)  # a contiguous copy: BLAS multiplies by it faster than by a view
@@ -34,14 +38,15 @@ def forward(Whh: np.ndarray, ax: np.ndarray, state0: tuple, ws):
     hs[0] = state0[0]
     for t in range(T):
         a_t = hs[t + 1]  # (B, H)
-        np.matmul(hs[t], Whh_T, out=a_t)  # Whh h_{t-1}, for the B rows at once
+        np.matmul(prev(hs, m, t), Whh_T, out=a_t)  # Whh h_{t-1}, for the B rows at once
         a_t += ax[t]  # a_t = Wxh x_t + bh + Whh h_{t-1}
         np.tanh(a_t, out=a_t)  # h_t = tanh(a_t)
-    return hs, (hs[T].copy(),), hs
+    return hs, (hs[T].copy(),), (hs, m)
 
 
-def backward(Whh: np.ndarray, hs: np.ndarray, dhs: np.ndarray, ws):
+def backward(Whh: np.ndarray, cache: tuple, dhs: np.ndarray, ws):
     """da (T, B, H) from dhs (T, B, H), computed in place in dhs: the cell's dax and dah."""
+    hs, m = cache
     T, B, H = dhs.shape
     dtanh = ws.get("dtanh", (T, B, H), dhs.dtype)  # (T, B, H)
     np.multiply(hs[1:], hs[1:], out=dtanh)
@@ -52,6 +57,8 @@ def backward(Whh: np.ndarray, hs: np.ndarray, dhs: np.ndarray, ws):
         da[t] *= dtanh[t]  # da_t = (1 - h_t^2) ⊙ dh_t
         if t > 0:
             np.matmul(da[t], Whh, out=dh_next)  # dh_next = Whh^T da_t, as rows
+            if m is not None:
+                dh_next *= m[t]  # nothing flows back through a reset
             da[t - 1] += dh_next  # dh_{t-1} = (dh_{t-1} from above) + dh_next
     return da, da
 

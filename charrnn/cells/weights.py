@@ -26,3 +26,11 @@ def init_weights(
         "bh": np.zeros(gates * H),  # (G H,)
     }
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in weights.items()}
+
+
+def prev(states: np.ndarray, m: np.ndarray | None, t: int) -> np.ndarray:
+    """The state (B, H) that step t reads: states[t], times the keep mask m[t] (B, 1) when
+    some stream's state is reset there (m None: no resets in the chunk)."""
+    if m is None:
+        return states[t]
+    return states[t] * m[t]

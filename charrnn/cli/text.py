@@ -134,8 +134,8 @@ def sample(
         bool,
         typer.Option(
             "--json",
-            help='Print the samples as one JSON list of {"text", "ended"} objects; ended says '
-            "why: length (all N characters), stop (a --stop string), end (a record's end).",
+            help="Print the samples as one JSON list of objects with their text and why each "
+            "ended: length (all N characters), stop (a --stop string), end (a record's end).",
         ),
     ] = False,
     quiet: Annotated[

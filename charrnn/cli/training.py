@@ -30,8 +30,12 @@ def _default(key: str, text: str) -> str:
 def train(
     ctx: typer.Context,
     corpus: Annotated[
-        str,
-        typer.Argument(metavar="CORPUS", help="Text file to train on (UTF-8), or - for stdin."),
+        list[str],
+        typer.Argument(
+            metavar="CORPUS...",
+            help="Text files, folders of them (read recursively) and - for stdin; each file is "
+            "a document (docs/texts.md).",
+        ),
     ],
     config: Annotated[
         Path | None, typer.Option(metavar="FILE", help="YAML config file; flags override it.")
@@ -143,6 +147,42 @@ def train(
             help=_default("decode_errors", "Invalid bytes: an error, or U+FFFD."),
         ),
     ] = None,
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATTERN",
+            help="Read only the files of CORPUS folders that match (e.g. '*.txt'; repeatable). "
+            "Default: every file that is not hidden and not binary.",
+        ),
+    ] = None,
+    documents: Annotated[
+        str | None,
+        typer.Option(
+            metavar="file|line|paragraph",
+            help=_default(
+                "documents",
+                "What a document is: each file, or each line / blank-line-separated block as "
+                "a record the model learns to end.",
+            ),
+        ),
+    ] = None,
+    val_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE_OR_DIR",
+            help="Validate on this text (a file or folder); all of CORPUS then trains.  "
+            "[default: the last val_fraction of CORPUS]",
+        ),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CHECKPOINT_OR_RUN",
+            help="Fine-tune: start from this model's weights (a run folder: its best.npz), its "
+            "architecture kept, its vocabulary joined with CORPUS's; optimizer and step start "
+            "fresh.  [default: a fresh model]",
+        ),
+    ] = None,
     set_items: Annotated[
         list[str] | None,
         typer.Option(
@@ -185,16 +225,18 @@ def train(
     check_flags(settings)
     if json_out:
         need_stdout()
-    need_stdin(corpus)
+    for source in corpus:
+        need_stdin(source)
     with user_errors():
         result = api.train(
-            corpus,
+            corpus if len(corpus) > 1 else corpus[0],
+            glob=glob or (),
             config=config,
             out=out,
             resume=resume,
             overwrite=overwrite,
             reporter=make_reporter(quiet),  # a bar on a terminal, plain lines otherwise
-            encode_bar=make_encode_bar(quiet, "<stdin>" if corpus == "-" else corpus),
+            encode_bar=make_encode_bar(quiet, "<stdin>" if corpus[0] == "-" else corpus[0]),
             set_items=set_items or [],
             **settings,
         )
@@ -207,7 +249,7 @@ def train(
         if not quiet:
             note(
                 f"Interrupted at step {result.steps}; saved {result.last_checkpoint}; "
-                f"continue with: charrnn train {corpus} --resume {result.run_dir}"
+                f"continue with: charrnn train {' '.join(corpus)} --resume {result.run_dir}"
             )
         raise typer.Exit(128 + result.signal)
     if not quiet and not json_out:
@@ -222,9 +264,19 @@ def train(
 @app.command(cls=PlainCommand)
 def prepare(
     corpus: Annotated[
-        str,
-        typer.Argument(metavar="CORPUS", help="Text file to encode (UTF-8 unless --encoding)."),
+        list[str],
+        typer.Argument(
+            metavar="CORPUS...",
+            help="Text files and folders of them to encode (UTF-8 unless --encoding).",
+        ),
     ],
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PATTERN",
+            help="Read only the files of CORPUS folders that match (repeatable), as train does.",
+        ),
+    ] = None,
     encoding: Annotated[
         str, typer.Option(metavar="NAME", help="Text encoding of the corpus.")
     ] = "utf-8",
@@ -232,29 +284,111 @@ def prepare(
         str,
         typer.Option(metavar="strict|replace", help="strict (error on bad bytes) or replace."),
     ] = "strict",
+    documents: Annotated[
+        str,
+        typer.Option(
+            metavar="file|line|paragraph",
+            help="What a document is, as the config key of train says.",
+        ),
+    ] = "file",
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild the cache even when it is up to date.")
+    ] = False,
+    clear: Annotated[
+        bool,
+        typer.Option("--clear", help="Delete the cache entries of CORPUS instead of building one."),
     ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Encode a corpus into its cache of character ids (CORPUS.charrnn-cache), so that every
-    `train` on it starts at once; `train` does this itself when the cache is missing or stale."""
-    if corpus == "-":
+    """Encode a corpus into its entry of the id cache (in ~/.cache/charrnn, see `charrnn
+    cache`), so that every `train` on it starts at once; `train` does this itself when the
+    entry is missing or stale."""
+    if "-" in corpus:
         raise typer.BadParameter(
-            "prepare caches a file; `charrnn train -` encodes stdin into a temporary cache itself",
+            "prepare caches files; `charrnn train -` encodes stdin into a temporary cache itself",
             param_hint="'CORPUS'",
         )
-    check_flags({"encoding": encoding, "decode_errors": decode_errors})  # usage errors, as train's
+    check_flags({"encoding": encoding, "decode_errors": decode_errors, "documents": documents})
     if json_out:
         need_stdout()
+    source = corpus if len(corpus) > 1 else corpus[0]
+    if clear:
+        with user_errors():
+            deleted = cache.clear(source)
+        if json_out:
+            emit(to_json({"deleted": [str(p) for p in deleted]}))
+        elif not quiet:
+            note(f"deleted {_entries(len(deleted))} of {' '.join(corpus)}")
+        return
     with user_errors():
-        bar = make_encode_bar(quiet, corpus)
+        bar = make_encode_bar(quiet, corpus[0])
         with bar or nullcontext():
-            prepared = cache.prepare(corpus, encoding, decode_errors, force=force, progress=bar)
+            prepared = cache.prepare(
+                source,
+                encoding,
+                decode_errors,
+                documents=documents,
+                globs=glob or (),
+                force=force,
+                progress=bar,
+            )
     if json_out:
         emit(to_json(prepared.to_dict()))
     elif not quiet:
         note(prepared.summary())
+
+
+def _entries(n: int) -> str:
+    return f"{n} cache entr{'y' if n == 1 else 'ies'}"
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The id cache: list its entries or delete them ($CHARRNN_CACHE_DIR, else "
+    "$XDG_CACHE_HOME/charrnn or ~/.cache/charrnn).",
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list", cls=PlainCommand)
+def cache_list(
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the entries as a JSON list.")
+    ] = False,
+) -> None:
+    """List the cache's entries, most recently used first: what each holds and its size."""
+    if json_out:
+        need_stdout()
+    with user_errors():
+        found = cache.entries()
+    if json_out:
+        emit(to_json([e.to_dict() for e in found], readable=True))
+        return
+    if not found:
+        note(f"no cache entries in {', '.join(map(str, cache.cache_folders()))}")
+        return
+    for e in found:
+        what = (
+            "(incomplete: a build was killed)"
+            if e.chars is None
+            else (
+                f"{e.documents:,} {'documents' if e.mode == 'file' else e.mode + ' records'}, "
+                f"{e.chars:,} ids"
+            )
+        )
+        emit(f"{e.path}  {e.bytes / 1e6:,.1f} MB  {' '.join(e.sources)}  {what}")
+
+
+@cache_app.command("clear", cls=PlainCommand)
+def cache_clear(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing.")] = False,
+) -> None:
+    """Delete every entry of the cache (an entry in use by another process is left alone);
+    `charrnn prepare CORPUS --clear` deletes only CORPUS's."""
+    with user_errors():
+        deleted = cache.clear()
+    if not quiet:
+        note(f"deleted {_entries(len(deleted))}")
