@@ -15,6 +15,8 @@ N small files (default 100,000, in 1,000 subfolders, 300-700 bytes each) and a f
 (default 3) in files of 125 MB; for each, `charrnn prepare` (the encoding: peak RSS, time and the
 most files it had open at once, sampled from /proc/PID/fd every 20 ms) and then `charrnn train`
 reusing the entry. Memory must stay within RSS_SPREAD_MB of the single 10 MB file's run.
+With --only-folders (and one 10 MB file to compare with) the results go to
+benchmarks/results/scale-folders-<date>.json; docs/texts.md quotes them.
 
 Training: 10 steps at hidden 512, batch 64, seq_length 100, with one validation at step 10 on
 val_max_chars=20000 characters of the validation tail (so it reads the cache's tail too, but
@@ -280,7 +282,7 @@ def main() -> None:
     report(rows, encode, folders)
 
 
-def report(rows: list[dict], encode: dict, folders: list[dict], name: str = "scale") -> None:
+def report(rows: list[dict], encode: dict, folders: list[dict], result: str = "scale") -> None:
     print(
         "\ncharrnn train: 10 steps, hidden 512, batch 64, seq_length 100 "
         "(validation at step 10 on 20,000 chars)\n"
@@ -374,7 +376,7 @@ def report(rows: list[dict], encode: dict, folders: list[dict], name: str = "sca
         "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
         "load_1min_end": os.getloadavg()[0],
     }
-    out = write_result(name, figures, machine_info=machine(measure_gemm_peak()))
+    out = write_result(result, figures, machine_info=machine(measure_gemm_peak()))
     print(f"\nsaved {out.relative_to(REPO)}")
 
 

@@ -54,7 +54,7 @@ END_NAME = "<end>"  # a record's end, in per-character records (every character 
 
 
 def check_setting(key: str, value: Any) -> None:
-    """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
+    """ConfigError unless `value` is valid for config key `key` (docs/config.md): the
     check a command-line flag gets before training starts."""
     check_settings({key: value})
 
@@ -91,7 +91,7 @@ def train(
     are used on rank 0 alone.
 
     Started by mpiexec or srun as several processes, each process trains its share of every
-    batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
+    batch (docs/scaling-out.md); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
     many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
@@ -321,7 +321,7 @@ class Model:
         per_char: Callable[[dict[str, Any]], None] | None = None,
         top: int = 3,
     ) -> EvalResult:
-        """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
+        """Score text exactly from a zero state (loss, bpc, perplexity, as `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
         DataError; `name` is how that error names the text. `per_char`, when given, is called
         with each scored character's record (as `char_scores` yields them, `top` guesses each)

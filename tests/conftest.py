@@ -5,6 +5,7 @@ $XDG_CACHE_HOME in tmp_path (and no $CHARRNN_CACHE_DIR), so the id cache is the 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,10 @@ rng_seed: 1
 def session_cache_home(tmp_path_factory):
     """The session's fixtures (overfit, good_run) train too: their cache is never the home's."""
     with pytest.MonkeyPatch.context() as mp:
+        # matplotlib keeps its font cache where it always has: under the XDG cache folder
+        # that this fixture moves, a fresh cache per test would be rebuilt (and written) each time
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        mp.setenv("MPLCONFIGDIR", os.environ.get("MPLCONFIGDIR", os.path.join(home, "matplotlib")))
         mp.delenv("CHARRNN_CACHE_DIR", raising=False)
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
         yield

@@ -176,8 +176,8 @@ def plot(
             "--output",
             "-o",
             metavar="FILE",
-            help="Draw into an image file (PNG; .svg or .pdf by the name) instead of a text "
-            "chart; needs pip install 'charrnn[plot]'.",
+            help="Draw into an image file (PNG; .svg or .pdf by the name), written under the "
+            "name given, instead of a text chart; needs pip install 'charrnn[plot]'.",
         ),
     ] = None,
     x: Annotated[

@@ -297,7 +297,8 @@ def eval_text(
         typer.Option(
             metavar="FILE",
             help="Also write one JSON line per scored character to FILE (- for stdout): the "
-            "char, its probability p, bits (-log2 p), the model's top 3 guesses.",
+            "char, its probability p, bits (-log2 p), the model's top 3 guesses. Replaced "
+            "whole, never half-written; never the model, the text or a run's own file.",
         ),
     ] = None,
     json_out: Annotated[
