@@ -165,3 +165,99 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- the twin of a charrnn config, trained for a wall-clock budget and scored exactly ----
+
+
+def config_twin(cfg: dict, vocab_size: int):
+    """The PyTorch model of a charrnn config: cell, num_layers, hidden_size; (rnn, head)."""
+    torch = _import_torch()
+    from torch import nn
+
+    cell, layers, hidden = cfg["cell"], cfg["num_layers"], cfg["hidden_size"]
+    if cell == "rnn":
+        rnn = nn.RNN(vocab_size, hidden, layers, nonlinearity="tanh", dropout=cfg["dropout"])
+    else:
+        rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(
+            vocab_size, hidden, layers, dropout=cfg["dropout"]
+        )
+    torch.manual_seed(cfg.get("rng_seed") or 0)
+    return rnn, nn.Linear(hidden, vocab_size)
+
+
+def learning_rate(cfg: dict, step: int) -> float:
+    """charrnn's schedule (optim.learning_rate) for update `step`: none, step or exponential."""
+    if cfg["lr_decay"] == "step":
+        return cfg["learning_rate"] * cfg["lr_decay_rate"] ** (step // cfg["lr_decay_steps"])
+    if cfg["lr_decay"] == "exponential":
+        return cfg["learning_rate"] * cfg["lr_decay_rate"] ** (step / cfg["lr_decay_steps"])
+    return cfg["learning_rate"]
+
+
+def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> tuple:
+    """Train the twin of a charrnn config on ids for `seconds` of wall time, as charrnn trains
+    it: B contiguous streams read T characters at a time, the carried state detached between
+    chunks and zeroed when the streams wrap and, per stream, with probability reset_prob before
+    each chunk; Adam with charrnn's betas, eps and lr schedule; the gradient's global norm
+    clipped to grad_clip. Returns (rnn, head, steps)."""
+    torch = _import_torch()
+    import torch.nn.functional as F
+
+    B, T = cfg["batch_size"], cfg["seq_length"]
+    rnn, head = config_twin(cfg, vocab_size)
+    params = [*rnn.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(
+        params, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"]
+    )
+    length = len(ids) // B
+    period = (length - 1) // T
+    streams = torch.from_numpy(np.asarray(ids[: B * length], dtype=np.int64).reshape(B, length))
+    shape = (cfg["num_layers"], B, cfg["hidden_size"])
+    state = None
+    gen = torch.Generator().manual_seed(cfg.get("rng_seed") or 0)
+    step, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = step % period
+        if chunk == 0 or state is None:
+            h = torch.zeros(shape)
+            state = (h, torch.zeros(shape)) if cfg["cell"] == "lstm" else h
+        elif cfg["reset_prob"] > 0:
+            keep = (torch.rand(B, generator=gen) >= cfg["reset_prob"]).float()[None, :, None]
+            state = tuple(s * keep for s in state) if cfg["cell"] == "lstm" else state * keep
+        x = streams[:, chunk * T : (chunk + 1) * T].T  # (T, B)
+        y = streams[:, chunk * T + 1 : (chunk + 1) * T + 1].T
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        out, state = rnn(F.one_hot(x, vocab_size).to(torch.float32), state)
+        loss = F.cross_entropy(head(out).reshape(-1, vocab_size), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+        optimizer.step()
+        state = tuple(s.detach() for s in state) if cfg["cell"] == "lstm" else state.detach()
+        step += 1
+    return rnn, head, step
+
+
+def twin_total_loss(rnn, head, ids: np.ndarray, vocab_size: int, block: int = 4096) -> float:
+    """charrnn eval's exact score of the twin: sum over t of -ln p(x_t | x_<t) in nats, from a
+    zero state, the first character scored by softmax(head(0)) = softmax(head.bias)."""
+    torch = _import_torch()
+    import torch.nn.functional as F
+
+    rnn.eval()
+    ids_t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    H = head.in_features
+    total, state = 0.0, None
+    top = torch.zeros(1, H)  # the top layer's output before the first character
+    with torch.no_grad():
+        for start in range(0, len(ids_t), block):
+            x = ids_t[start : start + block]
+            out, state = rnn(F.one_hot(x, vocab_size).to(torch.float32)[:, None], state)
+            before = torch.cat([top, out[:-1, 0]])  # (T, H): what predicts each x[j]
+            total += float(F.cross_entropy(head(before), x, reduction="sum").double())
+            top = out[-1:, 0]
+    rnn.train()
+    return total

@@ -15,6 +15,7 @@ text charrnn/evaluate.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import checks, distributed
 from charrnn.config import check_settings
 from charrnn.data import encode, record_ids
-from charrnn.errors import ArgumentError, ConfigError
-from charrnn.evaluate import Block, EvalResult, char_records, evaluate, score
+from charrnn.dynamic import Adapter, Settings, gradient_rms
+from charrnn.errors import ArgumentError, ConfigError, DataError
+from charrnn.evaluate import Block, EvalResult, char_records, evaluate, known_ids, result, score
 from charrnn.model import Arch, architecture
 from charrnn.report import PlainReporter
 from charrnn.runs import choose_checkpoint, special_file
@@ -52,7 +54,7 @@ END_NAME = "<end>"  # a record's end, in per-character records (every character 
 
 
 def check_setting(key: str, value: Any) -> None:
-    """ConfigError unless `value` is valid for config key `key` (README "Config keys"): the
+    """ConfigError unless `value` is valid for config key `key` (docs/config.md): the
     check a command-line flag gets before training starts."""
     check_settings({key: value})
 
@@ -89,7 +91,7 @@ def train(
     are used on rank 0 alone.
 
     Started by mpiexec or srun as several processes, each process trains its share of every
-    batch (README "Scaling out"); run such a script with `python -m mpi4py script.py`, so that
+    batch (docs/scaling-out.md); run such a script with `python -m mpi4py script.py`, so that
     an error on one process ends them all.
     """
     many = not isinstance(corpus, (str, os.PathLike, bytes)) and isinstance(corpus, Sequence)
@@ -137,6 +139,7 @@ def load(path: str | os.PathLike | None = None) -> Model:
         ckpt.train_state,
         chosen_by,
         ckpt.documents,
+        ckpt.opt_state,
     )
 
 
@@ -152,6 +155,7 @@ class Model:
     train_state: dict = field(default_factory=dict)
     chosen_by: str = "given"  # how load found it: "given", "env" (CHARRNN_CHECKPOINT), "latest"
     documents: str = "file"  # "line" or "paragraph": a model of records, which ends them
+    opt_state: dict = field(default_factory=dict)  # the optimiser's slots, "slot.param"
 
     @property
     def records(self) -> str | None:
@@ -317,22 +321,13 @@ class Model:
         per_char: Callable[[dict[str, Any]], None] | None = None,
         top: int = 3,
     ) -> EvalResult:
-        """Score text exactly from a zero state (loss, bpc, perplexity; README `charrnn eval`).
+        """Score text exactly from a zero state (loss, bpc, perplexity, as `charrnn eval`).
         Characters not in the vocabulary are skipped and counted, or with unknown="error" a
         DataError; `name` is how that error names the text. `per_char`, when given, is called
         with each scored character's record (as `char_scores` yields them, `top` guesses each)
         during the same single pass."""
-        text, name = checks.text("text", text), checks.text("name", name)
-        unknown, top = checks.choice("unknown", unknown, UNKNOWN), checks.count("top", top)
-        if per_char is not None and not callable(per_char):
-            raise ArgumentError(f"per_char must be a function of one record, not {per_char!r:.60}")
-        each = None
-        if per_char is not None:
-
-            def each(block: Block) -> None:
-                for record in char_records(block, self._names, top):
-                    per_char(record)
-
+        text, name, unknown, top = _check_scoring(text, name, unknown, top, per_char)
+        each = _records_to(per_char, self._names, top)
         return evaluate(
             self.params,
             self.vocab,
@@ -359,6 +354,86 @@ class Model:
         ids, _ = encode(text, self.vocab)
         for block in score(self.params, ids):
             yield from char_records(block, self._names, top)
+
+    def adapt(
+        self,
+        text: str,
+        settings: Settings | None = None,
+        *,
+        unknown: str = "skip",
+        name: str = "text",
+        per_char: Callable[[dict[str, Any]], None] | None = None,
+        top: int = 3,
+    ) -> tuple[Model, EvalResult]:
+        """Dynamic evaluation (charrnn.dynamic, docs/dynamic.md): score text while the weights
+        adapt to it, each character by the weights adapted to the characters before it.
+        Returns the adapted model (a new Model: this one is unchanged) and the score, which
+        `evaluate` gives without adapting. Unknown characters and `per_char` as in `evaluate`:
+        each record from the weights of its moment."""
+        text, name, unknown, top = _check_scoring(text, name, unknown, top, per_char)
+        if settings is not None and not isinstance(settings, Settings):
+            raise ArgumentError(
+                f"settings must be a charrnn.dynamic.Settings, not {settings!r:.60}"
+            )
+        ids, n_unknown = known_ids(text, self.vocab, name, unknown)
+        each = _records_to(per_char, self.vocab, top)
+        adapter = self.adapter(settings)
+        total = 0.0
+        for block in adapter.read(ids):
+            total += block.total
+            if each is not None:
+                each(block)
+        adapted = dataclasses.replace(self, params=adapter.adapted(), path=None)
+        return adapted, result(total, len(ids), n_unknown)
+
+    def adapter(self, settings: Settings | None = None) -> Adapter:
+        """A copy of the weights that adapts as it scores (charrnn.dynamic.Adapter), with the
+        gradient statistics of this model's optimiser state."""
+        if self.records:
+            raise DataError(
+                f"dynamic evaluation reads a text as one stream, and this is a model of "
+                f"{self.records} records (documents: {self.records}); score it without --dynamic"
+            )
+        rms = gradient_rms(self.opt_state, self.config, self.step)
+        return Adapter(self.params, settings or Settings(), rms)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model as a checkpoint (atomically): its weights, vocabulary, config, step
+        and optimiser state, without the training's carried state, so it samples, scores and
+        adapts as the original does but is not a run to resume."""
+        ckpt_io.save(
+            ckpt_io.Checkpoint(
+                params=self.params,
+                vocab=self.vocab,
+                config=self.config,
+                step=self.step,
+                opt_state=self.opt_state,
+                train_state=self.train_state,
+                documents=self.documents,
+            ),
+            path,
+        )
+
+
+def _check_scoring(text, name, unknown, top, per_char) -> tuple[str, str, str, int]:
+    """Model.evaluate's and Model.adapt's values, checked."""
+    text, name = checks.text("text", text), checks.text("name", name)
+    unknown, top = checks.choice("unknown", unknown, UNKNOWN), checks.count("top", top)
+    if per_char is not None and not callable(per_char):
+        raise ArgumentError(f"per_char must be a function of one record, not {per_char!r:.60}")
+    return text, name, unknown, top
+
+
+def _records_to(per_char, vocab: list[str], top: int) -> Callable[[Block], None] | None:
+    """A function that hands each character's record of a block to per_char (None: none)."""
+    if per_char is None:
+        return None
+
+    def each(block: Block) -> None:
+        for record in char_records(block, vocab, top):
+            per_char(record)
+
+    return each
 
 
 def _check_sample(seed, length, temperature, top_k, top_p, num_samples, rng_seed, unknown):

@@ -31,7 +31,13 @@ LIMITS: dict[str, tuple[int, int]] = {
     "positions": (1, 10**7),
     "burn_in": (0, 10**9),
     "show_length": (1, 10**9),  # `show --length`: characters of the page
+    # `serve`'s limits of a request and of the server
+    "max_requests": (1, 10**5),
+    "max_tokens": (1, 10**9),  # as sample's length
+    "max_n": (1, 10**6),  # as sample's num_samples
+    "max_body": (1, 1 << 30),  # bytes of a request body
 }
+MAX_GRACE = 3600.0  # `serve --grace`: seconds a shutdown waits for the requests in flight
 
 
 def count(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Scoring a text with a trained model: the exact mean loss of one left-to-right pass.
+"""Scoring a text with a trained model: the one left-to-right pass (`score`) and its exact loss.
 
 The model reads the text from a zero hidden state, carrying its state through every character
 with no resets, and is scored on every character before it reads it:

@@ -355,8 +355,9 @@ def forward(
     T, B = X.shape
     layers, state_last = _layers(params, arch, X, state0, ws, keep, resets)
     top = layers[-1].out.reshape(T * B, arch.hidden_size)  # (N, H)
-    loss, probs, _ = log_softmax_loss(params, top, Y.reshape(-1), ws)
+    loss, probs, losses = log_softmax_loss(params, top, Y.reshape(-1), ws)
     cache = {"arch": arch, "X": X, "Y": Y, "keep": keep, "layers": layers, "probs": probs}
+    cache["losses"] = losses  # (N,) each character's -ln p, for dynamic evaluation
     return loss, cache, state_last
 
 

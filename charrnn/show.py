@@ -88,20 +88,31 @@ class Page:
         return f"{self.chars:,} characters, {score}" + (f"; best units: {best}" if best else "")
 
 
-def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES) -> Reading:
+def read(params: dict, ids: np.ndarray, k: int = TOP_GUESSES, adapter=None) -> Reading:
     """One pass over ids (T,) from a zero state: the scoring pass of `charrnn eval`
     (evaluate.score, float64 retry of an overflowing float32 model included), with every
     layer's state after each character kept. Position t is scored from the state after the ids
-    before it (the first from the zero state); bits are nan only when float64 overflows too."""
+    before it (the first from the zero state); bits are nan only when float64 overflows too.
+    With an adapter (charrnn.dynamic.Adapter over the same weights), the bits and guesses are
+    those of dynamic evaluation's pass, each character's from the weights adapted to the text
+    before it; the activations stay the trained weights'."""
     k = min(k, len(params["by"]))
     bits, top_ids, top_p, acts = [], [], [], []
     for block in score(params, ids, trace=True):
-        order = np.argsort(-block.probs, axis=1, kind="stable")[:, :k]  # (T, k)
-        bits.append(bpc(block.losses))
-        top_ids.append(order)
-        top_p.append(np.take_along_axis(block.probs, order, axis=1))
         acts.append(block.states)
+        if adapter is None:
+            _guesses(block, k, bits, top_ids, top_p)
+    for block in () if adapter is None else adapter.read(ids):
+        _guesses(block, k, bits, top_ids, top_p)
     return Reading(*(np.concatenate(parts) for parts in (bits, top_ids, top_p, acts)))
+
+
+def _guesses(block, k: int, bits: list, top_ids: list, top_p: list) -> None:
+    """A block's bits and its k likeliest characters at each position, appended."""
+    order = np.argsort(-block.probs, axis=1, kind="stable")[:, :k]  # (T, k)
+    bits.append(bpc(block.losses))
+    top_ids.append(order)
+    top_p.append(np.take_along_axis(block.probs, order, axis=1))
 
 
 # ---- ranking units ----
@@ -320,14 +331,16 @@ def make_page(
     model_name: str = "model",
     name: str = "text",
     unknown: str = "skip",
+    adapter=None,
 ) -> Page:
     """The page for text (all of it: the caller cuts it to length). Characters not in the
-    vocabulary are left out and counted, or with unknown="error" a DataError."""
+    vocabulary are left out and counted, or with unknown="error" a DataError. With an adapter
+    (charrnn.dynamic.Adapter), surprise is dynamic evaluation's (`read`)."""
     ids, n_unknown = known_ids(text, vocab, name, unknown, "show", "the page")
     arch = architecture(params)
     check_size(len(ids), arch)
     chars = "".join(vocab[i] for i in ids)
-    reading = read(params, ids)
+    reading = read(params, ids, adapter=adapter)
     features = text_features(chars)
     r = correlations(reading.acts.astype(np.float64), np.stack(list(features.values()), axis=1))
     top, labels = top_units(r), unit_labels(arch)
@@ -341,7 +354,9 @@ def make_page(
         "MODEL": html.escape(model_name),
         "ABOUT": html.escape(
             f"{arch.num_layers}-layer {arch.cell}, hidden size {arch.hidden_size}; "
-            f"{len(ids):,} characters of {name} read from a zero state: {score}{left_out}"
+            f"{len(ids):,} characters of {name} read from a zero state"
+            + (", adapting to them as it reads (dynamic evaluation)" if adapter else "")
+            + f": {score}{left_out}"
         ),
         "PICKER": _picker(labels, arch, top, r),
         "UNITS": _unit_list(labels, top, r),

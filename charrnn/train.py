@@ -459,14 +459,17 @@ class _Checkpoints:
         )
 
 
-def _reset_streams(s: TrainState, cfg: Config, new_epoch: bool) -> None:
+def _reset_streams(s: TrainState, cfg: Config, new_epoch: bool) -> np.ndarray:
     """Zero the carried state of every stream when an epoch starts (the streams restart), and
     otherwise of each stream with probability reset_prob, so the model learns to start well
-    from a zero state as `sample` and `eval` do."""
+    from a zero state as `sample` and `eval` do. Returns which streams were reset (B,)."""
+    reset = np.zeros(len(s.state), bool)  # (B,)
     if new_epoch:
-        s.state[...] = 0
+        reset[:] = True
     elif cfg.reset_prob > 0:
-        s.state[s.rng.random(len(s.state)) < cfg.reset_prob] = 0
+        reset = s.rng.random(len(s.state)) < cfg.reset_prob
+    s.state[reset] = 0
+    return reset
 
 
 def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | None:
@@ -480,6 +483,32 @@ def _dropout_masks(s: TrainState, cfg: Config, T: int, B: int) -> np.ndarray | N
     keep.fill(0)
     keep[kept] = 1.0 / (1.0 - cfg.dropout)
     return keep
+
+
+def _noisy_inputs(
+    s: TrainState, cfg: Config, X: np.ndarray, V: int, reset: np.ndarray
+) -> np.ndarray:
+    """The inputs X (T, B) of a step with noise in them (the targets stay): each id replaced,
+    with probability input_noise, by one drawn uniformly from the V characters; and in each
+    stream just reset to a zero state, its first n inputs, n uniform in 0..reset_noise (at most
+    half the chunk), so that
+    the model learns to fall back into text after an odd start, as after an unusual seed.
+    Nothing is drawn when both are 0."""
+    if cfg.input_noise == 0 and (cfg.reset_noise == 0 or not reset.any()):
+        return X
+    noisy = X.copy()
+    if cfg.input_noise > 0:
+        hit = s.rng.random(X.shape) < cfg.input_noise  # (T, B)
+        noisy[hit] = s.rng.integers(0, V, int(hit.sum()))
+    if cfg.reset_noise > 0 and reset.any():
+        streams = np.flatnonzero(reset)  # (k,)
+        most = min(cfg.reset_noise, len(X) // 2)  # a chunk keeps at least half its text
+        lengths = s.rng.integers(0, most + 1, len(streams))  # (k,)
+        hit = np.arange(len(X))[:, None] < lengths[None, :]  # (T, k): each one's first n
+        part = noisy[:, streams]  # (T, k)
+        part[hit] = s.rng.integers(0, V, int(hit.sum()))
+        noisy[:, streams] = part
+    return noisy
 
 
 def _validate(params: dict, val: Corpus, world: distributed.World) -> float:
@@ -576,8 +605,9 @@ def _gradients(s: TrainState, cfg: Config, batches: Batches, loss_and_grads, min
     column for one process)."""
     B, T = cfg.batch_size, cfg.seq_length
     X, Y = batches.get(s.step)  # (T, B) inputs and targets
-    _reset_streams(s, cfg, batches.starts_epoch(s.step))
+    reset = _reset_streams(s, cfg, batches.starts_epoch(s.step))  # (B,)
     keep = _dropout_masks(s, cfg, T, B)  # (L, T, B, H) or None
+    X = _noisy_inputs(s, cfg, X, s.params["by"].shape[0], reset)
     starts = batches.resets(s.step)  # (T, B): where a document begins, or None
     loss, _, s.state[mine] = loss_and_grads(
         s.params,

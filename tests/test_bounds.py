@@ -186,6 +186,10 @@ COUNT_FLAGS = [
     ("gradflow", "--positions", "positions"),
     ("gradflow", "--burn-in", "burn_in"),
     ("gradflow", "--rng-seed", "rng_seed"),
+    ("serve", "--max-requests", "max_requests"),
+    ("serve", "--max-tokens", "max_tokens"),
+    ("serve", "--max-n", "max_n"),
+    ("serve", "--max-body", "max_body"),
 ]
 
 
@@ -194,7 +198,7 @@ def test_every_count_flag_has_a_limit(run, command, flag, name, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT[:500])
     where = {"sample": ["--checkpoint", run], "show": [text, "--checkpoint", run, "-o", "x.html"]}
-    where["gradflow"] = [run, text]
+    where["gradflow"], where["serve"] = [run, text], [run]  # refused before it listens
     for value in (LIMITS[name][1] + 1, 99999999999999999999):
         result = cli(command, *where[command], flag, value)
         said = usage_error(result, flag)

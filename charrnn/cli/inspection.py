@@ -15,9 +15,15 @@ from charrnn import api
 from charrnn.cli.options import (
     CHECKPOINT_HELP,
     DecodeErrors,
+    DynamicDecayOption,
+    DynamicLrOption,
+    DynamicMethod,
+    DynamicMethodOption,
+    DynamicSegmentOption,
     Encoding,
     Unknown,
     check_flags,
+    dynamic_settings,
     load_model,
     most,
 )
@@ -94,6 +100,18 @@ def show(
     ] = Unknown.skip,
     encoding: Encoding = "utf-8",
     decode_errors: DecodeErrors = "strict",
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Colour by the surprise of dynamic evaluation: the model adapts to the text "
+            "as it reads (docs/dynamic.md).",
+        ),
+    ] = False,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
@@ -106,6 +124,7 @@ def show(
     from charrnn.show import make_page, model_name, save_page
 
     check_flags({"encoding": encoding, "decode_errors": decode_errors})
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
     to_stdout = output in (None, "-")
     if to_stdout:
         need_stdout()
@@ -125,6 +144,7 @@ def show(
             model_name=model_name(model.path, model.step),
             name=name,
             unknown=unknown.value,
+            adapter=model.adapter(settings) if dynamic else None,
         )
         if to_stdout:
             out = stdout()
@@ -156,8 +176,8 @@ def plot(
             "--output",
             "-o",
             metavar="FILE",
-            help="Draw into an image file (PNG; .svg or .pdf by the name) instead of a text "
-            "chart; needs pip install 'charrnn[plot]'.",
+            help="Draw into an image file (PNG; .svg or .pdf by the name), written under the "
+            "name given, instead of a text chart; needs pip install 'charrnn[plot]'.",
         ),
     ] = None,
     x: Annotated[

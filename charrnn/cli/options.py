@@ -4,6 +4,8 @@ the model it names (`load_model`, which says on stderr which checkpoint it chose
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ import typer
 from charrnn import api
 from charrnn.checks import LIMITS
 from charrnn.cli.streams import note
+from charrnn.dynamic import DEFAULTS, MAX_SEGMENT, Settings
 from charrnn.errors import ConfigError
 from charrnn.runs import CHECKPOINT_ENV
 
@@ -69,3 +72,63 @@ def load_model(path: Path | None, quiet: bool) -> api.Model:
         )
         note(f"Using checkpoint {model.path} (step {model.step}; {how})")
     return model
+
+
+# ---- dynamic evaluation (charrnn.dynamic): the settings eval, show and sample share ----
+
+
+class DynamicMethod(str, Enum):
+    """How the weights step on each segment: RMS-normalised (Krause et al.) or plain SGD."""
+
+    rms = "rms"
+    sgd = "sgd"
+
+
+_RMS, _SGD = DEFAULTS["rms"], DEFAULTS["sgd"]
+DynamicMethodOption = Annotated[
+    DynamicMethod,
+    typer.Option(
+        metavar="rms|sgd",
+        help="Dynamic evaluation's step: rms (each weight's step divided by the RMS of its "
+        "training gradients, from the checkpoint's optimiser state) or plain sgd.",
+    ),
+]
+DynamicLrOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        metavar="LR",
+        help=f"Dynamic evaluation's step size [default: {_RMS.lr:g} for rms, {_SGD.lr:g} for sgd].",
+    ),
+]
+DynamicDecayOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        max=1,
+        metavar="D",
+        help="Dynamic evaluation's pull back toward the trained weights at each step, 0 = none "
+        f"[default: {_RMS.decay:g} for rms, {_SGD.decay:g} for sgd].",
+    ),
+]
+DynamicSegmentOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=MAX_SEGMENT,
+        metavar="N",
+        help=f"Dynamic evaluation: characters scored between steps [default: {_RMS.segment}].",
+    ),
+]
+
+
+def dynamic_settings(
+    method: DynamicMethod, lr: float | None, decay: float | None, segment: int | None
+) -> Settings:
+    """The Settings the flags give; a flag left out keeps the method's default."""
+    if lr is not None and not math.isfinite(lr):
+        raise typer.BadParameter("must be a finite number >= 0", param_hint="'--dynamic-lr'")
+    given = {"lr": lr, "decay": decay, "segment": segment}
+    return dataclasses.replace(
+        DEFAULTS[method.value], **{k: v for k, v in given.items() if v is not None}
+    )

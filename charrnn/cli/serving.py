@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli.options import CHECKPOINT_HELP, load_model
+from charrnn.checks import MAX_GRACE
+from charrnn.cli.options import CHECKPOINT_HELP, load_model, most
 from charrnn.cli.program import PlainCommand, app
 from charrnn.cli.streams import error, note, user_errors
 
@@ -53,24 +54,45 @@ def serve(
     ] = None,
     max_requests: Annotated[
         int,
-        typer.Option(min=1, metavar="N", help="Requests in flight at once; more get 429."),
+        typer.Option(
+            min=1,
+            max=most("max_requests"),
+            metavar="N",
+            help="Requests in flight at once; more get 429.",
+        ),
     ] = 64,
     max_tokens: Annotated[
         int,
-        typer.Option(min=1, metavar="N", help="The largest max_tokens (characters) accepted."),
+        typer.Option(
+            min=1,
+            max=most("max_tokens"),
+            metavar="N",
+            help="The largest max_tokens (characters) accepted.",
+        ),
     ] = 4096,
     max_n: Annotated[
         int,
-        typer.Option(min=1, metavar="N", help="Choices per request at most (n times the prompts)."),
+        typer.Option(
+            min=1,
+            max=most("max_n"),
+            metavar="N",
+            help="Choices per request at most (n times the prompts).",
+        ),
     ] = 16,
     max_body: Annotated[
         int,
-        typer.Option(min=1, metavar="BYTES", help="Request body size at most; more get 413."),
+        typer.Option(
+            min=1,
+            max=most("max_body"),
+            metavar="BYTES",
+            help="Request body size at most; more get 413.",
+        ),
     ] = 1 << 20,
     grace: Annotated[
         float,
         typer.Option(
             min=0,
+            max=MAX_GRACE,
             metavar="SECONDS",
             help="On SIGINT/SIGTERM, time the requests in flight get to finish before they "
             'end with finish_reason "abort".',

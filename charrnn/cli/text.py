@@ -15,9 +15,15 @@ from charrnn import jsonout
 from charrnn.cli.options import (
     CHECKPOINT_HELP,
     DecodeErrors,
+    DynamicDecayOption,
+    DynamicLrOption,
+    DynamicMethod,
+    DynamicMethodOption,
+    DynamicSegmentOption,
     Encoding,
     Unknown,
     check_flags,
+    dynamic_settings,
     load_model,
     most,
 )
@@ -138,12 +144,26 @@ def sample(
             "ended: length (all N characters), stop (a --stop string), end (a record's end).",
         ),
     ] = False,
+    adapt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="First adapt the model to a UTF-8 text (a dynamic-evaluation pass over it, "
+            "docs/dynamic.md), so that the sample continues in its manner: names, spelling, "
+            "layout. The checkpoint is not changed.",
+        ),
+    ] = None,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
     """Generate text from a trained model, streamed to stdout as it is drawn; with --beam,
     the likeliest continuation that a beam search finds, printed when the search is done."""
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
     if not (temperature > 0 and math.isfinite(temperature)):
         raise typer.BadParameter("must be a number > 0", param_hint="'--temperature'")
     if top_p is not None and not 0 < top_p <= 1:
@@ -157,8 +177,17 @@ def sample(
     need_stdout()
     if seed_file is not None:
         need_stdin(seed_file)
+    if adapt is not None and adapt == seed_file == Path("-"):
+        raise typer.BadParameter("stdin can be read once; give a file", param_hint="'--adapt'")
+    if adapt is not None:
+        need_stdin(adapt)
     with user_errors():
         model = load_model(checkpoint, quiet)
+        if adapt is not None:
+            where = "<stdin>" if adapt == Path("-") else str(adapt)
+            model, read = model.adapt(read_text(adapt), settings, name=where)
+            if not quiet:
+                note(f"adapted to {where}: {read.summary()}")
         prime = read_text(seed_file) if seed_file is not None else seed or ""
         dropped = unknown_chars(prime, model.vocab) if unknown is Unknown.skip else []
         if dropped and not quiet:
@@ -268,23 +297,55 @@ def eval_text(
         typer.Option(
             metavar="FILE",
             help="Also write one JSON line per scored character to FILE (- for stdout): the "
-            "char, its probability p, bits (-log2 p), the model's top 3 guesses.",
+            "char, its probability p, bits (-log2 p), the model's top 3 guesses. Replaced "
+            "whole, never half-written; never the model, the text or a run's own file.",
         ),
     ] = None,
     json_out: Annotated[
         bool,
-        typer.Option("--json", help="Print loss, bpc, perplexity, chars, unknown_chars as JSON."),
+        typer.Option(
+            "--json",
+            help="Print loss, bpc, perplexity, chars, unknown_chars (and with --dynamic its "
+            "settings) as JSON.",
+        ),
     ] = False,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation: the weights take a small step on each segment once it is "
+            "scored, so the model adapts to the text as it reads (docs/dynamic.md). The "
+            "checkpoint is not changed.",
+        ),
+    ] = False,
+    dynamic_method: DynamicMethodOption = DynamicMethod.rms,
+    dynamic_lr: DynamicLrOption = None,
+    dynamic_decay: DynamicDecayOption = None,
+    dynamic_segment: DynamicSegmentOption = None,
+    save_adapted: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="With --dynamic: write the model adapted to the whole text as a new "
+            "checkpoint FILE (.npz), to sample or score with.",
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
 ) -> None:
-    """Score a text exactly: mean loss in nats per character, bits per character, perplexity."""
+    """Score a text exactly: mean loss in nats per character, bits per character, perplexity;
+    with --dynamic, while the model adapts to the text."""
     check_flags({"encoding": encoding, "decode_errors": decode_errors})
     if per_char == "-" and json_out:
         raise typer.BadParameter(
             "--per-char - and --json would both write to stdout; give --per-char a file",
             param_hint="'--per-char'",
+        )
+    settings = dynamic_settings(dynamic_method, dynamic_lr, dynamic_decay, dynamic_segment)
+    if save_adapted is not None and not dynamic:
+        raise typer.BadParameter(
+            "only dynamic evaluation adapts the model; add --dynamic", param_hint="'--save-adapted'"
         )
     need_stdout()
     need_stdin(text)
@@ -294,15 +355,18 @@ def eval_text(
             per_char = check_output(per_char, "the per-character scores", [text, model.path])
         content = read_text(text, encoding, decode_errors)
         name = "<stdin>" if text == "-" else text
-        if per_char is None:
-            result = model.evaluate(content, unknown=unknown.value, name=name)
-        else:  # the score and the lines from one pass
-            with _Lines(per_char) as lines:
-                result = model.evaluate(
-                    content, unknown=unknown.value, name=name, per_char=lines.write
+        with _Lines(per_char) as lines:  # the score and the lines from one pass
+            write = None if per_char is None else lines.write
+            if dynamic:
+                adapted, result = model.adapt(
+                    content, settings, unknown=unknown.value, name=name, per_char=write
                 )
+            else:
+                result = model.evaluate(content, unknown=unknown.value, name=name, per_char=write)
+        if save_adapted is not None:
+            adapted.save(save_adapted)
     if json_out:
-        emit(to_json(result.to_dict()))
+        emit(to_json(result.to_dict() | ({"dynamic": settings.to_dict()} if dynamic else {})))
     elif per_char != "-":
         emit(result.summary())
     elif not quiet:  # stdout holds the per-character lines

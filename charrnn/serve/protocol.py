@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from charrnn import jsonout
 from charrnn.sample import show_chars
 
 
@@ -308,7 +309,7 @@ def chunk(
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + jsonout.dumps(obj, ascii=False).encode() + b"\n\n"  # strict JSON
 
 
 DONE = b"data: [DONE]\n\n"
