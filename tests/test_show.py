@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -292,13 +294,17 @@ def rendered(page: Path, fragment: str = "", probe: str = "") -> str:
         html_text = page.read_text(encoding="utf-8")
         page = page.with_name("probe.html")
         page.write_text(html_text.replace("</body>", f"<script>{probe}</script></body>"))
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
-        + [page.resolve().as_uri() + fragment],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    # Chromium puts its singleton socket under $TMPDIR, and a socket's path has at most 107
+    # bytes: the test's own TMPDIR (conftest, deep under pytest's folder) is too long for it
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
+            + [f"--user-data-dir={short}", page.resolve().as_uri() + fragment],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TMPDIR": short},
+        ).stdout
 
 
 @needs_chromium
