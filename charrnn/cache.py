@@ -401,20 +401,27 @@ def clear(source: str | os.PathLike | Sequence | None = None) -> list[Path]:
     for entry in entries():
         if wanted is not None and entry.sources != wanted:
             continue
-        try:
-            fd = os.open(entry.path / LOCK, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # in use
-            continue
-        else:
-            shutil.rmtree(entry.path, ignore_errors=True)
+        if _remove_unless_locked(entry.path):
             deleted.append(entry.path)
-        finally:
-            os.close(fd)
     return deleted
+
+
+def _remove_unless_locked(folder: Path) -> bool:
+    """Remove the entry or stream folder unless another process holds its lock (or its lock file
+    cannot be opened: gone already, or another user's); True when it was removed."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # in use
+        return False
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -957,18 +964,7 @@ def _stream_folder(tmp: str) -> Iterator[Path]:
 
 def _remove_dead_streams(tmp: Path) -> None:
     for folder in tmp.glob(STREAM_PREFIX + "*"):
-        try:
-            fd = os.open(folder / LOCK, os.O_RDONLY)
-        except OSError:  # gone already, or another user's
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # in use
-            continue
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(fd)
+        _remove_unless_locked(folder)
     for made in tmp.glob(".charrnn-new-*"):  # killed between mkdtemp and rename: microseconds
         try:
             stale = time.time() - made.stat().st_mtime > STALE_AFTER_S

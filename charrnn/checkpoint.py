@@ -174,15 +174,21 @@ def load(path: str | Path) -> Checkpoint:
         if "allow_pickle" in str(e):  # numpy refused before unpickling anything
             raise CheckpointError(pickled) from None
         raise CheckpointError(corrupt.format(_brief(e))) from None
-    except MemoryError:
-        raise CheckpointError(
-            f"not enough memory to load checkpoint '{path}'; close other programs or load it "
-            "on a machine with more memory"
-        ) from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
+    except (MemoryError, OSError) as e:
+        raise _unreadable(e, path) from None
     except Exception as e:  # zipfile, zlib and numpy raise a zoo of types on corrupt members
         raise CheckpointError(corrupt.format(_brief(e))) from None
+
+
+def _unreadable(e: MemoryError | OSError, path: Path) -> CheckpointError:
+    """load's error for a checkpoint file (.npz or .safetensors) that cannot be read: too big
+    for the memory left, or an OSError."""
+    if isinstance(e, MemoryError):
+        return CheckpointError(
+            f"not enough memory to load checkpoint '{path}'; close other programs or load it "
+            "on a machine with more memory"
+        )
+    return CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}")
 
 
 class _Pickled(Exception):
@@ -299,13 +305,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
             return _read(z, z.declared, path)
     except CheckpointError:
         raise
-    except MemoryError:
-        raise CheckpointError(
-            f"not enough memory to load checkpoint '{path}'; close other programs or load it "
-            "on a machine with more memory"
-        ) from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint '{path}': {e.strerror or e}") from None
+    except (MemoryError, OSError) as e:
+        raise _unreadable(e, path) from None
 
 
 class _Safetensors:
