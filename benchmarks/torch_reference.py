@@ -23,6 +23,7 @@ torch==2.13.0); importing this module does not need it.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -186,13 +187,21 @@ def config_twin(cfg: dict, vocab_size: int):
     return rnn, nn.Linear(hidden, vocab_size)
 
 
-def learning_rate(cfg: dict, step: int) -> float:
-    """charrnn's schedule (optim.learning_rate) for update `step`: none, step or exponential."""
+def learning_rate(cfg: dict, step: int, progress: float = 0.0) -> float:
+    """charrnn's schedule (optim.learning_rate) for update `step`, `progress` the fraction of
+    the run done: none, step, exponential, cosine or linear, and warmup."""
+    lr = cfg["learning_rate"]
     if cfg["lr_decay"] == "step":
-        return cfg["learning_rate"] * cfg["lr_decay_rate"] ** (step // cfg["lr_decay_steps"])
-    if cfg["lr_decay"] == "exponential":
-        return cfg["learning_rate"] * cfg["lr_decay_rate"] ** (step / cfg["lr_decay_steps"])
-    return cfg["learning_rate"]
+        lr *= cfg["lr_decay_rate"] ** (step // cfg["lr_decay_steps"])
+    elif cfg["lr_decay"] == "exponential":
+        lr *= cfg["lr_decay_rate"] ** (step / cfg["lr_decay_steps"])
+    elif cfg["lr_decay"] in ("cosine", "linear"):
+        p = min(max(progress, 0.0), 1.0)
+        left = 0.5 * (1 + math.cos(math.pi * p)) if cfg["lr_decay"] == "cosine" else 1 - p
+        lr *= cfg["lr_final"] + (1 - cfg["lr_final"]) * left
+    if step < cfg.get("warmup_steps", 0):
+        lr *= (step + 1) / cfg["warmup_steps"]
+    return lr
 
 
 def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> tuple:
@@ -228,7 +237,7 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
         x = streams[:, chunk * T : (chunk + 1) * T].T  # (T, B)
         y = streams[:, chunk * T + 1 : (chunk + 1) * T + 1].T
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
+            group["lr"] = learning_rate(cfg, step, (time.perf_counter() - start) / seconds)
         out, state = rnn(F.one_hot(x, vocab_size).to(torch.float32), state)
         loss = F.cross_entropy(head(out).reshape(-1, vocab_size), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)

@@ -631,6 +631,9 @@ def train_state_problem(ts: dict) -> str | None:
     for key in ("bad_evals", "chars_seen"):
         if key in ts and not count(ts[key]):
             return key
+    progress = ts.get("time_progress", 0.0)
+    if type(progress) not in (int, float) or not 0 <= progress <= 1:
+        return "time_progress"
     if "rng_state" in ts:  # numpy's PCG64 state, which default_rng uses
         rng = ts["rng_state"]
         words = rng.get("state") if isinstance(rng, dict) else None

@@ -139,9 +139,13 @@ class Config:
     beta2: float = _number(0.999, ge=0, lt=1)  # adam
     rmsprop_decay: float = _number(0.99, ge=0, lt=1)
     eps: float = _number(1e-8, gt=0)
-    lr_decay: str = _one_of("none", "step", "exponential")
+    # none, step, exponential, or cosine / linear: annealed over the run's length (the step or
+    # epoch limit, or max_time, whichever ends it), as nanoGPT anneals over max_iters
+    lr_decay: str = _one_of("none", "step", "exponential", "cosine", "linear")
     lr_decay_rate: float = _number(0.5, gt=0, le=1)
     lr_decay_steps: int = _integer(1000, ge=1)  # step: every N steps; exponential: rate**(s/N)
+    lr_final: float = _number(0.1, ge=0, le=1)  # cosine, linear: the last lr, x learning_rate
+    warmup_steps: int = _integer(0, ge=0)  # the first N updates rise linearly to the lr
     grad_clip: float = _number(5.0, ge=0)  # 0 = no clipping
     clip_mode: str = _one_of("norm", "value")
     # when to stop (0 = no limit)
@@ -187,6 +191,13 @@ class Config:
         for f in fields(self):
             # frozen: object.__setattr__ is the documented way to set fields in __post_init__
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        if self.lr_decay in ("cosine", "linear") and not (
+            self.max_steps or self.max_epochs or self.max_time
+        ):
+            raise ConfigError(
+                f"config key 'lr_decay': {self.lr_decay} anneals over the run's length, but the "
+                "run has no end; set max_steps, max_epochs or max_time, or another lr_decay"
+            )
         if self.patience > 0 and (self.eval_every == 0 or self.val_fraction == 0):
             raise ConfigError(
                 f"config key 'patience': got {self.patience}, but early stopping needs "

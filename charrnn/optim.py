@@ -40,13 +40,29 @@ def clip_gradients(grads: dict[str, np.ndarray], mode: str, threshold: float) ->
     return norm
 
 
-def learning_rate(cfg, step: int) -> float:
-    """The learning rate for update number `step` (0-based): a pure function of the step."""
+def learning_rate(cfg, step: int, progress: float = 0.0) -> float:
+    """The learning rate for update number `step` (0-based). `progress`: the fraction of the
+    run done, 0 to 1 (train.py's `_Limits.progress`), which only cosine and linear read; with
+    a step or epoch limit and no max_time it is a pure function of the step too.
+
+    step:        lr x rate^(step // N)
+    exponential: lr x rate^(step / N)
+    cosine:      from lr down to lr x lr_final over the run, along half a cosine
+    linear:      from lr down to lr x lr_final over the run, in a straight line
+    and, for any of them, the first `warmup_steps` updates rise linearly to it (from lr / N).
+    """
+    lr = cfg.learning_rate
     if cfg.lr_decay == "step":
-        return cfg.learning_rate * cfg.lr_decay_rate ** (step // cfg.lr_decay_steps)
-    if cfg.lr_decay == "exponential":
-        return cfg.learning_rate * cfg.lr_decay_rate ** (step / cfg.lr_decay_steps)
-    return cfg.learning_rate
+        lr *= cfg.lr_decay_rate ** (step // cfg.lr_decay_steps)
+    elif cfg.lr_decay == "exponential":
+        lr *= cfg.lr_decay_rate ** (step / cfg.lr_decay_steps)
+    elif cfg.lr_decay in ("cosine", "linear"):
+        p = min(max(progress, 0.0), 1.0)
+        left = 0.5 * (1.0 + math.cos(math.pi * p)) if cfg.lr_decay == "cosine" else 1.0 - p
+        lr *= cfg.lr_final + (1.0 - cfg.lr_final) * left
+    if step < cfg.warmup_steps:
+        lr *= (step + 1) / cfg.warmup_steps
+    return lr
 
 
 def init_state(name: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -33,6 +33,9 @@ class TrainState:
     best_val: float = math.inf  # best validation loss so far
     bad_evals: int = 0  # validations since the last improvement
     corpus: dict | None = None  # what it trains on: {"chars", "documents", "crc32"} of the ids
+    # the fraction of max_time spent (0 to 1), which a resumed run's time-annealed learning
+    # rate continues from (optim.learning_rate)
+    time_progress: float = 0.0
 
     @classmethod
     def fresh(cls, cfg: Config, vocab_size: int, ranks: int = 1) -> TrainState:
@@ -112,6 +115,7 @@ class TrainState:
             best_val=math.inf if best_val is None else float(best_val),
             bad_evals=ts.get("bad_evals", 0),
             corpus=corpus,
+            time_progress=float(ts.get("time_progress", 0.0)),
         )
 
     def to_checkpoint(self, cfg: Config, vocab: list[str]) -> ckpt_io.Checkpoint:
@@ -128,6 +132,7 @@ class TrainState:
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "bad_evals": self.bad_evals,
                 "chars_seen": self.chars_seen,
+                "time_progress": self.time_progress,
                 **corpus,
             },
             documents=cfg.documents,

@@ -407,6 +407,14 @@ class _Limits:
             return "no limit: stops when interrupted (Ctrl-C)"
         return "stops " + " or ".join(ways) + (", whichever comes first" if len(ways) > 1 else "")
 
+    def progress(self, step: int, time_progress: float) -> float:
+        """The fraction of the run done (0 to 1), by whichever limit ends it first: the steps
+        done of the step or epoch limit, or `time_progress`, the fraction of max_time spent."""
+        done = [time_progress] if self.max_time else []
+        if self.steps:
+            done.append(step / self.steps)
+        return min(max(done, default=0.0), 1.0)
+
     def reached(self, step: int, elapsed: float) -> str | None:
         if self.epoch_steps is not None and step >= self.epoch_steps:
             return "max_epochs"
@@ -703,6 +711,9 @@ def _train(
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss, received = None, None, None
+    # a time-annealed learning rate runs its course over this run's max_time, from where a
+    # resumed run left it
+    annealed, time0 = cfg.lr_decay in ("cosine", "linear"), s.time_progress
 
     def elapsed() -> float:
         return round(run.elapsed0 + time.perf_counter() - start, 3)  # across resumes
@@ -723,7 +734,10 @@ def _train(
 
                 # --- forward, backward, update ---------------------------------------------
                 t0 = time.perf_counter()
-                lr = optim.learning_rate(cfg, s.step)
+                if annealed and limits.max_time:  # rank 0's clock, as for the time limit
+                    spent = min((t0 - start) / limits.max_time, 1.0)
+                    s.time_progress = world.bcast(time0 + (1.0 - time0) * spent)
+                lr = optim.learning_rate(cfg, s.step, limits.progress(s.step, s.time_progress))
                 loss, norm = _gradients(s, cfg, batches, loss_and_grads, mine, world)
                 for what, value in (("loss", loss), ("gradient norm", norm)):
                     if not math.isfinite(value):  # the same on every rank

@@ -171,7 +171,9 @@ def test_unknown_dashed_key_in_file_suggests_underscore(tmp_path):
         ("lr_decay_rate", 0, "got 0, expected a number > 0 and <= 1"),
         ("grad_clip", [1, 2], "got [1, 2], expected a number >= 0"),
         ("optimizer", "adamw", "got 'adamw', expected one of adam, rmsprop, adagrad, sgd"),
-        ("lr_decay", None, "got null, expected one of none, step, exponential"),
+        ("lr_decay", None, "got null, expected one of none, step, exponential, cosine, linear"),
+        ("lr_final", 1.5, "got 1.5, expected a number >= 0 and <= 1"),
+        ("warmup_steps", -1, "got -1, expected an integer >= 0"),
         ("clip_mode", "Norm", "got 'Norm', expected one of norm, value"),
         ("dtype", 32, "got 32, expected one of float32, float64"),
         ("decode_errors", "ignore", "got 'ignore', expected one of strict, replace"),
@@ -201,6 +203,15 @@ def test_patience_without_validation_is_rejected():
     with pytest.raises(ConfigError, match="early stopping needs validation"):
         Config(patience=3, val_fraction=0)
     assert Config(patience=3).patience == 3
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_an_annealed_learning_rate_needs_an_end_to_the_run(decay):
+    with pytest.raises(ConfigError, match="anneals over the run's length, but the run has no end"):
+        Config(lr_decay=decay, max_steps=0)
+    ends = ({"max_steps": 10}, {"max_steps": 0, "max_epochs": 0.5}, {"max_steps": 0, "max_time": 9})
+    for end in ends:
+        assert Config(lr_decay=decay, **end).lr_decay == decay
 
 
 # ---- coercion ----

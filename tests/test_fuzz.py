@@ -97,7 +97,7 @@ KEYS = st.one_of(
 CHOICES = {
     "dtype": ["float32", "float64"],
     "optimizer": ["adam", "rmsprop", "adagrad", "sgd"],
-    "lr_decay": ["none", "step", "exponential"],
+    "lr_decay": ["none", "step", "exponential", "cosine", "linear"],
     "clip_mode": ["norm", "value"],
     "decode_errors": ["strict", "replace"],
     "encoding": ["utf-8", "latin-1", "ascii", "utf-16", "utf-8-sig", "cp1252"],

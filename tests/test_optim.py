@@ -83,6 +83,41 @@ def test_no_decay():
     assert {optim.learning_rate(cfg, s) for s in (0, 10, 10_000)} == {0.1}
 
 
+@pytest.mark.parametrize(
+    "decay, progress, expected",
+    [
+        ("cosine", 0.0, 0.1),
+        ("cosine", 0.5, 0.01 + 0.09 * 0.5),
+        ("cosine", 1.0, 0.01),
+        ("cosine", 7.0, 0.01),  # past the end: stays at the floor
+        ("linear", 0.25, 0.01 + 0.09 * 0.75),
+        ("linear", 1.0, 0.01),
+    ],
+)
+def test_annealed_decay_runs_from_lr_to_lr_final_over_the_run(decay, progress, expected):
+    cfg = Config(learning_rate=0.1, lr_decay=decay, lr_final=0.1, max_steps=100)
+    assert optim.learning_rate(cfg, 50, progress) == pytest.approx(expected)
+
+
+def test_cosine_falls_slowly_then_fast_then_slowly():
+    cfg = Config(learning_rate=1.0, lr_decay="cosine", lr_final=0.0, max_steps=100)
+    lrs = [optim.learning_rate(cfg, 0, p / 10) for p in range(11)]
+    drops = np.diff(lrs)
+    assert (drops < 0).all() and abs(drops[0]) < abs(drops[5]) > abs(drops[-1])
+
+
+@pytest.mark.parametrize("decay", ["none", "exponential", "cosine"])
+def test_warmup_rises_linearly_then_hands_over_to_the_schedule(decay):
+    cfg = Config(learning_rate=0.1, lr_decay=decay, warmup_steps=4, max_steps=100)
+    lrs = [optim.learning_rate(cfg, s, s / 100) for s in range(6)]
+    after = [
+        optim.learning_rate(Config(**{**cfg.to_dict(), "warmup_steps": 0}), s, s / 100)
+        for s in range(6)
+    ]
+    assert lrs[:4] == pytest.approx([after[s] * (s + 1) / 4 for s in range(4)])
+    assert lrs[4:] == pytest.approx(after[4:])
+
+
 # ---- one update by hand ----
 
 

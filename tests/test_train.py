@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,8 +36,12 @@ from helpers import (
     write_corpus,
 )
 
+import charrnn
 from charrnn import checkpoint as ckpt_io
+from charrnn import optim
 from charrnn.cli import app
+from charrnn.config import Config
+from charrnn.report import NullReporter
 
 METRIC_KEYS = {
     "step",
@@ -643,6 +648,60 @@ def test_resume_is_bitwise_exact_across_decay_validation_and_epochs(optimizer, t
     a, b = ckpt_io.load(straight / "last.npz"), ckpt_io.load(split_run / "last.npz")
     assert a.step == 15 and a.train_state == b.train_state
     assert a.train_state["best_val_loss"] is not None
+
+
+class _InterruptAt(NullReporter):
+    """Sends this process SIGINT once the run has done `step` updates: a Ctrl-C at a known step,
+    which the loop answers by saving and stopping (the run's limits, and so an annealed
+    schedule's length, stay as given)."""
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def step(self, metrics: dict) -> None:
+        if metrics["step"] == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_an_annealed_schedule_resumes_bitwise(decay, tmp_path):
+    """A cosine (or linear) learning rate over max_steps, with warmup: a run stopped by Ctrl-C at
+    step 6 and resumed to 15 equals one that ran the 15 straight, every array and metric."""
+    corpus = write_corpus(tmp_path, TEXT[:200])
+    settings = dict(
+        hidden_size=16, seq_length=8, batch_size=2, rng_seed=1, lr_decay=decay, lr_final=0.2,
+        warmup_steps=3, max_steps=15, eval_every=3, checkpoint_every=3, val_fraction=0.1,
+    )  # fmt: skip
+    straight, split_run = tmp_path / "straight", tmp_path / "split"
+    charrnn.train(corpus, out=straight, **settings)
+    stopped = charrnn.train(corpus, out=split_run, reporter=_InterruptAt(6), **settings)
+    assert (stopped.steps, stopped.stopped_by) == (6, "signal")
+    charrnn.train(corpus, resume=split_run)
+    assert_same_run(straight, split_run)
+    lrs = [r["lr"] for r in metrics(straight) if "lr" in r]  # the schedule over the 15 steps
+    cfg = Config(**settings)
+    assert lrs == pytest.approx([optim.learning_rate(cfg, s, s / 15) for s in range(15)])
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[-1] < 0.002 * 0.3
+
+
+def test_a_time_annealed_schedule_runs_its_course_over_max_time(tmp_path):
+    """cosine over max_time: the lr falls from learning_rate toward learning_rate x lr_final
+    as the seconds pass, and the checkpoint keeps how far it got, which a resume continues
+    from (the rest of the way over the resumed run's max_time), never rising again."""
+    corpus = write_corpus(tmp_path)
+    settings = dict(
+        hidden_size=16, seq_length=8, batch_size=2, rng_seed=1, lr_decay="cosine",
+        lr_final=0.1, max_steps=0, max_time=1.5, eval_every=0, checkpoint_every=50,
+    )  # fmt: skip
+    charrnn.train(corpus, out=tmp_path / "run", **settings)
+    first = [r["lr"] for r in metrics(tmp_path / "run") if "lr" in r]
+    progress = ckpt_io.load(tmp_path / "run" / "last.npz").train_state["time_progress"]
+    assert 0.9 <= progress <= 1.0 and len(first) > 20
+    assert first[0] == pytest.approx(0.002, rel=0.01) and first[-1] < 0.002 * 0.15
+    assert first == sorted(first, reverse=True)
+    charrnn.train(corpus, resume=tmp_path / "run", max_time=0.5)
+    after = [r["lr"] for r in metrics(tmp_path / "run") if "lr" in r][len(first) :]
+    assert after and max(after) <= first[-1] + 1e-12
 
 
 def test_resume_from_an_odd_step_continues_the_same_training(train):
