@@ -14,8 +14,11 @@ the validation text (the last val_fraction of the corpus, which training never r
 pass from a zero state, the first character from softmax(by). charrnn's last.npz is the
 comparison (the twin has no validation to pick a best one); its best.npz and, with
 --dynamic, its dynamic evaluation (`eval --dynamic`, default settings) are given too.
-nanoGPT's CPU configuration is not in the comparison: its source is not on this machine (no
-network), and a twin written from memory would not be nanoGPT.
+With --nanogpt DIR (a checkout of github.com/karpathy/nanoGPT), nanoGPT's CPU configuration
+is trained the same seconds too and scored on the same validation text
+(benchmarks/nanogpt_reference.py says how: its own model and AdamW, the README's CPU settings,
+its cosine over the budget; a GPT has no state, so each character is scored with the 48 to 63
+characters before it).
 
 Timings need a quiet machine: on a shared one the two trainings get different shares of the
 cores, and torch's threads spin while they wait for one (2 steps in 26 s with 2 threads against
@@ -38,6 +41,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+from nanogpt_reference import CPU_CONFIG, nanogpt_total_loss, train_nanogpt  # noqa: E402
 from results_io import machine, write_result  # noqa: E402
 from torch_reference import train_twin, twin_total_loss  # noqa: E402
 
@@ -86,6 +90,20 @@ def run_twin(args, cfg: dict, train_ids, val_ids, vocab_size: int) -> dict:
     return {"steps": steps, "chars_trained": chars, "seconds": seconds, "last_bpc": bpc}
 
 
+def run_nanogpt(args, train_ids, val_ids, vocab_size: int) -> dict:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t = time.perf_counter()
+    model, iters = train_nanogpt(args.nanogpt, train_ids, vocab_size, args.seconds)
+    seconds = time.perf_counter() - t
+    total, scored = nanogpt_total_loss(model, val_ids)
+    chars = iters * CPU_CONFIG["block_size"] * CPU_CONFIG["batch_size"]
+    bpc = total / scored / LN2
+    return {"steps": iters, "chars_trained": chars, "seconds": seconds, "last_bpc": bpc}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=600)
@@ -93,6 +111,18 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", type=Path, default=CORPUS)
     p.add_argument("--dynamic", action="store_true", help="also charrnn's dynamic evaluation")
     p.add_argument("--skip-twin", action="store_true")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep charrnn's run folder here (default: a temporary one, deleted)",
+    )
+    p.add_argument(
+        "--nanogpt",
+        type=Path,
+        default=None,
+        help="a checkout of github.com/karpathy/nanoGPT: its CPU configuration is trained too",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -108,11 +138,15 @@ def main(argv=None) -> int:
     train_ids, val_ids = split(corpus.ids, cfg["val_fraction"])
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        rows["charrnn"] = run_charrnn(args, Path(tmp) / "charrnn", val_ids)
+        folder = Path(tmp) / "charrnn" if args.keep is None else args.keep
+        rows["charrnn"] = run_charrnn(args, folder, val_ids)
     print(f"charrnn: {rows['charrnn']}", flush=True)
     if not args.skip_twin:
         rows["pytorch twin"] = run_twin(args, cfg, train_ids, val_ids, len(corpus.vocab))
         print(f"pytorch twin: {rows['pytorch twin']}", flush=True)
+    if args.nanogpt is not None:
+        rows["nanoGPT (CPU config)"] = run_nanogpt(args, train_ids, val_ids, len(corpus.vocab))
+        print(f"nanoGPT: {rows['nanoGPT (CPU config)']}", flush=True)
 
     print(f"\n{args.seconds:g} s each, {args.config.name}, validation {len(val_ids):,} characters")
     print("| model | steps | chars trained | val bpc (exact, zero state) |")

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_seeds.py                 # the defaults, and no noise at all
     python benchmarks/bench_seeds.py --variants input_noise=0.02 reset_noise=16 --steps 1200
+    python benchmarks/bench_seeds.py --variants --checkpoints shakespeare=runs/q600/charrnn
 
 For each variant (config settings, comma-separated key=value), a model is trained by
 configs/demo.yaml for a fixed number of steps (--steps, not its 60 s, so that a busy machine
@@ -120,9 +121,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--variants",
-        nargs="+",
+        nargs="*",
         default=["input_noise=0,reset_noise=0", ""],
         help="config settings per model, key=value[,key=value]; '' is the defaults",
+    )
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="score these models too (a checkpoint or run folder each), trained elsewhere: for "
+        "example the configs/shakespeare.yaml model that bench_quality_600.py --keep leaves",
     )
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--corpus", type=Path, default=CORPUS)
@@ -136,6 +145,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"seed {seed!r} is in the corpus; pick another")
     words = set(re.findall(r"[A-Za-z]+", text))
     results = {v or "defaults": score(train(v, args), text, words) for v in args.variants}
+    for item in args.checkpoints:
+        name, _, path = item.partition("=")
+        found = Path(path)
+        results[name] = score(found / "best.npz" if found.is_dir() else found, text, words)
 
     cols = list(results)
     print(
