@@ -5,9 +5,9 @@
     python benchmarks/bench_seeds.py --variants --checkpoints shakespeare=runs/q600/charrnn
 
 For each variant (config settings, comma-separated key=value), a model is trained by
-configs/demo.yaml for a fixed number of steps (--steps, not its 60 s, so that a busy machine
-trains the same model) into --runs/<variant> (reused when it is there: --retrain to train
-again). Each model then writes 200 characters
+configs/demo.yaml (or --config) for a fixed number of steps (--steps, not its max_time, so that
+a busy machine trains the same model) into --runs/<variant> (reused when it is there: --retrain
+to train again); --checkpoints adds models trained elsewhere. Each model then writes 200 characters
 after each of 50 seeds that are not in the corpus (names with a colon, words in capitals,
 digits, runs of punctuation, words of other languages) and 10 ordinary ones, greedily and at
 temperature 1 (rng_seed 1). The score of a sample is the fraction of its characters (the seed
@@ -78,7 +78,7 @@ def train(variant: str, args) -> Path:
         t = time.perf_counter()
         charrnn.train(
             args.corpus,
-            config=REPO / "configs" / "demo.yaml",
+            config=args.config,
             out=out,
             overwrite=True,
             max_steps=args.steps,
@@ -134,6 +134,12 @@ def main(argv=None) -> int:
         "example the configs/shakespeare.yaml model that bench_quality_600.py --keep leaves",
     )
     p.add_argument("--steps", type=int, default=1200)
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "configs" / "demo.yaml",
+        help="the config the variants are trained by (for --steps steps, not its max_time)",
+    )
     p.add_argument("--corpus", type=Path, default=CORPUS)
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_seeds")
     p.add_argument("--retrain", action="store_true")
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
             f"{plain['t1']['mean']:.3f}, words {plain['t1_words']['mean']:.3f}"
         )
     note = "machine shared with other jobs"
-    figures = {"steps": args.steps, "results": results}
+    figures = {"steps": args.steps, "config": str(args.config), "results": results}
     path = write_result("bench_seeds", figures, machine_info=machine(), note=note, out=args.out)
     print(f"wrote {path}")
     return 0
