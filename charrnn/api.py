@@ -412,6 +412,7 @@ class Model:
                 documents=self.documents,
             ),
             path,
+            then="then try again",
         )
 
 

@@ -89,8 +89,9 @@ class Checkpoint:
         return len(self.vocab) if self.documents != "file" else None
 
 
-def save(ckpt: Checkpoint, path: str | Path) -> None:
-    """Write ckpt to path atomically; on failure the previous file at path is untouched."""
+def save(ckpt: Checkpoint, path: str | Path, then: str = "then --resume") -> None:
+    """Write ckpt to path atomically; on failure the previous file at path is untouched, and
+    the error's advice ends with `then` (what to do once the disk or folder is fixed)."""
     path = Path(path)
     arrays = dict(ckpt.params)
     arch = architecture(ckpt.params)
@@ -112,7 +113,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> None:
         kept = "the previous checkpoint is unchanged" if path.exists() else "nothing was written"
         raise CheckpointError(
             f"could not write checkpoint '{path}': {e.strerror or e}; {kept} "
-            "(free disk space or check the folder's permissions, then --resume)"
+            f"(free disk space or check the folder's permissions, {then})"
         ) from None
 
 

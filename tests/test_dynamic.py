@@ -207,6 +207,17 @@ def test_eval_dynamic_json_per_char_and_save_adapted(gru, tmp_path):
     assert cli("eval", text, "--checkpoint", tmp_path / "adapted.npz", "--dynamic").exit_code == 0
 
 
+def test_save_adapted_that_cannot_be_written_is_one_line_saying_try_again(gru, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(CORPUS[3000:3250], encoding="utf-8")
+    (tmp_path / "file").write_text("not a folder")
+    target = tmp_path / "file" / "adapted.npz"  # its folder is a file: the write fails
+    result = cli("eval", text, "--checkpoint", gru, "--dynamic", "--save-adapted", target)
+    message = user_error(result)
+    assert message.startswith(f"could not write checkpoint '{target}'")
+    assert message.endswith("then try again)") and "--resume" not in message
+
+
 def test_sgd_method_and_its_json(gru, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(CORPUS[:400], encoding="utf-8")
