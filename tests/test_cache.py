@@ -736,7 +736,13 @@ def test_temp_files_of_a_killed_stdin_prepare_go_with_the_next_run(tmp_path, sig
     env = {**os.environ, "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "charrnn", "train", "-", *map(str, TINY), "--out", "run", "-q"]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        # the signal's default action, even where the suite runs under nohup (SIGHUP ignored)
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),
     )
     try:
         proc.stdin.write(b"hello world! " * 100)
