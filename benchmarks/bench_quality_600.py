@@ -77,11 +77,15 @@ def run_charrnn(args, folder: Path, val_ids) -> dict:
     return row
 
 
-def run_twin(args, cfg: dict, train_ids, val_ids, vocab_size: int) -> dict:
+def _torch_threads(args) -> None:
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def run_twin(args, cfg: dict, train_ids, val_ids, vocab_size: int) -> dict:
+    _torch_threads(args)
     t = time.perf_counter()
     rnn, head, steps = train_twin(train_ids, vocab_size, cfg, args.seconds)
     seconds = time.perf_counter() - t
@@ -91,10 +95,7 @@ def run_twin(args, cfg: dict, train_ids, val_ids, vocab_size: int) -> dict:
 
 
 def run_nanogpt(args, train_ids, val_ids, vocab_size: int) -> dict:
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _torch_threads(args)
     t = time.perf_counter()
     model, iters = train_nanogpt(args.nanogpt, train_ids, vocab_size, args.seconds)
     seconds = time.perf_counter() - t

@@ -23,7 +23,6 @@ torch==2.13.0); importing this module does not need it.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -187,23 +186,6 @@ def config_twin(cfg: dict, vocab_size: int):
     return rnn, nn.Linear(hidden, vocab_size)
 
 
-def learning_rate(cfg: dict, step: int, progress: float = 0.0) -> float:
-    """charrnn's schedule (optim.learning_rate) for update `step`, `progress` the fraction of
-    the run done: none, step, exponential, cosine or linear, and warmup."""
-    lr = cfg["learning_rate"]
-    if cfg["lr_decay"] == "step":
-        lr *= cfg["lr_decay_rate"] ** (step // cfg["lr_decay_steps"])
-    elif cfg["lr_decay"] == "exponential":
-        lr *= cfg["lr_decay_rate"] ** (step / cfg["lr_decay_steps"])
-    elif cfg["lr_decay"] in ("cosine", "linear"):
-        p = min(max(progress, 0.0), 1.0)
-        left = 0.5 * (1 + math.cos(math.pi * p)) if cfg["lr_decay"] == "cosine" else 1 - p
-        lr *= cfg["lr_final"] + (1 - cfg["lr_final"]) * left
-    if step < cfg.get("warmup_steps", 0):
-        lr *= (step + 1) / cfg["warmup_steps"]
-    return lr
-
-
 def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> tuple:
     """Train the twin of a charrnn config on ids for `seconds` of wall time, as charrnn trains
     it: B contiguous streams read T characters at a time, the carried state detached between
@@ -213,6 +195,10 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
     torch = _import_torch()
     import torch.nn.functional as F
 
+    from charrnn import optim  # the schedule itself, so that the twin's cannot drift from it
+    from charrnn.config import Config
+
+    schedule = Config.from_dict(cfg)
     B, T = cfg["batch_size"], cfg["seq_length"]
     rnn, head = config_twin(cfg, vocab_size)
     params = [*rnn.parameters(), *head.parameters()]
@@ -237,7 +223,8 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
         x = streams[:, chunk * T : (chunk + 1) * T].T  # (T, B)
         y = streams[:, chunk * T + 1 : (chunk + 1) * T + 1].T
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, (time.perf_counter() - start) / seconds)
+            progress = (time.perf_counter() - start) / seconds
+            group["lr"] = optim.learning_rate(schedule, step, progress)
         out, state = rnn(F.one_hot(x, vocab_size).to(torch.float32), state)
         loss = F.cross_entropy(head(out).reshape(-1, vocab_size), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)

@@ -35,6 +35,7 @@ from charrnn.cells import CELLS
 from charrnn.data import DECODE_ERRORS, DOCUMENTS, text_codec
 from charrnn.errors import ConfigError
 from charrnn.model import INIT_SCALE
+from charrnn.optim import ANNEALED
 from charrnn.parallel import auto_workers
 
 # ---- rules: one per field ----
@@ -141,7 +142,7 @@ class Config:
     eps: float = _number(1e-8, gt=0)
     # none, step, exponential, or cosine / linear: annealed over the run's length (the step or
     # epoch limit, or max_time, whichever ends it), as nanoGPT anneals over max_iters
-    lr_decay: str = _one_of("none", "step", "exponential", "cosine", "linear")
+    lr_decay: str = _one_of("none", "step", "exponential", *ANNEALED)
     lr_decay_rate: float = _number(0.5, gt=0, le=1)
     lr_decay_steps: int = _integer(1000, ge=1)  # step: every N steps; exponential: rate**(s/N)
     lr_final: float = _number(0.1, ge=0, le=1)  # cosine, linear: the last lr, x learning_rate
@@ -191,9 +192,7 @@ class Config:
         for f in fields(self):
             # frozen: object.__setattr__ is the documented way to set fields in __post_init__
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        if self.lr_decay in ("cosine", "linear") and not (
-            self.max_steps or self.max_epochs or self.max_time
-        ):
+        if self.lr_decay in ANNEALED and not (self.max_steps or self.max_epochs or self.max_time):
             raise ConfigError(
                 f"config key 'lr_decay': {self.lr_decay} anneals over the run's length, but the "
                 "run has no end; set max_steps, max_epochs or max_time, or another lr_decay"

@@ -40,6 +40,9 @@ def clip_gradients(grads: dict[str, np.ndarray], mode: str, threshold: float) ->
     return norm
 
 
+ANNEALED = ("cosine", "linear")  # the schedules that run over the run's length (`progress`)
+
+
 def learning_rate(cfg, step: int, progress: float = 0.0) -> float:
     """The learning rate for update number `step` (0-based). `progress`: the fraction of the
     run done, 0 to 1 (train.py's `_Limits.progress`), which only cosine and linear read; with
@@ -56,7 +59,7 @@ def learning_rate(cfg, step: int, progress: float = 0.0) -> float:
         lr *= cfg.lr_decay_rate ** (step // cfg.lr_decay_steps)
     elif cfg.lr_decay == "exponential":
         lr *= cfg.lr_decay_rate ** (step / cfg.lr_decay_steps)
-    elif cfg.lr_decay in ("cosine", "linear"):
+    elif cfg.lr_decay in ANNEALED:
         p = min(max(progress, 0.0), 1.0)
         left = 0.5 * (1.0 + math.cos(math.pi * p)) if cfg.lr_decay == "cosine" else 1.0 - p
         lr *= cfg.lr_final + (1.0 - cfg.lr_final) * left

@@ -687,6 +687,16 @@ def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_rec
     )
 
 
+def _learning_rate(cfg, s: TrainState, limits: _Limits, world, time0: float, seconds: float):
+    """This update's learning rate. One annealed over max_time runs its course over this run's
+    max_time by rank 0's clock (`seconds` into the run, as for the time limit), on from `time0`,
+    where a resumed run left it; s.time_progress keeps how far it got, for the checkpoint."""
+    if cfg.lr_decay in optim.ANNEALED and limits.max_time:
+        spent = min(seconds / limits.max_time, 1.0)
+        s.time_progress = world.bcast(time0 + (1.0 - time0) * spent)
+    return optim.learning_rate(cfg, s.step, limits.progress(s.step, s.time_progress))
+
+
 def _train(
     cfg: Config,
     corpus: Corpus,
@@ -711,9 +721,7 @@ def _train(
     start = time.perf_counter()
     step_time = None  # smoothed seconds per step, for chars/s
     stopped_by, val_loss, received = None, None, None
-    # a time-annealed learning rate runs its course over this run's max_time, from where a
-    # resumed run left it
-    annealed, time0 = cfg.lr_decay in ("cosine", "linear"), s.time_progress
+    time0 = s.time_progress  # where a resumed run left a time-annealed learning rate
 
     def elapsed() -> float:
         return round(run.elapsed0 + time.perf_counter() - start, 3)  # across resumes
@@ -734,10 +742,7 @@ def _train(
 
                 # --- forward, backward, update ---------------------------------------------
                 t0 = time.perf_counter()
-                if annealed and limits.max_time:  # rank 0's clock, as for the time limit
-                    spent = min((t0 - start) / limits.max_time, 1.0)
-                    s.time_progress = world.bcast(time0 + (1.0 - time0) * spent)
-                lr = optim.learning_rate(cfg, s.step, limits.progress(s.step, s.time_progress))
+                lr = _learning_rate(cfg, s, limits, world, time0, t0 - start)
                 loss, norm = _gradients(s, cfg, batches, loss_and_grads, mine, world)
                 for what, value in (("loss", loss), ("gradient norm", norm)):
                     if not math.isfinite(value):  # the same on every rank
