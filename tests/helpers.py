@@ -191,7 +191,10 @@ def start_training(corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     # to files, not pipes that nobody reads while it runs
     stdout, stderr = out.parent / f"{out.name}.stdout", out.parent / f"{out.name}.stderr"
     with open(stdout, "w") as out_file, open(stderr, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=out.parent, stdout=out_file, stderr=log)
+        # its own process group, which a test can signal as a terminal's Ctrl-C would
+        proc = subprocess.Popen(
+            cmd, cwd=out.parent, stdout=out_file, stderr=log, start_new_session=True
+        )
     proc.out, proc.log = stdout, stderr
     return proc
 

@@ -216,15 +216,23 @@ def test_real_write_failure_file_size_limit(tmp_path):
 # ---- SIGINT and SIGTERM ----
 
 
+# a model whose steps parallel.py gives in part to a worker process (gradproc.py)
+PROCESS_SIZED = ("--cell", "gru", "--hidden-size", "128", "--seq-length", "32", "--batch-size",
+                 "24", "--set", "workers=2")  # fmt: skip
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_and_resumes(sig, code, tmp_path):
+@pytest.mark.parametrize("model", [(), PROCESS_SIZED], ids=["threads", "processes"])
+def test_signal_saves_and_resumes(sig, code, model, tmp_path):
     """Ctrl-C (or a kill's SIGTERM) in the middle of training: the step finishes, last.npz is
-    saved, the exit code is 128 + the signal, and stderr says how to continue."""
+    saved, the exit code is 128 + the signal, and stderr says how to continue. Sent to the
+    whole process group, as a terminal's Ctrl-C is: a worker process leaves the stopping to
+    the run, and ends with it."""
     corpus, out = write_corpus(tmp_path), tmp_path / "run"
-    proc = start_training(corpus, out)
+    proc = start_training(corpus, out, *model)
     try:
         wait_for_checkpoint(proc, out)
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)
     finally:
         stderr = finish(proc)
     assert proc.returncode == code, stderr

@@ -935,3 +935,51 @@ def test_same_seed_gives_identical_checkpoints(train):
     assert_same_arrays(arrays(Path("R1/best.npz")), arrays(Path("R2/best.npz")))
     for k in ("Wxh", "Whh", "Why"):
         assert not np.array_equal(r1[k], r3[k])
+
+
+def _worker_processes() -> list[int]:
+    """The pids of this process's gradient worker processes (charrnn/gradproc.py)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(ln for ln in status.read_text().splitlines() if ln.startswith("PPid:"))
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue  # a process that ended meanwhile
+        if int(ppid.split()[1]) == os.getpid() and b"charrnn.gradproc" in cmdline:
+            found.append(int(status.parent.name))
+    return found
+
+
+class _InterruptAtAndLook(_InterruptAt):
+    """_InterruptAt that also notes the worker processes alive at each step."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.seen: set[int] = set()
+
+    def step(self, metrics: dict) -> None:
+        self.seen.update(_worker_processes())
+        super().step(metrics)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_run_big_enough_for_worker_processes_resumes_bitwise_and_leaves_none(tmp_path):
+    """A step big enough for parallel.py to give a share to a worker process (GRU of 128, 2
+    workers): the process is there while the run goes, gone when it ends (Ctrl-C included),
+    and the run stopped at step 4 and resumed to 8 equals the straight one."""
+    corpus = write_corpus(tmp_path)
+    settings = dict(
+        cell="gru", hidden_size=128, seq_length=32, batch_size=24, workers=2, rng_seed=1,
+        max_steps=8, eval_every=4, checkpoint_every=4, dropout=0.1,
+    )  # fmt: skip
+    straight, split_run = tmp_path / "straight", tmp_path / "split"
+    charrnn.train(corpus, out=straight, **settings)
+    assert _worker_processes() == []
+    look = _InterruptAtAndLook(4)
+    stopped = charrnn.train(corpus, out=split_run, reporter=look, **settings)
+    assert (stopped.steps, stopped.stopped_by) == (4, "signal")
+    assert len(look.seen) == 1 and _worker_processes() == []
+    charrnn.train(corpus, resume=split_run)
+    assert_same_run(straight, split_run)
+    assert _worker_processes() == []
