@@ -190,8 +190,8 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
     """Train the twin of a charrnn config on ids for `seconds` of wall time, as charrnn trains
     it: B contiguous streams read T characters at a time, the carried state detached between
     chunks and zeroed when the streams wrap and, per stream, with probability reset_prob before
-    each chunk; Adam with charrnn's betas, eps and lr schedule; the gradient's global norm
-    clipped to grad_clip. Returns (rnn, head, steps)."""
+    each chunk; Adam with charrnn's betas, eps, weight decay and lr schedule; the gradient's
+    global norm clipped to grad_clip. Returns (rnn, head, steps)."""
     torch = _import_torch()
     import torch.nn.functional as F
 
@@ -202,8 +202,14 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
     B, T = cfg["batch_size"], cfg["seq_length"]
     rnn, head = config_twin(cfg, vocab_size)
     params = [*rnn.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(
-        params, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"]
+    # AdamW's decay is charrnn's weight_decay: lr x w off the weight matrices before each step
+    decay = cfg.get("weight_decay", 0.0)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"]
     )
     length = len(ids) // B
     period = (length - 1) // T

@@ -140,6 +140,9 @@ class Config:
     beta2: float = _number(0.999, ge=0, lt=1)  # adam
     rmsprop_decay: float = _number(0.99, ge=0, lt=1)
     eps: float = _number(1e-8, gt=0)
+    # each step shrinks the weight matrices (not the biases) by lr x weight_decay, apart from the
+    # gradient, as AdamW does; 0 = off
+    weight_decay: float = _number(0.0, ge=0, le=1)
     # none, step, exponential, or cosine / linear: annealed over the run's length (the step or
     # epoch limit, or max_time, whichever ends it), as nanoGPT anneals over max_iters
     lr_decay: str = _one_of("none", "step", "exponential", *ANNEALED)
@@ -196,6 +199,12 @@ class Config:
             raise ConfigError(
                 f"config key 'lr_decay': {self.lr_decay} anneals over the run's length, but the "
                 "run has no end; set max_steps, max_epochs or max_time, or another lr_decay"
+            )
+        if self.weight_decay * self.learning_rate >= 1:
+            raise ConfigError(
+                f"config key 'weight_decay': {self.weight_decay:g} x learning_rate "
+                f"{self.learning_rate:g} is 1 or more, which would zero or flip the weights each "
+                "step; lower one of them"
             )
         if self.patience > 0 and (self.eval_every == 0 or self.val_fraction == 0):
             raise ConfigError(

@@ -73,12 +73,24 @@ def init_state(name: str, params: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return {f"{slot}.{k}": np.zeros_like(p) for slot in _SLOTS[name] for k, p in params.items()}
 
 
+def decays(p: np.ndarray) -> bool:
+    """Whether weight decay applies to a parameter: the weight matrices, not the biases (as
+    nanoGPT's configure_optimizers decays its 2-D parameters only)."""
+    return p.ndim >= 2
+
+
 def update(cfg, params: dict, grads: dict, state: dict, step: int, lr: float) -> None:
     """One optimiser update of params in place. `step` counts earlier updates (for Adam's bias
-    correction); grads may be overwritten as scratch space."""
+    correction); grads may be overwritten as scratch space.
+
+    weight_decay w shrinks each weight matrix by lr x w before the update, apart from the
+    gradient ("decoupled", as AdamW: Loshchilov & Hutter 2019), so Adam's scaling does not
+    undo it; with the lr schedule it fades as the lr does."""
     name = cfg.optimizer
     for k, p in params.items():
         g = grads[k]
+        if cfg.weight_decay > 0 and decays(p):
+            p *= 1.0 - lr * cfg.weight_decay
         if name == "adam":
             m, v = state[f"m.{k}"], state[f"v.{k}"]
             m *= cfg.beta1

@@ -205,6 +205,12 @@ def test_the_same_value_in_set_is_an_input_error(corpus):
     )
 
 
+def test_a_weight_decay_too_large_for_the_rate_is_one_line_and_no_run(corpus):
+    result = cli("train", corpus, "--set", "weight_decay=0.5", "--learning-rate", "4", "--out", "r")
+    assert "weight_decay" in user_error(result) and "lower one of them" in user_error(result)
+    assert not Path("r").exists()
+
+
 # ---- which checkpoint sample and eval use ----
 
 

@@ -205,6 +205,12 @@ def test_patience_without_validation_is_rejected():
     assert Config(patience=3).patience == 3
 
 
+def test_weight_decay_that_would_flip_the_weights_is_rejected():
+    with pytest.raises(ConfigError, match="'weight_decay': 0.5 x learning_rate 2 is 1 or more"):
+        Config(optimizer="sgd", learning_rate=2.0, weight_decay=0.5)
+    assert Config(learning_rate=1.9, weight_decay=0.5).weight_decay == 0.5
+
+
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_an_annealed_learning_rate_needs_an_end_to_the_run(decay):
     with pytest.raises(ConfigError, match="anneals over the run's length, but the run has no end"):

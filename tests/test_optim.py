@@ -172,6 +172,29 @@ def test_adagrad_accumulates_squares():
     np.testing.assert_allclose(w, expected, rtol=1e-6)
 
 
+def test_weight_decay_shrinks_matrices_apart_from_the_gradient_and_spares_biases():
+    cfg = Config(optimizer="adam", learning_rate=0.1, weight_decay=0.5)
+    W0, b0 = np.array([[1.0, -2.0], [0.5, 4.0]]), np.array([1.0, -2.0])
+    params = {"W": W0.copy(), "b": b0.copy()}
+    g = {"W": np.array([[0.3, -4.0], [1.0, 0.0]]), "b": np.array([0.3, -4.0])}
+    state = optim.init_state("adam", params)
+    optim.update(cfg, params, g, state, 0, cfg.learning_rate)
+    # AdamW: W (1 - lr w) - lr sign(g) on the first step; the bias gets the Adam step alone
+    expected_W = W0 * (1 - 0.1 * 0.5) - 0.1 * np.sign([[0.3, -4.0], [1.0, 0.0]])
+    np.testing.assert_allclose(params["W"], expected_W, rtol=1e-6)
+    np.testing.assert_allclose(params["b"], b0 - 0.1 * np.sign([0.3, -4.0]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adagrad", "sgd"])
+def test_weight_decay_with_a_zero_gradient_decays_geometrically_at_the_given_lr(name):
+    cfg = Config(optimizer=name, learning_rate=0.2, weight_decay=0.25)
+    params = {"W": np.array([[2.0, -1.0]])}
+    state = optim.init_state(name, params)
+    for step, lr in enumerate([0.2, 0.1, 0.0]):  # the scheduled lr, not learning_rate, decays
+        optim.update(cfg, params, {"W": np.zeros((1, 2))}, state, step, lr)
+    np.testing.assert_allclose(params["W"], np.array([[2.0, -1.0]]) * 0.95 * 0.975)
+
+
 # ---- each optimiser learns ----
 
 
