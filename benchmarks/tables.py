@@ -6,10 +6,11 @@ A table in a page under docs/ lives between two comments that name its kind and 
     ... (written by this script: the provenance line and the table)
     <!-- END speed-train -->
 
-This script reads each named results file (written by bench_speed.py, bench_mpi.py or
-bench_scale.py through results_io.py) and replaces what stands between the comments, so a figure
-in the docs is always the one its results file holds, with the command, the date and the
-machine that produced it. Text outside the markers is left alone.
+This script reads each named results file (written by bench_speed.py, bench_mpi.py,
+bench_scale.py, bench_serve.py or bench_quality_600.py through results_io.py) and replaces what
+stands between the comments, so a figure in the docs is always the one its results file holds,
+with the command, the date and the machine that produced it. Text outside the markers is left
+alone.
 
     python benchmarks/tables.py            # rewrite docs/*.md in place
     python benchmarks/tables.py --check    # exit 1 if a page is not what its results give
@@ -55,7 +56,8 @@ def provenance(result: dict, threads_note: bool = False) -> str:
     load_text = f"; load average {' at the start, '.join(load)} at the end" if load else ""
     if len(load) == 1:
         load_text = f"; load average {load[0]} at the end"
-    note = f" {result['note'].rstrip('.')}." if result.get("note") else ""
+    said = result.get("note", "").rstrip(".")
+    note = f" {said[:1].upper()}{said[1:]}." if said else ""
     when = f"finished {result['when_utc']} UTC"
     if "started_utc" in result:
         when = f"from {result['started_utc']} to {result['when_utc'][11:]} UTC"
@@ -210,6 +212,22 @@ def serve(result: dict) -> str:
 
 PROMPT_NOTE = "20 characters, 64 clients"
 
+
+def quality(result: dict) -> str:
+    """bench_quality_600.py: each model's steps, characters and exact validation bpc."""
+    rows = []
+    for name, r in result["results"].items():
+        bpc = f"{r['last_bpc']:.4f}"
+        if r.get("best_bpc") is not None and round(r["best_bpc"], 4) != round(r["last_bpc"], 4):
+            bpc += f" (best.npz {r['best_bpc']:.4f})"
+        if r.get("last_dynamic_bpc") is not None:
+            bpc += f"; with `--dynamic` {r['last_dynamic_bpc']:.4f}"
+        rows.append([name, f"{r['steps']:,}", f"{r['chars_trained']:,}", bpc])
+    seconds = f"{result['seconds']:g} s each"
+    header = [seconds, "steps", "chars trained", "val bpc (exact, zero state)"]
+    return _table(header, rows) + "\n\n" + provenance(result)
+
+
 KINDS = {
     "serve": serve,
     "speed-train": speed_train,
@@ -218,6 +236,7 @@ KINDS = {
     "mpi-compute": mpi_compute,
     "mpi-speedup": mpi_speedup,
     "scale": scale,
+    "quality": quality,
 }
 
 

@@ -172,4 +172,4 @@ def test_a_table_edited_by_hand_is_found(tmp_path):
     assert written != page and tables.rewrite(written, tmp_path) == written
     assert "| rnn | 1,000 | 5,000 | 3,000 |" in written
     assert "`python benchmarks/bench_speed.py --quick`, finished 2026-12-02 06:00:00 UTC" in written
-    assert "AMD EPYC, 2 cores, openblas" in written and "a busy machine." in written
+    assert "AMD EPYC, 2 cores, openblas" in written and "A busy machine." in written
