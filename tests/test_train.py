@@ -665,12 +665,14 @@ class _InterruptAt(NullReporter):
 
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
 def test_an_annealed_schedule_resumes_bitwise(decay, tmp_path):
-    """A cosine (or linear) learning rate over max_steps, with warmup: a run stopped by Ctrl-C at
-    step 6 and resumed to 15 equals one that ran the 15 straight, every array and metric."""
+    """A cosine (or linear) learning rate over max_steps, with warmup and weight decay: a run
+    stopped by Ctrl-C at step 6 and resumed to 15 equals one that ran the 15 straight, every
+    array and metric."""
     corpus = write_corpus(tmp_path, TEXT[:200])
     settings = dict(
         hidden_size=16, seq_length=8, batch_size=2, rng_seed=1, lr_decay=decay, lr_final=0.2,
         warmup_steps=3, max_steps=15, eval_every=3, checkpoint_every=3, val_fraction=0.1,
+        weight_decay=0.1,
     )  # fmt: skip
     straight, split_run = tmp_path / "straight", tmp_path / "split"
     charrnn.train(corpus, out=straight, **settings)
@@ -682,6 +684,22 @@ def test_an_annealed_schedule_resumes_bitwise(decay, tmp_path):
     cfg = Config(**settings)
     assert lrs == pytest.approx([optim.learning_rate(cfg, s, s / 15) for s in range(15)])
     assert lrs[0] < lrs[1] < lrs[2] and lrs[-1] < 0.002 * 0.3
+
+
+def test_weight_decay_shrinks_the_trained_weight_matrices(tmp_path):
+    """The same run with and without weight_decay: the decayed one ends with smaller weight
+    matrices; its config records the setting."""
+    corpus = write_corpus(tmp_path, TEXT[:200])
+    settings = dict(hidden_size=16, seq_length=8, batch_size=2, rng_seed=1, max_steps=30,
+                    eval_every=0, checkpoint_every=30, learning_rate=0.01)  # fmt: skip
+    charrnn.train(corpus, out=tmp_path / "plain", **settings)
+    charrnn.train(corpus, out=tmp_path / "decayed", weight_decay=1.0, **settings)
+    plain = ckpt_io.load(tmp_path / "plain" / "last.npz").params
+    decayed = ckpt_io.load(tmp_path / "decayed" / "last.npz")
+    assert decayed.config["weight_decay"] == 1.0
+    for k, p in plain.items():
+        if p.ndim == 2:
+            assert np.linalg.norm(decayed.params[k]) < np.linalg.norm(p), k
 
 
 def test_a_time_annealed_schedule_runs_its_course_over_max_time(tmp_path):
