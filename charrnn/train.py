@@ -172,6 +172,8 @@ def train_corpus(
         cfg = settle(
             config_file, overrides, set_items, saved=saved, ranks=world.size, cores=world.cores
         )
+        if ckpt is not None:
+            _check_annealed_to_zero(cfg, ckpt)
         base = None  # fine-tuning: the checkpoint a new run starts from
         if ckpt is None and cfg.init_from is not None:
             base, file = finetune.load_base(cfg.init_from)
@@ -216,6 +218,18 @@ def train_corpus(
         corpus_record=_corpus_record(prepared),
         init=base,
     )
+
+
+def _check_annealed_to_zero(cfg: Config, ckpt: ckpt_io.Checkpoint) -> None:
+    """Refuse to resume a run whose lr annealed over the whole of its max_time down to
+    lr_final 0: its rate never rises again, so the resumed run would learn nothing."""
+    done = float(ckpt.train_state.get("time_progress", 0.0))
+    if cfg.lr_decay in optim.ANNEALED and cfg.max_time and cfg.lr_final == 0 and done >= 1.0:
+        raise ConfigError(
+            f"the run's learning rate has annealed over max_time down to 0 (lr_decay "
+            f"{cfg.lr_decay}, lr_final 0), so resuming it would learn nothing; to train on, "
+            "start a new run from it with --init-from, or resume with --set lr_final=0.05"
+        )
 
 
 def _load_for_resume(path: Path) -> tuple[ckpt_io.Checkpoint, Path]:
@@ -737,6 +751,8 @@ def _train(
                     signals.received, limits.reached(s.step, time.perf_counter() - start)
                 )
                 stopped_by = "signal" if received is not None else stopped_by
+                if stopped_by == "max_time" and cfg.lr_decay in optim.ANNEALED:
+                    s.time_progress = 1.0  # the budget is spent: the schedule has run its course
                 if stopped_by:
                     break
 

@@ -702,6 +702,22 @@ def test_weight_decay_shrinks_the_trained_weight_matrices(tmp_path):
             assert np.linalg.norm(decayed.params[k]) < np.linalg.norm(p), k
 
 
+def test_a_run_annealed_to_zero_over_max_time_is_not_resumed_to_learn_nothing(tmp_path):
+    """linear to lr_final 0 over max_time: once the time is spent the rate is 0 for good, so a
+    plain resume is refused in one line (nothing written); the ways on it names both work."""
+    corpus = write_corpus(tmp_path)
+    annealed = [*TINY, "--set", "lr_decay=linear", "--set", "lr_final=0", "--set", "max_steps=0"]
+    ok(cli("train", corpus, *annealed, "--max-time", 0.5, "--eval-every", 0, "--out", "r", "-q"))
+    before = (tmp_path / "r" / "last.npz").read_bytes()
+    message = user_error(cli("train", corpus, "--resume", "r", "--max-time", 0.5, "-q"))
+    assert message.startswith("the run's learning rate has annealed over max_time down to 0")
+    assert "--init-from" in message and "--set lr_final=0.05" in message
+    assert (tmp_path / "r" / "last.npz").read_bytes() == before
+    ok(cli("train", corpus, "--resume", "r", "--max-time", 0.3, "--set", "lr_final=0.05", "-q"))
+    assert [r["lr"] for r in metrics(tmp_path / "r") if "lr" in r][-1] > 0
+    ok(cli("train", corpus, "--init-from", "r", *annealed, "--max-time", 0.3, "--out", "f", "-q"))
+
+
 def test_a_time_annealed_schedule_runs_its_course_over_max_time(tmp_path):
     """cosine over max_time: the lr falls from learning_rate toward learning_rate x lr_final
     as the seconds pass, and the checkpoint keeps how far it got, which a resume continues
