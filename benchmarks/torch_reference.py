@@ -205,8 +205,8 @@ def train_twin(ids: np.ndarray, vocab_size: int, cfg: dict, seconds: float) -> t
     # AdamW's decay is charrnn's weight_decay: lr x w off the weight matrices before each step
     decay = cfg.get("weight_decay", 0.0)
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if optim.decays(p)], "weight_decay": decay},
+        {"params": [p for p in params if not optim.decays(p)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(
         groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"]

@@ -701,6 +701,17 @@ def _open(cfg, corpus, run_dir, state, notice, overwrite, world, val, corpus_rec
     )
 
 
+def _stop(cfg, s: TrainState, limits: _Limits, world, signals, seconds: float):
+    """(the signal received or None, why the run stops now or None), agreed by every rank. A run
+    that stops at max_time has spent the budget a time-annealed rate runs over: its schedule is
+    done (time_progress 1, not where the last step began), for a resume to see."""
+    received, stopped_by = world.agree_stop(signals.received, limits.reached(s.step, seconds))
+    stopped_by = "signal" if received is not None else stopped_by
+    if stopped_by == "max_time" and cfg.lr_decay in optim.ANNEALED:
+        s.time_progress = 1.0
+    return received, stopped_by
+
+
 def _learning_rate(cfg, s: TrainState, limits: _Limits, world, time0: float, seconds: float):
     """This update's learning rate. One annealed over max_time runs its course over this run's
     max_time by rank 0's clock (`seconds` into the run, as for the time limit), on from `time0`,
@@ -747,12 +758,9 @@ def _train(
             warnings.filterwarnings("ignore", "overflow|invalid value", RuntimeWarning)
             while True:
                 # --- stop? (every rank alike: a signal to any of them, rank 0's clock) -------
-                received, stopped_by = world.agree_stop(
-                    signals.received, limits.reached(s.step, time.perf_counter() - start)
+                received, stopped_by = _stop(
+                    cfg, s, limits, world, signals, time.perf_counter() - start
                 )
-                stopped_by = "signal" if received is not None else stopped_by
-                if stopped_by == "max_time" and cfg.lr_decay in optim.ANNEALED:
-                    s.time_progress = 1.0  # the budget is spent: the schedule has run its course
                 if stopped_by:
                     break
 
